@@ -1,0 +1,70 @@
+"""Check every training sample before any GPU time is spent.
+
+All problems are collected and raised together, so a user fixes the folder once instead of
+discovering one broken file per (expensive) restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..errors import InputError
+from .images import load_mask, load_rgb
+from .mvtec import DefectSample
+
+
+def _problems(sample: DefectSample) -> list[str]:
+    problems: list[str] = []
+    image = None
+    try:
+        image = load_rgb(sample.image)
+    except InputError as e:
+        problems.append(str(e))
+    if sample.mask is None:
+        problems.append(f"{sample.image}: missing mask")
+    elif not sample.mask.is_file():
+        problems.append(f"{sample.image}: missing mask {sample.mask}")
+    else:
+        try:
+            mask = load_mask(sample.mask)
+        except InputError as e:
+            problems.append(str(e))
+        else:
+            if image is not None and mask.shape != image.shape[:2]:
+                problems.append(
+                    f"{sample.mask}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
+                    f"{sample.image} size {image.shape[1]}x{image.shape[0]}"
+                )
+            if not np.any(mask):
+                problems.append(f"{sample.mask}: mask is empty after binarisation (no pixel >= half range)")
+    if sample.foreground is not None:
+        try:
+            fg = load_mask(sample.foreground)
+        except InputError as e:
+            problems.append(str(e))
+        else:
+            if image is not None and fg.shape != image.shape[:2]:
+                problems.append(
+                    f"{sample.foreground}: foreground mask size {fg.shape[1]}x{fg.shape[0]} differs from "
+                    f"image {sample.image} size {image.shape[1]}x{image.shape[0]}"
+                )
+    return problems
+
+
+def validate_training_samples(samples: Iterable[DefectSample]) -> list[DefectSample]:
+    """Return ``samples`` if every one is a usable (image, mask) pair; else raise one
+    :class:`InputError` listing each file and its problem."""
+    samples = list(samples)
+    problems: list[str] = []
+    usable = 0
+    for s in samples:
+        p = _problems(s)
+        problems.extend(p)
+        usable += not p
+    if usable < 1:
+        problems.append(f"no usable training pair (need at least 1, got {len(samples)} sample(s), 0 usable)")
+    if problems:
+        raise InputError(f"{len(problems)} problem(s) with the training data:\n  " + "\n  ".join(problems))
+    return samples
