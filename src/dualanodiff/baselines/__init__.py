@@ -1,0 +1,69 @@
+"""Other generators to compare DualAnoDiff with, writing the same generated-data layout.
+
+- ``crop-paste``: real defects from the few-shot images pasted onto normal images.
+- ``perlin``: DRAEM's Perlin-noise anomalies on normal images (needs no defect images at all).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..data.mvtec import SPLIT_MODES, anomaly_samples, few_shot_split, normal_train_samples
+from ..errors import InputError
+from .crop_paste import crop_paste
+from .perlin import perlin
+from .write import GeneratedWriter
+
+METHODS = ("crop-paste", "perlin")
+
+__all__ = ["METHODS", "GeneratedWriter", "crop_paste", "perlin", "run_baseline"]
+
+
+def run_baseline(
+    method: str,
+    root: str | os.PathLike,
+    category: str,
+    anomaly: str,
+    num_pairs: int,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    split: str = "strict",
+    resolution: int | tuple[int, int] | None = None,
+    anomaly_source_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Generate ``num_pairs`` pairs for one MVTec-layout anomaly type with a baseline (the CLI's entry).
+
+    Crop&Paste uses only the few-shot training part of the type (``split`` as in
+    :func:`dualanodiff.data.mvtec.few_shot_split`), so its pairs never contain a test defect.
+    Both paste onto the category's ``train/good`` images. Perlin needs no defect images; ``anomaly``
+    only labels its pairs. Resumable: rerun with the same arguments.
+    """
+    if method not in METHODS:
+        raise InputError(f"--method: unknown baseline {method!r} (choose from {', '.join(METHODS)})")
+    if split not in SPLIT_MODES:
+        raise InputError(f"--split: unknown split {split!r} (choose from {', '.join(SPLIT_MODES)})")
+    if num_pairs < 1:
+        raise InputError(f"--num-pairs: must be at least 1, got {num_pairs}")
+    normals = normal_train_samples(root, category)
+    if not normals:
+        raise InputError(f"{Path(root) / category / 'train' / 'good'}: no normal images to paste onto")
+    context = {"data_root": str(Path(root).resolve()), "category": category, "split": split}
+    if method == "crop-paste":
+        few_shot = few_shot_split(anomaly_samples(root, category, anomaly), mode=split).train
+        if not few_shot:
+            raise InputError(
+                f"{Path(root) / category / 'test' / anomaly}: too few images for a few-shot split"
+            )
+        return crop_paste(few_shot, normals, num_pairs, out_dir, seed, resolution, extra_config=context)
+    return perlin(
+        normals,
+        num_pairs,
+        out_dir,
+        seed,
+        anomaly_source_dir,
+        resolution,
+        anomaly_type=anomaly,
+        extra_config=context,
+    )
