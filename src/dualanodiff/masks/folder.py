@@ -1,4 +1,4 @@
-"""Masks for a generated folder: ``OUT/part/<name>.png`` -> ``OUT/mask/<name>.png`` plus the manifest verdicts.
+"""Masks for a generated folder: ``OUT/part/<name>.png`` -> ``OUT/mask/<name>.png`` + manifest verdicts.
 
 ``dualanodiff generate`` calls :func:`mask_from_part` (or a masker from :func:`build_masker`) per
 pair; :func:`make_masks_for_folder` redoes the masks of a finished folder, e.g. with U^2-Net weights
@@ -81,7 +81,9 @@ def build_masker(
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_masker(method: str, weights: str | None, threshold: float | None, device: str | None) -> PartMasker:
+def _cached_masker(
+    method: str, weights: str | None, threshold: float | None, device: str | None
+) -> PartMasker:
     return build_masker(method, weights, threshold, device)  # type: ignore[arg-type]
 
 
@@ -142,7 +144,9 @@ def make_masks_for_folder(
     counts = {"kept": 0, "empty": 0, "too_small": 0, "too_large": 0}
     areas = []
     chunk = max(1, batch_size)
-    with tqdm(total=len(names), desc=f"masks ({masker.method})", unit="pair", disable=not show_progress) as bar:
+    with tqdm(
+        total=len(names), desc=f"masks ({masker.method})", unit="pair", disable=not show_progress
+    ) as bar:
         for start in range(0, len(names), chunk):
             batch_names = names[start : start + chunk]
             parts = [load_rgb(out / "part" / f"{n}.png") for n in batch_names]

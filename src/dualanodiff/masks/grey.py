@@ -25,6 +25,7 @@ Why these choices:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -35,6 +36,8 @@ GREY_LEVEL = 127.5
 DEFAULT_THRESHOLD = 16.0
 DEFAULT_MIN_AREA = 0.0002  # fraction of the image: about 52 pixels at 512 x 512
 _PLUS = ndimage.generate_binary_structure(2, 1)  # the pixel and its 4 neighbours
+
+GreyLevel = float | Sequence[float] | Literal["auto"]
 
 
 def _check_part(part: np.ndarray) -> np.ndarray:
@@ -53,10 +56,20 @@ def min_area_pixels(min_area: int | float, n_pixels: int) -> int:
     return int(min_area)
 
 
-def grey_distance(part: np.ndarray, grey: float | Sequence[float] = GREY_LEVEL) -> np.ndarray:
+def canvas_level(part: np.ndarray) -> np.ndarray:
+    """Per-channel median of the image: the canvas colour whenever the defect covers under half of it."""
+    return np.median(_check_part(part).reshape(-1, 3), axis=0).astype(np.float32)
+
+
+def grey_distance(part: np.ndarray, grey: GreyLevel = GREY_LEVEL) -> np.ndarray:
     """Per-pixel max-abs channel difference from ``grey`` (levels of 255), median-filtered (plus shape)."""
     part = _check_part(part)
-    ref = np.asarray(grey, dtype=np.float32).reshape(-1)
+    if isinstance(grey, str):
+        if grey != "auto":
+            raise InputError(f"grey level must be a number, one per channel, or 'auto', got {grey!r}")
+        ref = canvas_level(part)
+    else:
+        ref = np.asarray(grey, dtype=np.float32).reshape(-1)
     dist = np.abs(part.astype(np.float32) - ref).max(axis=-1)
     return ndimage.median_filter(dist, footprint=_PLUS, mode="nearest")
 
@@ -77,12 +90,13 @@ def grey_mask(
     threshold: float = DEFAULT_THRESHOLD,
     min_area: int | float = DEFAULT_MIN_AREA,
     fill_holes: bool = True,
-    grey: float | Sequence[float] = GREY_LEVEL,
+    grey: GreyLevel = GREY_LEVEL,
 ) -> np.ndarray:
     """Mask (bool H x W) of the pixels of ``part`` that differ from mid-grey by more than ``threshold``.
 
     ``threshold`` is in grey levels of 255; ``min_area`` is a pixel count (int) or a fraction of the
-    image (float below 1); ``grey`` is the canvas value, a scalar or one value per channel.
+    image (float below 1); ``grey`` is the canvas value, a scalar, one value per channel, or
+    ``"auto"`` to take the image's per-channel median (for a generator whose canvas drifts off 127.5).
     """
     if threshold < 0:
         raise InputError(f"grey-mask threshold must be >= 0 (grey levels of 255), got {threshold}")

@@ -32,6 +32,16 @@ def _percent(fraction: float) -> str:
     return f"{pct:.0f}%" if pct >= 1.0 or pct == 0.0 else f"{pct:.2g}%"
 
 
+def _compare(area: float, op: str, limit: float) -> str:
+    """ "73% of the image (> 50%)", with as many decimals as it takes for the two numbers to differ."""
+    shown, bound = _percent(area), _percent(limit)
+    for decimals in range(1, 5):
+        if shown != bound:
+            break
+        shown, bound = f"{100 * area:.{decimals}f}%", f"{100 * limit:.{decimals}f}%"
+    return f"mask covers {shown} of the image ({op} {bound})"
+
+
 def judge_mask(
     mask: np.ndarray,
     min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
@@ -49,9 +59,9 @@ def judge_mask(
     if area == 0.0:
         return MaskQuality(False, "empty mask", area)
     if area < min_area_fraction:
-        reason = f"mask covers {_percent(area)} of the image (< {_percent(min_area_fraction)})"
+        reason = _compare(area, "<", min_area_fraction)
         return MaskQuality(False, reason, area)
     if area > max_area_fraction:
-        reason = f"mask covers {_percent(area)} of the image (> {_percent(max_area_fraction)})"
+        reason = _compare(area, ">", max_area_fraction)
         return MaskQuality(False, reason, area)
     return MaskQuality(True, None, area)

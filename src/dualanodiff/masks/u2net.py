@@ -208,7 +208,9 @@ def default_device() -> torch.device:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise InputError(f"{path}: U^2-Net weights file not found (pass the original u2net.pth or u2netp.pth)")
+        raise InputError(
+            f"{path}: U^2-Net weights file not found (pass the original u2net.pth or u2netp.pth)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean "not a usable checkpoint"
@@ -243,9 +245,7 @@ def state_dict_mismatches(model: nn.Module, state_dict: dict[str, torch.Tensor])
             if not key.endswith("num_batches_tracked"):
                 problems.append(f"missing {key}")
         elif tuple(state_dict[key].shape) != tuple(tensor.shape):
-            problems.append(
-                f"{key} has shape {tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)}"
-            )
+            problems.append(f"{key} has shape {tuple(state_dict[key].shape)}, expected {tuple(tensor.shape)}")
     problems += [f"unexpected {key}" for key in state_dict if key not in expected]
     return problems
 
