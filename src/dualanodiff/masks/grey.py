@@ -15,7 +15,8 @@ Why these choices:
   Filtering the *distance* (not the image) also keeps fine textures that alternate above and
   below grey from averaging back to grey.
 * Default threshold 16 grey levels (of 255): the VAE decodes a flat grey canvas to within a few
-  levels (noise of standard deviation up to about 5 levels stays far below 16 after the median),
+  levels (measured: Gaussian noise of standard deviation 8 levels on a 512 x 512 grey canvas
+  gives no mask pixel at all after the median, 10 levels gives 0.25%),
   while a defect visible to the eye differs from grey by 20 levels or more. Lower it for faint
   defects on a clean canvas, raise it if the canvas comes out blotchy.
 * Components below ``min_area`` are dropped (stray specks) and holes are filled, because a
