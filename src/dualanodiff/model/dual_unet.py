@@ -1,0 +1,327 @@
+"""Install the dual-branch adapters on a diffusers UNet (and a LoRA on the text encoder); save, load, import.
+
+The UNet stays an unmodified `UNet2DConditionModel`: every attention layer gets a `DualBranchAttnProcessor`,
+which diffusers registers as a submodule, so adapter parameters live at
+``<attention path>.processor.<param>``, the same paths the official checkpoints use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import InputError
+from ..io import atomic_path, write_json_atomic
+from .base import unet_fingerprint
+from .processor import DualBranchAttnProcessor
+
+ADAPTER_WEIGHTS = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass
+class AdapterConfig:
+    """What is installed on the base. Saved next to the weights so they can be loaded without guessing."""
+
+    rank: int = 32
+    alpha: float | None = None  # None: alpha = rank, i.e. LoRA scale exactly 1.0 (METHOD 3)
+    saim: bool = True
+    saim_zero_init: bool = False  # True: SAIM starts as the identity; False: PyTorch default init (official)
+    bcm: bool = False
+    text_encoder_rank: int = 32  # 0: no text-encoder LoRA
+    # "correct": background latent multiplied by the VAE scaling factor; "official": the authors' omission.
+    background_latent_scaling: str = "correct"
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise InputError(f"LoRA rank must be >= 1, got {self.rank}")
+        if self.background_latent_scaling not in ("correct", "official"):
+            raise InputError(
+                f"background_latent_scaling must be 'correct' or 'official', got {self.background_latent_scaling!r}"
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AdapterConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def install_dual_processors(
+    unet: UNet2DConditionModel, config: AdapterConfig
+) -> dict[str, DualBranchAttnProcessor]:
+    """Give every attention layer of ``unet`` a fresh dual-branch processor (fp32, on the UNet's device)."""
+    device = unet.device
+    processors = {}
+    for name in unet.attn_processors:
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        processors[name] = DualBranchAttnProcessor(
+            name=name,
+            hidden_size=attn.to_q.out_features,
+            cross_attention_dim=attn.to_k.in_features if attn.is_cross_attention else None,
+            rank=config.rank,
+            alpha=config.alpha,
+            saim=config.saim,
+            saim_zero_init=config.saim_zero_init,
+            bcm=config.bcm,
+        ).to(device=device if device.type != "meta" else "meta")
+    unet.set_attn_processor(processors)
+    return processors
+
+
+def dual_processors(unet: UNet2DConditionModel) -> dict[str, DualBranchAttnProcessor]:
+    procs = {n: p for n, p in unet.attn_processors.items() if isinstance(p, DualBranchAttnProcessor)}
+    if not procs:
+        raise InputError("this UNet has no dual-branch processors; call install_dual_processors first")
+    return procs
+
+
+def add_text_encoder_lora(text_encoder: nn.Module, rank: int) -> None:
+    """A rank-r LoRA (scale 1.0) on the q/k/v/out projections of every CLIP layer, through peft."""
+    if rank > 0:
+        config = LoraConfig(r=rank, lora_alpha=rank, target_modules=TEXT_LORA_TARGETS, init_lora_weights=True)
+        inject_adapter_in_model(config, text_encoder)
+
+
+def unet_adapter_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    return {
+        f"{name}.{key}": value
+        for name, proc in dual_processors(unet).items()
+        for key, value in proc.state_dict().items()
+    }
+
+
+def adapter_state_dict(unet: UNet2DConditionModel, text_encoder: nn.Module | None) -> dict[str, torch.Tensor]:
+    """All trained tensors: ``unet.<processor path>.<param>`` and ``text_encoder.<peft key>``."""
+    state = {f"unet.{k}": v for k, v in unet_adapter_state_dict(unet).items()}
+    if text_encoder is not None and _has_text_lora(text_encoder):
+        state.update({f"text_encoder.{k}": v for k, v in _text_lora_state(text_encoder).items()})
+    return state
+
+
+def _has_text_lora(text_encoder: nn.Module) -> bool:
+    return any("lora_A" in n for n, _ in text_encoder.named_parameters())
+
+
+# Files use the canonical CLIP path `text_model.encoder...` (transformers 4 and the official checkpoints);
+# transformers 5 names the same parameters `encoder...`. These two map between the file and the live model.
+def _text_lora_state(text_encoder: nn.Module) -> dict[str, torch.Tensor]:
+    state = get_peft_model_state_dict(text_encoder)
+    return {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}
+
+
+def _set_text_lora_state(text_encoder: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    live_prefixed = any(n.startswith("text_model.") for n, _ in text_encoder.named_parameters())
+    if not live_prefixed:
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    set_peft_model_state_dict(text_encoder, state)
+
+
+def save_adapters(
+    out_dir: str | os.PathLike,
+    unet: UNet2DConditionModel,
+    text_encoder: nn.Module | None,
+    config: AdapterConfig,
+    base: str,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, base identity), atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in adapter_state_dict(unet, text_encoder).items()
+    }
+    with atomic_path(out_dir / ADAPTER_WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": "dualanodiff"})
+    meta = {
+        "adapter": config.to_dict(),
+        "base": {"source": base, "unet_fingerprint": unet_fingerprint(unet)},
+        **(extra or {}),
+    }
+    write_json_atomic(out_dir / ADAPTER_CONFIG, meta)
+    return out_dir
+
+
+def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
+    adapter_dir = Path(adapter_dir)
+    cfg_path, weights = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
+    for path in (adapter_dir, cfg_path, weights):
+        if not path.exists():
+            raise InputError(
+                f"adapters not found: {path} does not exist (expected {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG})"
+            )
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{cfg_path} is not valid JSON: {err}") from err
+
+
+def load_adapter_weights(adapter_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise InputError(f"{path} is not a readable safetensors file: {err}") from err
+
+
+def check_adapter_base(meta: dict, unet: UNet2DConditionModel, adapter_dir: str | os.PathLike) -> None:
+    """Refuse adapters trained for a base of another architecture."""
+    saved = meta.get("base", {}).get("unet_fingerprint")
+    if saved is not None and saved != unet_fingerprint(unet):
+        raise InputError(
+            f"the adapters in {adapter_dir} were trained for another base ({meta['base'].get('source')}, "
+            f"UNet {saved}); the base loaded now has UNet {unet_fingerprint(unet)}. Load the base they were trained on."
+        )
+
+
+def load_adapter_state(
+    state: dict[str, torch.Tensor], unet: UNet2DConditionModel, text_encoder: nn.Module | None, source: str
+) -> None:
+    """Copy ``state`` into the installed adapters; every key must exist and fit, and none may be missing."""
+    procs = dual_processors(unet)
+    expected = {f"unet.{k}": v for k, v in unet_adapter_state_dict(unet).items()}
+    text_expected = {}
+    if text_encoder is not None and _has_text_lora(text_encoder):
+        text_expected = {f"text_encoder.{k}": v for k, v in _text_lora_state(text_encoder).items()}
+    _check_keys_and_shapes(state, {**expected, **text_expected}, source)
+    for name, proc in procs.items():
+        prefix = f"unet.{name}."
+        proc.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    if text_expected:
+        text_state = {
+            k.removeprefix("text_encoder."): v for k, v in state.items() if k.startswith("text_encoder.")
+        }
+        _set_text_lora_state(text_encoder, text_state)
+
+
+def _check_keys_and_shapes(state: dict, expected: dict, source: str) -> None:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in this model"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} tensors do not fit this base (e.g. {wrong[0]})")
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+    if problems:
+        raise InputError(f"{source} does not match this model: " + "; ".join(problems))
+
+
+# --- the authors' released checkpoints (METHOD section 10) -------------------------------------------------
+
+_OFFICIAL_SAIM = {"n": "saim.norm", "i": "saim.proj_in", "q": "saim.to_q", "k": "saim.to_k", "v": "saim.to_v"}
+_OFFICIAL_SAIM["o"] = "saim.proj_out"
+_OFFICIAL_UNET_KEY = re.compile(r"^unet\.(?P<proc>.+?\.processor)\.(?:chained_proc\.)?(?P<rest>.+)$")
+_OFFICIAL_TEXT_KEY = re.compile(
+    r"^text_encoder\.(?P<layer>text_model\.encoder\.layers\.\d+\.self_attn)\.to_(?P<proj>q|k|v|out)_lora\.(?P<ud>down|up)\.weight$"
+)
+
+
+def convert_official_state_dict(
+    official: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], AdapterConfig]:
+    """Map the authors' key names to ours, and infer the adapter config (rank, SAIM, BCM) from the tensors."""
+    # Per-branch LoRA tensors are stacked into (2, ...) parameters: collect them by branch first.
+    lora_parts: dict[str, dict[int, torch.Tensor]] = {}
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in official.items():
+        if m := _OFFICIAL_TEXT_KEY.match(key):
+            lora = "lora_A" if m["ud"] == "down" else "lora_B"
+            converted[f"text_encoder.{m['layer']}.{m['proj']}_proj.{lora}.weight"] = value
+            continue
+        m = _OFFICIAL_UNET_KEY.match(key)
+        if m is None:
+            raise InputError(f"unrecognised key in the official checkpoint: {key}")
+        proc, rest = m["proc"], m["rest"]
+        if lm := re.fullmatch(r"to_(q|k|v|out)_lora\.([01])\.(down|up)\.weight", rest):
+            lora_parts.setdefault(f"unet.{proc}.to_{lm[1]}_lora.{lm[3]}", {})[int(lm[2])] = value
+        elif sm := re.fullmatch(r"temporal_([niqkvo])\.(weight|bias)", rest):
+            converted[f"unet.{proc}.{_OFFICIAL_SAIM[sm[1]]}.{sm[2]}"] = value
+        elif bm := re.fullmatch(r"temporal_condition_mlp\.([01])\.(weight|bias)", rest):
+            converted[f"unet.{proc}.bcm.mlp.{bm[1]}.{bm[2]}"] = value
+        elif rest == "temporal_a":
+            converted[f"unet.{proc}.bcm.alpha"] = value.reshape(1)
+        else:
+            raise InputError(f"unrecognised key in the official checkpoint: {key}")
+    for name, branches in lora_parts.items():
+        if set(branches) != {0, 1}:
+            raise InputError(f"the official checkpoint has only branch {sorted(branches)} for {name}")
+        converted[name] = torch.stack([branches[0], branches[1]])
+    downs = [v for k, v in converted.items() if k.endswith("_lora.down")]
+    if not downs:
+        raise InputError("the official checkpoint holds no UNet LoRA tensors (to_q_lora...)")
+    text_downs = [v for k, v in converted.items() if k.startswith("text_encoder.") and "lora_A" in k]
+    config = AdapterConfig(
+        rank=downs[0].shape[1],
+        saim=any(".saim." in k for k in converted),
+        bcm=any(k.endswith("bcm.alpha") for k in converted),
+        text_encoder_rank=text_downs[0].shape[0] if text_downs else 0,
+        background_latent_scaling="official",
+    )
+    return converted, config
+
+
+def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` or a torch-saved state dict (tensors only: ``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(f"{path} could not be read as a state dict: {err}") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path} does not hold a flat state dict of tensors")
+    return state
+
+
+def export_official_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our adapter state (as `adapter_state_dict` gives it) in the authors' key layout, for their scripts."""
+    saim_names = {v: k for k, v in _OFFICIAL_SAIM.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("text_encoder."):
+            m = re.fullmatch(r"text_encoder\.(.+self_attn)\.(q|k|v|out)_proj\.lora_(A|B)\.weight", key)
+            if m is None:
+                raise InputError(f"cannot express {key} in the official layout")
+            out[f"text_encoder.{m[1]}.to_{m[2]}_lora.{'down' if m[3] == 'A' else 'up'}.weight"] = value
+            continue
+        proc, _, rest = key.removeprefix("unet.").partition(".processor.")
+        proc += ".processor"
+        bcm_layer = any(k.startswith(f"unet.{proc}.bcm.") for k in state)
+        inner = f"unet.{proc}.chained_proc" if bcm_layer else f"unet.{proc}"
+        if m := re.fullmatch(r"to_(q|k|v|out)_lora\.(down|up)", rest):
+            for branch in (0, 1):
+                out[f"{inner}.to_{m[1]}_lora.{branch}.{m[2]}.weight"] = value[branch]
+        elif m := re.fullmatch(r"(saim\.\w+)\.(weight|bias)", rest):
+            out[f"{inner}.temporal_{saim_names[m[1]]}.{m[2]}"] = value
+        elif m := re.fullmatch(r"bcm\.mlp\.([01])\.(weight|bias)", rest):
+            out[f"unet.{proc}.temporal_condition_mlp.{m[1]}.{m[2]}"] = value
+        elif rest == "bcm.alpha":
+            out[f"unet.{proc}.temporal_a"] = value
+        else:
+            raise InputError(f"cannot express {key} in the official layout")
+    return out

@@ -1,0 +1,356 @@
+"""The dual-branch UNet: equivalences with the stock UNet and with an independent per-branch loop."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dualanodiff.errors import InputError
+from dualanodiff.model.dual_unet import (
+    AdapterConfig,
+    adapter_state_dict,
+    dual_processors,
+    export_official_state_dict,
+    install_dual_processors,
+)
+from dualanodiff.pipeline import DualAnoDiffPipeline
+
+
+def randomize_adapters(unet, seed: int = 0, scale: float = 0.05) -> None:
+    """Non-zero LoRA up-projections, SAIM and BCM weights, so every path contributes."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in dual_processors(unet).values():
+            for name, param in p.named_parameters():
+                param.copy_(
+                    torch.randn(param.shape, generator=gen) * scale + (0.3 if name == "bcm.alpha" else 0)
+                )
+
+
+def batch(pairs: int, cross_dim: int = 64, res: int = 8, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    n = 2 * pairs
+    sample = torch.randn(n, 4, res, res, generator=gen)
+    t = torch.randint(0, 1000, (pairs,), generator=gen).repeat_interleave(2)
+    text = torch.randn(n, 77, cross_dim, generator=gen)
+    return sample, t, text
+
+
+# --- an independent per-branch reference, written from METHOD.md sections 3-5, one branch at a time --------
+
+
+class LoopReference:
+    """Reads the parameters of a dual processor and recomputes its layer with explicit per-branch loops."""
+
+    def __init__(self, dual):
+        self.dual = dual
+        self.name = dual.name
+
+    def __call__(
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        background_rows=0,
+        **_,
+    ):
+        d = self.dual
+        n = hidden_states.shape[0]
+        pairs = n - background_rows
+        outs = [None] * n
+
+        def lora(module, x, b):
+            return x @ module.down[b].T @ module.up[b].T * module.scale
+
+        def attend(x, kv, b):
+            q = attn.to_q(x) + lora(d.to_q_lora, x, b)
+            k = attn.to_k(kv) + lora(d.to_k_lora, kv, b)
+            v = attn.to_v(kv) + lora(d.to_v_lora, kv, b)
+            h = attn.heads
+            q, k, v = (t.reshape(t.shape[0], t.shape[1], h, -1).transpose(1, 2) for t in (q, k, v))
+            w = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+            o = (w @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+            return attn.to_out[0](o) + lora(d.to_out_lora, o, b)
+
+        for row in range(n):
+            x = hidden_states[row : row + 1]
+            branch = 0 if row >= pairs else row % 2
+            kv = x if encoder_hidden_states is None else encoder_hidden_states[row : row + 1]
+            if d.bcm is not None and background_rows and row < pairs and branch == 0:
+                bg = hidden_states[pairs + row // 2 : pairs + row // 2 + 1]
+                a = d.bcm.alpha
+                kv = (1 - a) * x + a * d.bcm.mlp[1](d.bcm.mlp[0](bg))
+            outs[row] = attend(x, kv, branch)
+        if d.saim is not None:
+            s = d.saim
+            for i in range(pairs // 2):
+                y = torch.cat([outs[2 * i], outs[2 * i + 1]])  # (2, L, C)
+                u = s.proj_in(F.layer_norm(y, y.shape[-1:], s.norm.weight, s.norm.bias, 1e-6))
+                q, k, v = s.to_q(u), s.to_k(u), s.to_v(u)  # (2, L, C)
+                logits = torch.einsum("alc,blc->lab", q, k) / q.shape[-1] ** 0.5  # per token, 2x2
+                mixed = torch.einsum("lab,blc->alc", logits.softmax(-1), v)
+                y = y + s.proj_out(mixed)
+                outs[2 * i], outs[2 * i + 1] = y[:1], y[1:]
+        return torch.cat(outs)
+
+
+def reference_unet(unet):
+    ref = copy.deepcopy(unet)
+    ref.set_attn_processor({n: LoopReference(p) for n, p in dual_processors(ref).items()})
+    return ref
+
+
+@pytest.fixture
+def dual_unet(tiny_components):
+    unet = tiny_components.unet
+    install_dual_processors(unet, AdapterConfig(rank=4, saim=True))
+    return unet
+
+
+def test_zero_lora_without_saim_equals_stock_unet(tiny_components):
+    stock = copy.deepcopy(tiny_components.unet)
+    unet = tiny_components.unet
+    install_dual_processors(unet, AdapterConfig(rank=4, saim=False))
+    for p in dual_processors(unet).values():  # down-projections are random, up-projections zero
+        assert p.to_q_lora.down.abs().sum() > 0 and p.to_q_lora.up.abs().sum() == 0
+    sample, t, text = batch(2)
+    with torch.no_grad():
+        diff = (unet(sample, t, text).sample - stock(sample, t, text).sample).abs().max()
+    assert diff <= 1e-6
+
+
+@pytest.mark.parametrize("bcm", [False, True])
+def test_batched_equals_per_branch_loop(tiny_components, bcm):
+    unet = tiny_components.unet
+    install_dual_processors(unet, AdapterConfig(rank=4, saim=True, bcm=bcm))
+    randomize_adapters(unet)
+    ref = reference_unet(unet)
+    pairs = 2
+    sample, t, text = batch(pairs)
+    kwargs = {}
+    if bcm:  # one background row per pair, folded into the same call
+        bg, _, bg_text = batch(pairs, seed=1)
+        sample = torch.cat([sample, bg[:pairs]])
+        t = torch.cat([t, t[::2]])
+        text = torch.cat([text, bg_text[:pairs]])
+        kwargs = {"cross_attention_kwargs": {"background_rows": pairs}}
+    with torch.no_grad():
+        ours = unet(sample, t, text, **kwargs).sample
+        theirs = ref(sample, t, text, **kwargs).sample
+    assert (ours - theirs).abs().max() <= 1e-5
+    assert ours.abs().mean() > 0.1  # the comparison is not between two zero tensors
+
+
+def test_single_layer_equals_loop_for_attn1_and_attn2(dual_unet):
+    randomize_adapters(dual_unet, seed=3)
+    for name, proc in dual_processors(dual_unet).items():
+        if not name.startswith("down_blocks.1.attentions.0"):
+            continue
+        attn = dual_unet.get_submodule(name.removesuffix(".processor"))
+        x = torch.randn(4, 16, attn.to_q.in_features)
+        text = torch.randn(4, 77, attn.to_k.in_features) if attn.is_cross_attention else None
+        with torch.no_grad():
+            ours = proc(attn, x, text)
+            theirs = LoopReference(proc)(attn, x, text)
+        assert (ours - theirs).abs().max() <= 1e-5, name
+
+
+def test_branch_routing(tiny_components):
+    unet = tiny_components.unet
+    install_dual_processors(unet, AdapterConfig(rank=4, saim=False))
+    randomize_adapters(unet)
+    sample, t, text = batch(2)
+    with torch.no_grad():
+        before = unet(sample, t, text).sample
+        for branch, other in ((1, 0), (0, 1)):
+            for p in dual_processors(unet).values():
+                p.to_v_lora.up[branch] += 0.2
+                p.to_q_lora.up[branch] -= 0.1
+            after = unet(sample, t, text).sample
+            assert torch.equal(after[other::2], before[other::2])
+            assert (after[branch::2] - before[branch::2]).abs().max() > 1e-3
+            before = after
+
+
+def test_bcm_alpha_zero_is_exact_no_op_and_only_global_rows_change(tiny_components):
+    unet = tiny_components.unet
+    install_dual_processors(unet, AdapterConfig(rank=4, saim=False, bcm=True))
+    randomize_adapters(unet)
+    pairs = 2
+    sample, t, text = batch(pairs)
+    bg, _, _ = batch(pairs, seed=5)
+    folded = dict(
+        sample=torch.cat([sample, bg[:pairs]]),
+        timestep=torch.cat([t, t[::2]]),
+        encoder_hidden_states=torch.cat([text, text[::2]]),
+        cross_attention_kwargs={"background_rows": pairs},
+    )
+    no_bcm = copy.deepcopy(unet)  # same batch shape, so matmuls block identically and equality is bitwise
+    for p in dual_processors(no_bcm).values():
+        p.bcm = None
+    with torch.no_grad():
+        without = no_bcm(**folded).sample[: 2 * pairs]
+        assert (without - unet(sample, t, text).sample).abs().max() <= 1e-6  # background rows change no pair
+        for p in dual_processors(unet).values():
+            if p.bcm is not None:
+                p.bcm.alpha.zero_()
+        assert torch.equal(unet(**folded).sample[: 2 * pairs], without)
+        for p in dual_processors(unet).values():
+            if p.bcm is not None:
+                p.bcm.alpha.fill_(0.5)
+        with_bcm = unet(**folded).sample[: 2 * pairs]
+    assert torch.equal(with_bcm[1::2], without[1::2])
+    assert (with_bcm[0::2] - without[0::2]).abs().max() > 1e-3
+
+
+def test_folded_background_equals_two_pass_reference(tiny_components):
+    unet = tiny_components.unet
+    install_dual_processors(unet, AdapterConfig(rank=4, saim=True, bcm=True))
+    randomize_adapters(unet)
+    pairs = 2
+    sample, t, text = batch(pairs)
+    bg, _, _ = batch(pairs, seed=7)
+    with torch.no_grad():
+        recorded: dict = {}
+        unet(bg[:pairs], t[::2], text[::2], cross_attention_kwargs={"record_background": recorded})
+        two_pass = unet(sample, t, text, cross_attention_kwargs={"background_states": recorded}).sample
+        folded = unet(
+            torch.cat([sample, bg[:pairs]]),
+            torch.cat([t, t[::2]]),
+            torch.cat([text, text[::2]]),
+            cross_attention_kwargs={"background_rows": pairs},
+        ).sample[: 2 * pairs]
+    assert len(recorded) == 16  # every attn1 of the 16 transformer blocks
+    assert (folded - two_pass).abs().max() <= 1e-5
+
+
+def test_odd_batch_and_bad_background_layout_are_clear_errors(dual_unet):
+    sample, t, text = batch(2)
+    with pytest.raises(InputError, match="even number of pair rows"):
+        dual_unet(sample[:3], t[:3], text[:3])
+    with pytest.raises(InputError, match="one background row per pair"):
+        dual_unet(sample, t, text, cross_attention_kwargs={"background_rows": 2})
+
+
+def _pipe(components, **options):
+    return DualAnoDiffPipeline.from_components(components, AdapterConfig(**options))
+
+
+def test_save_load_round_trip_is_exact(tiny_components, tiny_base_dir, tmp_path):
+    pipe = _pipe(tiny_components, rank=4, bcm=True, text_encoder_rank=4)
+    randomize_adapters(pipe.unet)
+    with torch.no_grad():
+        for n, p in pipe.text_encoder.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    pipe.save_adapters(tmp_path / "ad")
+    saved = adapter_state_dict(pipe.unet, pipe.text_encoder)
+
+    fresh = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=8)  # other options: replaced on load
+    meta = fresh.load_adapters(tmp_path / "ad")
+    assert meta["adapter"]["rank"] == 4 and fresh.adapter_config.bcm
+    loaded = adapter_state_dict(fresh.unet, fresh.text_encoder)
+    assert saved.keys() == loaded.keys()
+    assert any(k.startswith("text_encoder.") for k in saved)
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+
+
+def test_adapters_for_another_base_and_missing_files_are_refused(tiny_components, tmp_path):
+    from dualanodiff.model.base import build_base
+
+    pipe = _pipe(tiny_components, rank=4)
+    pipe.save_adapters(tmp_path / "ad")
+    other = build_base("tiny")
+    other.unet = type(other.unet)(**{**other.unet.config, "block_out_channels": (32, 32, 64, 64)})
+    other_pipe = DualAnoDiffPipeline.from_components(other, AdapterConfig(rank=4))
+    with pytest.raises(InputError, match="trained for another base"):
+        other_pipe.load_adapters(tmp_path / "ad")
+    with pytest.raises(InputError, match="does not exist"):
+        pipe.load_adapters(tmp_path / "nowhere")
+
+
+def _official_state(pipe, seed=0) -> dict:
+    randomize_adapters(pipe.unet, seed=seed)
+    with torch.no_grad():
+        for n, p in pipe.text_encoder.named_parameters():
+            if "lora_" in n:
+                p.normal_()
+    return export_official_state_dict(adapter_state_dict(pipe.unet, pipe.text_encoder))
+
+
+@pytest.mark.parametrize("bcm", [False, True])
+def test_official_checkpoint_import(tiny_components, tiny_base_dir, tmp_path, bcm):
+    source = _pipe(tiny_components, rank=4, bcm=bcm, text_encoder_rank=4)
+    official = _official_state(source)
+    # The official key layout of METHOD section 10.
+    proc = "unet.down_blocks.0.attentions.0.transformer_blocks.0"
+    assert f"{proc}.attn2.processor.to_q_lora.1.up.weight" in official
+    assert f"{proc}.attn2.processor.temporal_o.bias" in official
+    assert "text_encoder.text_model.encoder.layers.0.self_attn.to_out_lora.down.weight" in official
+    if bcm:
+        assert f"{proc}.attn1.processor.chained_proc.to_k_lora.0.down.weight" in official
+        assert official[f"{proc}.attn1.processor.temporal_a"].shape == (1,)
+    torch.save(official, tmp_path / "official.bin")
+
+    fresh = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=32)
+    config = fresh.load_official_checkpoint(tmp_path / "official.bin")
+    assert (config.rank, config.bcm, config.background_latent_scaling) == (4, bcm, "official")
+    ours = adapter_state_dict(source.unet, source.text_encoder)
+    imported = adapter_state_dict(fresh.unet, fresh.text_encoder)
+    assert all(torch.equal(ours[k], imported[k]) for k in ours) and ours.keys() == imported.keys()
+    assert export_official_state_dict(imported).keys() == official.keys()
+
+    # The imported model's forward equals the independent loop over the same imported weights.
+    pairs = 2
+    sample, t, text = batch(pairs)
+    kwargs = {}
+    if bcm:
+        sample, t = torch.cat([sample, sample[:pairs] * 0.5]), torch.cat([t, t[::2]])
+        text, kwargs = torch.cat([text, text[::2]]), {"cross_attention_kwargs": {"background_rows": pairs}}
+    with torch.no_grad():
+        diff = (
+            fresh.unet(sample, t, text, **kwargs).sample
+            - reference_unet(fresh.unet)(sample, t, text, **kwargs).sample
+        )
+    assert diff.abs().max() <= 1e-5
+
+
+def test_official_checkpoint_that_does_not_fit_is_refused(tiny_components, tmp_path):
+    pipe = _pipe(tiny_components, rank=4)
+    official = _official_state(pipe)
+    key = next(k for k in official if k.endswith("temporal_i.weight"))
+    official[key] = torch.zeros(3, 3)
+    torch.save(official, tmp_path / "bad.bin")
+    with pytest.raises(InputError, match="do not fit this base"):
+        pipe.load_official_checkpoint(tmp_path / "bad.bin")
+    official.pop(key)
+    official["unet.nonsense"] = torch.zeros(1)
+    torch.save(official, tmp_path / "bad2.bin")
+    with pytest.raises(InputError, match="unrecognised key"):
+        pipe.load_official_checkpoint(tmp_path / "bad2.bin")
+    with pytest.raises(InputError, match="not found"):
+        pipe.load_official_checkpoint(tmp_path / "missing.bin")
+
+
+def test_parameter_counts_at_sd15_shape():
+    from diffusers import UNet2DConditionModel
+
+    from dualanodiff.model.base import SD15_UNET_CONFIG
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+    install_dual_processors(unet, AdapterConfig(rank=32, saim=True, bcm=True))
+    procs = dual_processors(unet)
+    assert len(procs) == 32
+    count = {"lora": 0, "saim": 0, "bcm": 0}
+    for p in procs.values():
+        for name, param in p.named_parameters():
+            count["lora" if "_lora" in name else name.split(".")[0]] += param.numel()
+    assert abs(count["lora"] / 1e6 - 12.75) < 0.01, count
+    assert abs(count["saim"] / 1e6 - 124.1) < 0.05, count
+    assert abs(count["bcm"] / 1e6 - 8.0) < 0.01, count
