@@ -1,0 +1,1 @@
+"""One module per `dualanodiff` subcommand; each defines ``register(subparsers)``."""
