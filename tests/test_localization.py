@@ -193,3 +193,39 @@ def test_localization_rejects_bad_inputs(tiny_category, tmp_path):
         train_and_evaluate_localization(normal, generated, broken, _cfg(), tmp_path)
     with pytest.raises(InputError, match="both normal"):
         train_and_evaluate_localization(normal, generated, test[:3], _cfg(), tmp_path)
+
+
+def test_classification_separates_synthetic_types(tmp_path):
+    from dualanodiff.evaluate.classification import ClassificationConfig, train_and_evaluate_classification
+
+    rng = np.random.default_rng(5)
+    colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+    def image(colour):
+        return np.clip(np.array(colour) + rng.normal(0, 25, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+
+    generated = {
+        t: [_save(tmp_path / "gen" / t / f"{i}.png", image(c)) for i in range(10)] for t, c in colours.items()
+    }
+    test = [
+        DefectSample(_save(tmp_path / "test" / t / f"{i}.png", image(c)), None, t)
+        for t, c in colours.items()
+        for i in range(5)
+    ]
+    test.append(DefectSample(_save(tmp_path / "test" / "good" / "0.png", image((90, 90, 90))), None, "good"))
+    test.append(DefectSample(_save(tmp_path / "test" / "hole" / "0.png", image((0, 0, 0))), None, "hole"))
+    cfg = ClassificationConfig(
+        epochs=3, lr=1e-3, batch_size=8, resolution=SIZE, repeats_per_epoch=2, device="cpu"
+    )
+    with pytest.warns(UserWarning, match="no imagenet_weights"):
+        res = train_and_evaluate_classification(generated, test, cfg, out_dir=tmp_path / "out")
+    print(f"\nsynthetic 3-type classification accuracy: {res['accuracy']:.3f}")
+    assert res["accuracy"] >= 0.9
+    assert res["classes"] == ["blue", "green", "red"] and res["n_test"] == 15 and res["n_train"] == 30
+    assert res["skipped_test_types"] == ["hole"]
+    assert np.trace(np.array(res["confusion"])) == round(res["accuracy"] * 15)
+    assert json.loads((tmp_path / "out" / "classification.json").read_text())["accuracy"] == res["accuracy"]
+    bad = tmp_path / "bad.pth"
+    torch.save({"fc.weight": torch.zeros(1)}, bad)
+    with pytest.raises(InputError, match="imagenet_weights"):
+        train_and_evaluate_classification(generated, test, cfg, imagenet_weights=bad)
