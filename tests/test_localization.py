@@ -160,6 +160,11 @@ def test_localization_learns_bright_squares_and_resumes(tiny_category, tmp_path,
     resumed = train_and_evaluate_localization(normal, generated, test, _cfg(), tmp_path / "b")
     assert [h["epoch"] for h in resumed["runs"][0]["history"]] == list(range(6))
     assert resumed["metrics"]["pixel_auroc"] == pytest.approx(m["pixel_auroc"], abs=1e-4)
+    # A finished run is not trained again: its result.json is reused.
+    monkeypatch.setattr(loc, "_epoch_batches", interrupted)
+    again = train_and_evaluate_localization(normal, generated, test, _cfg(), tmp_path / "b")
+    assert again["metrics"] == resumed["metrics"]
+    monkeypatch.setattr(loc, "_epoch_batches", original)
 
     with pytest.raises(InputError, match="different configuration"):
         (tmp_path / "b" / "run0" / "result.json").unlink()
