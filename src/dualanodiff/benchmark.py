@@ -1,0 +1,666 @@
+"""The whole protocol in one resumable run: train, generate (DualAnoDiff and baselines), quality metrics,
+downstream localization, classification, and the summary tables.
+
+    from dualanodiff.benchmark import BenchmarkConfig, run_benchmark
+    summary = run_benchmark(BenchmarkConfig(data="mvtec", base="sd15", out="bench", categories=["hazelnut"]))
+
+Every step (one anomaly type's training or generation, one category's quality / localization /
+classification for one method) ends by writing ``OUT/steps/<step>.json`` atomically, holding the step's
+*key* (every setting that decides its result, including those of the steps it reads) and its result. A
+rerun skips every step whose marker exists with the same key, so an interrupted benchmark resumes at
+the first unfinished step (the long steps also resume inside: training from its checkpoint, generation
+from the last pair, the U-Net from its last epoch). A marker with another key means the folder was made
+with other settings; that is refused before anything runs rather than mixing two experiments.
+
+Sizes come from a profile (the paper's by default, ``quick`` for a rough look) and every one of them can
+be set; the demo runs the same function at toy sizes.
+
+Layout of OUT: ``adapters/<category>/<type>/``, ``generated/<method>/<category>/<type>/``, then the
+evaluation layout of :mod:`dualanodiff.evaluate.protocol` (``quality/``, ``localization/``,
+``classification/``), ``steps/``, ``config.json``, and the tables ``summary.md``, ``summary.json``,
+``localization.csv``, ``quality.csv``, ``classification.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .baselines import run_baseline
+from .data.generated import read_generated
+from .data.mvtec import (
+    SPLIT_MODES,
+    anomaly_samples,
+    few_shot_count,
+    list_anomaly_types,
+    list_categories,
+    normal_train_samples,
+)
+from .errors import InputError
+from .evaluate.classification import ClassificationConfig
+from .evaluate.localization import LocalizationConfig
+from .evaluate.protocol import (
+    CLASSIFICATION_DIR,
+    LOCALIZATION_DIR,
+    QUALITY_DIR,
+    check_category,
+    classify_category,
+    load_quality_models,
+    localize_category,
+    paper_milestones,
+    quality_of_category,
+    write_tables,
+)
+from .generate import GenerateConfig, generate_to_folder
+from .io import write_json_atomic, write_text_atomic
+from .train import TrainConfig, train_adapters
+
+log = logging.getLogger(__name__)
+
+METHODS = ("dualanodiff", "crop-paste", "perlin", "none")
+GENERATORS = ("dualanodiff", "crop-paste", "perlin")  # methods that write generated pairs
+
+# Sizes left unset (None) are taken from the profile. "paper": METHOD sections 6-8. "quick": a rough look
+# in a fraction of the time (the authors' code's training preset, shortened), not comparable with the paper.
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "train_preset": "paper",
+        "num_pairs": 1000,
+        "sampler_steps": 50,
+        "loc_epochs": 200,
+        "loc_samples_per_epoch": 500,
+        "loc_runs": 3,
+        "cls_epochs": 30,
+    },
+    "quick": {
+        "train_preset": "official-code",
+        "train_steps": 500,
+        "num_pairs": 100,
+        "sampler_steps": 25,
+        "loc_epochs": 20,
+        "loc_samples_per_epoch": 500,
+        "loc_runs": 1,
+        "cls_epochs": 5,
+    },
+}
+
+
+@dataclass
+class BenchmarkConfig:
+    """Everything the benchmark does. ``None`` sizes come from the profile (``quick`` or the paper's)."""
+
+    data: str
+    out: str
+    base: str | None = None  # needed for the dualanodiff method
+    categories: list[str] | None = None  # None: every category of the root
+    anomalies: list[str] | None = None  # None: every type of each category
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    quick: bool = False
+    split: str = "strict"
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+    # adapter training (dualanodiff)
+    train_preset: str | None = None
+    train_epochs: int | None = None
+    train_steps: int | None = None
+    train_batch_size: int | None = None
+    train_lr: float | None = None
+    train_rank: int = 32
+    train_text_encoder_rank: int = 32
+    train_resolution: int | None = None  # None: the base's native size
+    bcm: bool = False
+    mixed_precision: str = "no"
+    # generation (all generators) and masks (dualanodiff)
+    num_pairs: int | None = None
+    sampler_steps: int | None = None
+    guidance: float = 2.5
+    scheduler: str = "pndm"
+    gen_batch_size: int = 8
+    gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
+    mask_method: str = "auto"
+    u2net_weights: str | None = None
+    max_mask_area: float = 0.5
+    perlin_source: str | None = None  # folder of texture images (DRAEM uses DTD); None: noise colours
+    # generation quality
+    quality: bool = True
+    inception_weights: str | None = None
+    lpips_vgg_weights: str | None = None
+    is_splits: int = 10
+    lpips_size: int = 256
+    # downstream localization
+    loc_epochs: int | None = None
+    loc_samples_per_epoch: int | None = None
+    loc_batch_size: int = 16
+    loc_lr: float = 1e-4
+    loc_resolution: int = 256
+    loc_base_channels: int = 64
+    loc_runs: int | None = None
+    select_on: str = "heldout"
+    paper_compat_f1: bool = False
+    # anomaly-type classification
+    classification: bool = True
+    imagenet_weights: str | None = None
+    cls_epochs: int | None = None
+    cls_batch_size: int = 8
+    cls_lr: float = 1e-4
+    cls_resolution: int = 256
+    cls_repeats_per_epoch: int = 5
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def profile(self) -> str:
+        return "quick" if self.quick else "paper"
+
+
+def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
+    """Fill unset sizes from the profile, check every option, expand categories; InputError names the option."""
+    updates = {k: v for k, v in PROFILES[config.profile].items() if getattr(config, k) is None}
+    if "train_steps" in updates and config.train_epochs is not None:
+        del updates["train_steps"]  # an explicit epoch count wins over the profile's step count
+    cfg = replace(config, **updates)
+    root = Path(cfg.data)
+    if not root.is_dir():
+        raise InputError(f"--data {root}: dataset root does not exist or is not a folder")
+    unknown = [m for m in cfg.methods if m not in METHODS]
+    if unknown or not cfg.methods:
+        raise InputError(f"--methods {','.join(cfg.methods)}: choose from {', '.join(METHODS)}")
+    cfg.methods = [m for m in METHODS if m in cfg.methods]
+    if "dualanodiff" in cfg.methods and not cfg.base:
+        raise InputError("--base is required for the dualanodiff method (or leave it out of --methods)")
+    if cfg.split not in SPLIT_MODES:
+        raise InputError(f"--split {cfg.split!r}: choose one of {', '.join(SPLIT_MODES)}")
+    if cfg.select_on not in ("heldout", "test"):
+        raise InputError(f"--select-on {cfg.select_on!r}: choose heldout or test")
+    for name in (
+        "num_pairs",
+        "sampler_steps",
+        "loc_epochs",
+        "loc_samples_per_epoch",
+        "loc_runs",
+        "cls_epochs",
+        "is_splits",
+        "gen_batch_size",
+    ):
+        if int(getattr(cfg, name)) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.train_epochs is not None and cfg.train_steps is not None:
+        raise InputError("give either --train-epochs or --train-steps, not both")
+    if cfg.quality and any(m in GENERATORS for m in cfg.methods):
+        if cfg.num_pairs < cfg.is_splits:
+            raise InputError(
+                f"--num-pairs {cfg.num_pairs} is below --is-splits {cfg.is_splits}: the Inception Score needs one "
+                "image per split (lower --is-splits, or --no-quality)"
+            )
+        from .evaluate.quality import resolve_inception_weights, resolve_vgg_weights
+
+        resolve_inception_weights(cfg.inception_weights)  # fail now, not after hours of training
+        resolve_vgg_weights(cfg.lpips_vgg_weights)
+    cfg.categories = list(cfg.categories) if cfg.categories else list_categories(root)
+    if not cfg.categories:
+        raise InputError(f"--data {root}: no category folders (<category>/train, <category>/test) found")
+    for category in cfg.categories:
+        check_category(root, category)
+    return cfg
+
+
+def anomaly_types_by_category(cfg: BenchmarkConfig) -> dict[str, list[str]]:
+    """The types each category is benchmarked on; every listed type must exist in some chosen category."""
+    out = {}
+    for category in cfg.categories:
+        kinds = list_anomaly_types(cfg.data, category)
+        out[category] = [k for k in kinds if cfg.anomalies is None or k in cfg.anomalies]
+    if cfg.anomalies is not None:
+        found = {k for kinds in out.values() for k in kinds}
+        missing = [a for a in cfg.anomalies if a not in found]
+        if missing:
+            raise InputError(
+                f"--anomalies: {', '.join(missing)} not found in {', '.join(cfg.categories)}; types there: "
+                + "; ".join(
+                    f"{c}: {', '.join(list_anomaly_types(cfg.data, c)) or 'none'}" for c in cfg.categories
+                )
+            )
+    dropped = [c for c, kinds in out.items() if not kinds]
+    for c in dropped:
+        log.info("benchmark: %s has none of the chosen anomaly types; left out", c)
+    return {c: kinds for c, kinds in out.items() if kinds}
+
+
+def _validate_data(cfg: BenchmarkConfig, types: dict[str, list[str]]) -> None:
+    """Read every input once (masks present, enough images) before any model is built."""
+    for category, kinds in types.items():
+        if not normal_train_samples(cfg.data, category):
+            raise InputError(f"{Path(cfg.data) / category / 'train' / 'good'}: no normal training images")
+        for kind in kinds:
+            n = len(anomaly_samples(cfg.data, category, kind))
+            if few_shot_count(n, cfg.split) < 1:
+                raise InputError(
+                    f"{Path(cfg.data) / category / 'test' / kind}: {n} image(s) are too few for the few-shot "
+                    "split (at least 3: a third trains the generator, the rest are test images)"
+                )
+
+
+# ------------------------------------------------------------------------------------------- steps
+
+
+@dataclass
+class Step:
+    """One unit of work: its id (``kind/method/category[/type]``), its key, and the function that runs it."""
+
+    id: str
+    key: dict[str, Any]
+    run: Callable[[], dict[str, Any]]
+
+    def marker(self, out: Path) -> Path:
+        return out / "steps" / (self.id.replace("/", "--") + ".json")
+
+
+def _type_seed(seed: int, category: str, kind: str) -> int:
+    """A per-type seed, so generators whose pairs do not depend on the type (Perlin) differ between types."""
+    return (seed + zlib.crc32(f"{category}/{kind}".encode())) % 2**31
+
+
+class _Benchmark:
+    def __init__(self, cfg: BenchmarkConfig, types: dict[str, list[str]]):
+        self.cfg = cfg
+        self.types = types
+        self.out = Path(cfg.out)
+        self._quality_models = None
+
+    # -- folders -------------------------------------------------------------------------------------
+    def generated_dir(self, method: str, category: str, kind: str) -> Path:
+        return self.out / "generated" / method / category / kind
+
+    def generated_sets(self, method: str, category: str) -> dict[str, list]:
+        """{type: kept pairs} of a method's generated folders, each record labelled with its type."""
+        if method == "none":
+            return {}
+        out = {}
+        for kind in self.types[category]:
+            pairs = read_generated(self.generated_dir(method, category, kind))
+            out[kind] = [replace(p, record={**p.record, "anomaly_type": kind}) for p in pairs]
+        return out
+
+    # -- configs -------------------------------------------------------------------------------------
+    def train_config(self, category: str, kind: str) -> TrainConfig:
+        c = self.cfg
+        return TrainConfig(
+            base=c.base,
+            out=str(self.out / "adapters"),
+            data=c.data,
+            category=category,
+            anomaly=kind,
+            split=c.split,
+            preset=c.train_preset,
+            bcm=c.bcm,
+            epochs=c.train_epochs,
+            max_steps=c.train_steps,
+            batch_size=c.train_batch_size,
+            learning_rate=c.train_lr,
+            rank=c.train_rank,
+            text_encoder_rank=c.train_text_encoder_rank,
+            resolution=c.train_resolution,
+            seed=c.seed,
+            mixed_precision=c.mixed_precision,
+            progress=c.progress,
+        )
+
+    def train_key(self, category: str, kind: str) -> dict[str, Any]:
+        skip = {
+            "out",
+            "data",
+            "progress",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "resume",
+            "gradient_checkpointing",
+        }
+        return {k: v for k, v in self.train_config(category, kind).to_dict().items() if k not in skip}
+
+    def generate_config(self, category: str, kind: str) -> GenerateConfig:
+        c = self.cfg
+        backgrounds = foreground = None
+        if c.bcm:
+            backgrounds = str(Path(c.data) / category / "train" / "good")
+            fg = Path(c.data) / category / "foreground" / "train" / "good"
+            foreground = str(fg) if fg.is_dir() else None
+        return GenerateConfig(
+            base=c.base,
+            adapters=str(self.train_config(category, kind).output_dir()),
+            out=str(self.generated_dir("dualanodiff", category, kind)),
+            num_pairs=c.num_pairs,
+            batch_size=c.gen_batch_size,
+            steps=c.sampler_steps,
+            guidance=c.guidance,
+            scheduler=c.scheduler,
+            seed=_type_seed(c.seed, category, kind),
+            mixed_precision=c.mixed_precision,
+            resolution=c.gen_resolution,
+            backgrounds=backgrounds,
+            foreground=foreground,
+            mask_method=c.mask_method,
+            u2net_weights=c.u2net_weights,
+            max_mask_area=c.max_mask_area,
+            device=c.device,
+        )
+
+    def generate_key(self, method: str, category: str, kind: str) -> dict[str, Any]:
+        c = self.cfg
+        if method == "dualanodiff":
+            gen = {
+                k: v
+                for k, v in asdict(self.generate_config(category, kind)).items()
+                if k not in ("adapters", "out", "device", "backgrounds", "foreground", "batch_size")
+            }
+            return {"method": method, "train": self.train_key(category, kind), **gen}
+        return {
+            "method": method,
+            "category": category,
+            "anomaly": kind,
+            "num_pairs": c.num_pairs,
+            "seed": _type_seed(c.seed, category, kind),
+            "split": c.split,
+            "resolution": c.gen_resolution,
+            "anomaly_source": c.perlin_source if method == "perlin" else None,
+        }
+
+    def localization_config(self) -> LocalizationConfig:
+        c = self.cfg
+        return LocalizationConfig(
+            epochs=c.loc_epochs,
+            samples_per_epoch=c.loc_samples_per_epoch,
+            batch_size=c.loc_batch_size,
+            lr=c.loc_lr,
+            lr_milestones=paper_milestones(c.loc_epochs),
+            resolution=c.loc_resolution,
+            base_channels=c.loc_base_channels,
+            runs=c.loc_runs,
+            select_on=c.select_on,
+            seed=c.seed,
+            device=c.device,
+            paper_compat_f1=c.paper_compat_f1,
+        )
+
+    def classification_config(self) -> ClassificationConfig:
+        c = self.cfg
+        return ClassificationConfig(
+            epochs=c.cls_epochs,
+            lr=c.cls_lr,
+            batch_size=c.cls_batch_size,
+            resolution=c.cls_resolution,
+            seed=c.seed,
+            device=c.device,
+            repeats_per_epoch=c.cls_repeats_per_epoch,
+            max_per_type=c.num_pairs,
+        )
+
+    def upstream(self, method: str, category: str) -> dict[str, Any]:
+        """The keys of the generation steps a category-level step reads."""
+        if method == "none":
+            return {}
+        return {kind: self.generate_key(method, category, kind) for kind in self.types[category]}
+
+    # -- step bodies ---------------------------------------------------------------------------------
+    def _train(self, category: str, kind: str) -> dict[str, Any]:
+        return {"adapters": str(train_adapters(self.train_config(category, kind)))}
+
+    def _generate(self, method: str, category: str, kind: str) -> dict[str, Any]:
+        c = self.cfg
+        if method == "dualanodiff":
+            summary = generate_to_folder(
+                self.generate_config(category, kind),
+                process_index=0,
+                num_processes=1,
+                show_progress=c.progress,
+            )
+        else:
+            summary = run_baseline(
+                method,
+                c.data,
+                category,
+                kind,
+                c.num_pairs,
+                self.generated_dir(method, category, kind),
+                seed=_type_seed(c.seed, category, kind),
+                split=c.split,
+                resolution=c.gen_resolution,
+                anomaly_source_dir=c.perlin_source if method == "perlin" else None,
+            )
+        if not summary.get("kept"):
+            raise InputError(
+                f"{self.generated_dir(method, category, kind)}: none of the {summary.get('complete')} generated "
+                f"pairs passed the mask quality gate (see reject_reason in its manifest.jsonl); train longer, or "
+                "raise --max-mask-area"
+            )
+        return summary
+
+    def _quality(self, method: str, category: str) -> dict[str, Any]:
+        if self._quality_models is None:
+            self._quality_models = load_quality_models(
+                self.cfg.inception_weights, self.cfg.lpips_vgg_weights, self.cfg.device
+            )
+        result = quality_of_category(
+            self.cfg.data,
+            category,
+            self.generated_sets(method, category),
+            self._quality_models,
+            split=self.cfg.split,
+            is_splits=self.cfg.is_splits,
+            lpips_size=self.cfg.lpips_size,
+            seed=self.cfg.seed,
+        )
+        write_json_atomic(self.out / QUALITY_DIR / method / f"{category}.json", result)
+        return {"is": result["is"], "ic_lpips": result["ic_lpips"]}
+
+    def _localization(self, method: str, category: str) -> dict[str, Any]:
+        r = localize_category(
+            self.cfg.data,
+            category,
+            self.generated_sets(method, category),
+            self.localization_config(),
+            self.out / LOCALIZATION_DIR / method / category,
+            split=self.cfg.split,
+            anomaly_types=self.types[category],
+        )
+        return {"metrics": r["metrics"], "best_run": r["best_run"], "selection": r["selection"]}
+
+    def _classification(self, method: str, category: str) -> dict[str, Any]:
+        r = classify_category(
+            self.cfg.data,
+            category,
+            self.generated_sets(method, category),
+            self.classification_config(),
+            self.out / CLASSIFICATION_DIR / method / category,
+            split=self.cfg.split,
+            imagenet_weights=self.cfg.imagenet_weights,
+        )
+        return {"accuracy": r["accuracy"], "n_test": r["n_test"]}
+
+    # -- plan ----------------------------------------------------------------------------------------
+    def steps(self) -> list[Step]:
+        c = self.cfg
+        loc_key = {
+            k: v
+            for k, v in asdict(self.localization_config()).items()
+            if k not in ("device", "num_workers", "eval_batch_size")
+        }
+        cls_key = {
+            k: v
+            for k, v in asdict(self.classification_config()).items()
+            if k not in ("device", "num_workers")
+        }
+        cls_key["imagenet_weights"] = Path(c.imagenet_weights).name if c.imagenet_weights else None
+        q_key = {
+            "is_splits": c.is_splits,
+            "lpips_size": c.lpips_size,
+            "seed": c.seed,
+            "inception_weights": Path(c.inception_weights).name if c.inception_weights else None,
+            "lpips_vgg_weights": Path(c.lpips_vgg_weights).name if c.lpips_vgg_weights else None,
+        }
+        out: list[Step] = []
+        for category, kinds in self.types.items():
+            for kind in kinds:
+                if "dualanodiff" in c.methods:
+                    out.append(
+                        Step(
+                            f"train/{category}/{kind}",
+                            self.train_key(category, kind),
+                            lambda ca=category, k=kind: self._train(ca, k),
+                        )
+                    )
+                for method in (m for m in GENERATORS if m in c.methods):
+                    out.append(
+                        Step(
+                            f"generate/{method}/{category}/{kind}",
+                            self.generate_key(method, category, kind),
+                            lambda m=method, ca=category, k=kind: self._generate(m, ca, k),
+                        )
+                    )
+            base = {"split": c.split, "types": kinds}
+            for method in (m for m in GENERATORS if m in c.methods and c.quality):
+                out.append(
+                    Step(
+                        f"quality/{method}/{category}",
+                        {**base, **q_key, "data": self.upstream(method, category)},
+                        lambda m=method, ca=category: self._quality(m, ca),
+                    )
+                )
+            for method in c.methods:
+                out.append(
+                    Step(
+                        f"localization/{method}/{category}",
+                        {**base, **loc_key, "data": self.upstream(method, category)},
+                        lambda m=method, ca=category: self._localization(m, ca),
+                    )
+                )
+            if c.classification and len(kinds) >= 2:
+                for method in (m for m in GENERATORS if m in c.methods):
+                    out.append(
+                        Step(
+                            f"classification/{method}/{category}",
+                            {**base, **cls_key, "data": self.upstream(method, category)},
+                            lambda m=method, ca=category: self._classification(m, ca),
+                        )
+                    )
+            elif c.classification:
+                log.info("benchmark: %s has one anomaly type; no classification", category)
+        return out
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diffs.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return diffs
+
+
+def _check_markers(steps: list[Step], out: Path) -> dict[str, dict]:
+    """Finished steps {id: marker}; InputError when a marker was written with other settings."""
+    done, conflicts = {}, []
+    for step in steps:
+        path = step.marker(out)
+        if not path.is_file():
+            continue
+        marker = json.loads(path.read_text(encoding="utf-8"))
+        key = _jsonable(step.key)
+        if marker.get("key") != key:
+            diff = _differences(marker.get("key") or {}, key)
+            conflicts.append(f"{step.id} ({'; '.join(diff[:3])})")
+        else:
+            done[step.id] = marker
+    if conflicts:
+        raise InputError(
+            f"{out}: holds a benchmark made with other settings; steps that would change: "
+            + ", ".join(conflicts[:5])
+            + (f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else "")
+            + ". Use another --out, or delete those steps' files under steps/ (and their outputs) to redo them"
+        )
+    return done
+
+
+def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses: list[dict]) -> str:
+    lines = [
+        "# DualAnoDiff benchmark",
+        "",
+        f"- data: `{cfg.data}`; split: {cfg.split}; profile: {cfg.profile}"
+        + (" (rough look, not comparable with the paper)" if cfg.quick else ""),
+        f"- methods: {', '.join(cfg.methods)}",
+        "- categories and anomaly types: " + "; ".join(f"{c}: {', '.join(k)}" for c, k in types.items()),
+        f"- sizes: {cfg.num_pairs} pairs per type, {cfg.sampler_steps} sampler steps; U-Net {cfg.loc_epochs} epochs x "
+        f"{cfg.loc_samples_per_epoch} samples at {cfg.loc_resolution} px, best of {cfg.loc_runs} run(s), epoch chosen "
+        f"on the {'test set (optimistic)' if cfg.select_on == 'test' else 'held-out data'}",
+        f"- steps: {sum(s['status'] == 'done' for s in statuses)} run now, "
+        f"{sum(s['status'] == 'skipped' for s in statuses)} finished before",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
+    """Run (or resume) the whole protocol; return {"config", "types", "steps", "results", "summary"}.
+
+    Writes ``OUT/config.json`` first (the resolved settings), then runs the steps in order (per category:
+    training and generation of each type, then quality, localization, classification per method), and
+    finally the tables (``summary.md``, ``summary.json``, CSV files).
+    """
+    cfg = resolve_benchmark_config(config)
+    types = anomaly_types_by_category(cfg)
+    if not types:
+        raise InputError("benchmark: no category has any of the chosen anomaly types")
+    _validate_data(cfg, types)
+    out = Path(cfg.out)
+    bench = _Benchmark(cfg, types)
+    steps = bench.steps()
+    done = _check_markers(steps, out)
+    write_json_atomic(out / "config.json", {"profile": cfg.profile, **cfg.to_dict(), "anomaly_types": types})
+    statuses = []
+    for i, step in enumerate(steps, 1):
+        prefix = f"[{i}/{len(steps)}] {step.id}"
+        if step.id in done:
+            log.info("%s: finished before, skipped", prefix)
+            statuses.append({"id": step.id, "status": "skipped", "seconds": done[step.id].get("seconds")})
+            continue
+        log.info("%s: running", prefix)
+        started = time.perf_counter()
+        result = step.run()
+        seconds = round(time.perf_counter() - started, 3)
+        write_json_atomic(
+            step.marker(out), {"id": step.id, "key": step.key, "result": result, "seconds": seconds}
+        )
+        log.info("%s: done in %.1f s", prefix, seconds)
+        statuses.append({"id": step.id, "status": "done", "seconds": seconds})
+    markdown, results = write_tables(out, cfg.data)
+    summary_md = _summary_header(cfg, types, statuses) + markdown
+    write_text_atomic(out / "summary.md", summary_md)
+    summary = {"config": _jsonable(cfg.to_dict()), "types": types, "steps": statuses, "results": results}
+    write_json_atomic(out / "summary.json", summary)
+    log.info("benchmark: tables in %s and %s", out / "summary.md", out / "summary.json")
+    return {**summary, "summary": summary_md}
+
+
+__all__ = [
+    "GENERATORS",
+    "METHODS",
+    "PROFILES",
+    "BenchmarkConfig",
+    "Step",
+    "anomaly_types_by_category",
+    "resolve_benchmark_config",
+    "run_benchmark",
+]

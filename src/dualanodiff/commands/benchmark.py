@@ -1,0 +1,176 @@
+"""`dualanodiff benchmark`: the whole protocol over chosen categories, types and methods, resumable."""
+
+from __future__ import annotations
+
+import argparse
+
+_DESCRIPTION = """\
+Run the paper's evaluation protocol end to end on an MVTec-AD-layout root, for every chosen category and anomaly
+type and every chosen method:
+
+  dualanodiff  train adapters per type, generate pairs (masks from the part images, quality-gated)
+  crop-paste   defects cut from the few-shot images, pasted on normal images
+  perlin       DRAEM's Perlin-noise anomalies on normal images
+  none         no generated data: the U-Net sees normal images only (shows what generated data adds)
+
+then, per category and method: Inception Score and IC-LPIPS of the generated images, downstream localization
+(DRAEM U-Net, image/pixel AUROC, AP, F1-max, AU-PRO) and anomaly-type classification (ResNet-34). Tables at the
+end: OUT/summary.md (laid out like the paper's, with its figures beside ours on MVTec AD), OUT/summary.json,
+OUT/localization.csv, OUT/quality.csv, OUT/classification.csv; the resolved settings in OUT/config.json.
+
+Resumable: every finished step leaves OUT/steps/<step>.json; running the same command again skips those and
+continues (training, generation and the U-Net also resume inside a step). A folder made with other settings is
+refused before anything runs.
+
+Sizes: the paper's by default (days of GPU time for all of MVTec AD); --quick for a rough look (shorter training,
+100 pairs, 25 sampler steps, 20 U-Net epochs, 1 run, 5 classifier epochs). Every size can be set below.
+"""
+
+_EPILOG = """\
+example:
+  dualanodiff benchmark --data mvtec --base stable-diffusion-v1-5/stable-diffusion-v1-5 --out bench \\
+      --categories hazelnut,pill --quick --inception-weights weights-inception-2015-12-05-6726825d.pth \\
+      --lpips-vgg-weights vgg16-397923af.pth --imagenet-weights resnet34-b627a593.pth
+"""
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "benchmark",
+        help="the whole protocol in one resumable command: train, generate, baselines, metrics, tables",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = p.add_argument_group("what to run")
+    what.add_argument("--data", required=True, help="dataset root in the MVTec AD layout")
+    what.add_argument(
+        "--base", help="Stable Diffusion 1.5 (hub id or local diffusers folder); needed for dualanodiff"
+    )
+    what.add_argument("--out", required=True, help="benchmark folder (resumed if it exists)")
+    what.add_argument("--categories", type=_csv, help="comma list of categories (default: all under --data)")
+    what.add_argument(
+        "--anomalies", type=_csv, help="comma list of anomaly types (default: all types of each category)"
+    )
+    what.add_argument(
+        "--methods",
+        type=_csv,
+        default=["dualanodiff", "crop-paste", "perlin", "none"],
+        help="comma list from dualanodiff, crop-paste, perlin, none (default: all four)",
+    )
+    what.add_argument("--quick", action="store_true", help="the quick profile's sizes instead of the paper's")
+    what.add_argument(
+        "--split",
+        choices=["strict", "paper-compat"],
+        default="strict",
+        help="few-shot split: strict (default) or the authors' rule whose extra training image is also a test image",
+    )
+    what.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    what.add_argument(
+        "--device", help="torch device for generation and evaluation (default: cuda if available)"
+    )
+    what.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+    tr = p.add_argument_group("adapter training (dualanodiff; unset: the profile's)")
+    tr.add_argument(
+        "--train-preset", choices=["paper", "official-code"], help="training preset (see `train --help`)"
+    )
+    length = tr.add_mutually_exclusive_group()
+    length.add_argument("--train-epochs", type=int, help="passes over the few-shot images")
+    length.add_argument("--train-steps", type=int, help="optimizer steps (quick: 500)")
+    tr.add_argument("--train-batch-size", type=int, help="pairs per optimizer step")
+    tr.add_argument("--train-lr", type=float, help="learning rate")
+    tr.add_argument("--rank", dest="train_rank", type=int, default=32, help="LoRA rank (default 32)")
+    tr.add_argument(
+        "--text-encoder-rank",
+        dest="train_text_encoder_rank",
+        type=int,
+        default=32,
+        help="text LoRA rank (default 32)",
+    )
+    tr.add_argument("--train-resolution", type=int, help="training size (default: the base's)")
+    tr.add_argument(
+        "--bcm", action="store_true", help="train and generate with the Background Compensation Module"
+    )
+    tr.add_argument(
+        "--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="precision of the frozen base"
+    )
+
+    ge = p.add_argument_group("generation (all generators; unset: the profile's)")
+    ge.add_argument("--num-pairs", type=int, help="pairs per anomaly type (paper 1000, quick 100)")
+    ge.add_argument("--sampler-steps", type=int, help="diffusion sampler steps (paper 50, quick 25)")
+    ge.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance (default 2.5)")
+    ge.add_argument(
+        "--scheduler", choices=["pndm", "ddim", "dpm++", "unipc", "euler"], default="pndm", help="sampler"
+    )
+    ge.add_argument("--gen-batch-size", type=int, default=8, help="pairs per UNet call (default 8)")
+    ge.add_argument(
+        "--gen-resolution",
+        type=int,
+        help="generated size (default: the base's; baselines: the normal images')",
+    )
+    ge.add_argument(
+        "--mask-method", choices=["auto", "grey", "u2net"], default="auto", help="mask from part image"
+    )
+    ge.add_argument("--u2net-weights", help="U^2-Net weights for --mask-method u2net / auto")
+    ge.add_argument(
+        "--max-mask-area", type=float, default=0.5, help="reject pairs whose mask covers more (default 0.5)"
+    )
+    ge.add_argument("--perlin-source", help="perlin: folder of texture images (DRAEM used DTD)")
+
+    qu = p.add_argument_group("generation quality")
+    qu.add_argument("--no-quality", dest="quality", action="store_false", help="skip IS / IC-LPIPS")
+    qu.add_argument("--inception-weights", help="torch-fidelity's Inception weights file (offline machines)")
+    qu.add_argument("--lpips-vgg-weights", help="torchvision VGG16 weights file for LPIPS (offline machines)")
+    qu.add_argument("--is-splits", type=int, default=10, help="Inception Score splits (default 10)")
+    qu.add_argument("--lpips-size", type=int, default=256, help="LPIPS input side (default 256)")
+
+    lo = p.add_argument_group("downstream localization (unset: the profile's)")
+    lo.add_argument("--loc-epochs", type=int, help="U-Net epochs (paper 200, quick 20)")
+    lo.add_argument("--loc-samples-per-epoch", type=int, help="U-Net samples per epoch (500)")
+    lo.add_argument("--loc-batch-size", type=int, default=16, help="U-Net batch size (default 16)")
+    lo.add_argument("--loc-lr", type=float, default=1e-4, help="U-Net learning rate (default 1e-4)")
+    lo.add_argument("--loc-resolution", type=int, default=256, help="U-Net input side (default 256)")
+    lo.add_argument("--loc-base-channels", type=int, default=64, help="U-Net base width (default 64)")
+    lo.add_argument(
+        "--runs", dest="loc_runs", type=int, help="U-Nets trained per category, best kept (paper 3)"
+    )
+    lo.add_argument(
+        "--select-on",
+        choices=["heldout", "test"],
+        default="heldout",
+        help="best epoch on held-out data (default) or on the test set as the authors did (optimistic)",
+    )
+    lo.add_argument("--paper-compat-f1", action="store_true", help="the authors' 21-threshold pixel F1")
+
+    cl = p.add_argument_group("anomaly-type classification")
+    cl.add_argument("--no-classification", dest="classification", action="store_false", help="skip it")
+    cl.add_argument(
+        "--imagenet-weights", help="torchvision ResNet-34 ImageNet weights file (offline machines)"
+    )
+    cl.add_argument("--cls-epochs", type=int, help="ResNet-34 epochs (paper 30, quick 5)")
+    cl.add_argument("--cls-batch-size", type=int, default=8, help="ResNet-34 batch size (default 8)")
+    cl.add_argument("--cls-lr", type=float, default=1e-4, help="ResNet-34 learning rate (default 1e-4)")
+    cl.add_argument("--cls-resolution", type=int, default=256, help="ResNet-34 input side (default 256)")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args):
+    from dataclasses import fields
+
+    from ..benchmark import BenchmarkConfig
+
+    names = {f.name for f in fields(BenchmarkConfig)}
+    return BenchmarkConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def run(args) -> int:
+    from ..benchmark import run_benchmark
+
+    result = run_benchmark(config_from_args(args))
+    print(result["summary"])
+    return 0
