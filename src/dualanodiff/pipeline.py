@@ -11,14 +11,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .errors import InputError
 from .model.base import load_base
 from .model.dual_unet import (
     AdapterConfig,
@@ -32,6 +38,7 @@ from .model.dual_unet import (
     read_state_dict_file,
     save_adapters,
 )
+from .model.encode import GLOBAL_PROMPT, PART_PROMPT, decode_latents, encode_latents, encode_prompts
 
 
 def _remove_peft_lora(model: nn.Module) -> None:
@@ -42,6 +49,16 @@ def _remove_peft_lora(model: nn.Module) -> None:
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module.base_layer)
     if hasattr(model, "peft_config"):
         del model.peft_config
+
+
+@dataclass
+class DualAnoDiffOutput(BaseOutput):
+    """Generated pairs: whole anomaly images, anomaly-part images, masks (when a masker is given), seeds."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    parts: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    masks: list[np.ndarray] | None
+    seeds: list[int]
 
 
 class DualAnoDiffPipeline(DiffusionPipeline):
@@ -155,3 +172,180 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         self.configure_adapters(config)
         load_adapter_state(converted, self.unet, self.text_encoder, source=str(path))
         return config
+
+    # ---- generation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        num_pairs: int = 1,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 2.5,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        seeds: Sequence[int] | None = None,
+        latents: torch.Tensor | None = None,
+        backgrounds: torch.Tensor | Sequence[PIL.Image.Image | np.ndarray] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        global_prompt: str = GLOBAL_PROMPT,
+        part_prompt: str = PART_PROMPT,
+        negative_prompt: str = "",
+        output_type: str = "pil",
+        masker: Callable[[np.ndarray], np.ndarray] | None = None,
+        return_dict: bool = True,
+        bcm_mode: str = "folded",
+    ) -> DualAnoDiffOutput | tuple:
+        """Generate ``num_pairs`` (whole image, anomaly part) pairs, and masks when ``masker`` is given.
+
+        Reproducibility: pair i draws its initial noise (and, with BCM, its background noise) from its own seed
+        (``seeds[i]``, or one drawn from ``generator``, or ``generator[i]``), so a pair is the same whatever the
+        batch it is generated in, for the deterministic schedulers (PNDM, DDIM, DPM-Solver++, UniPC, Euler).
+        ``latents``: optional initial noise, (num_pairs, 2, C, h, w) with [:, 0] global and [:, 1] part.
+        ``backgrounds``: BCM only, one background image per pair (the object blacked out), in [-1, 1] as a
+        tensor (num_pairs, 3, H, W) or as PIL/uint8 images.
+        ``bcm_mode``: "folded" runs the background reference pass as extra rows of the same UNet call;
+        "two-pass" runs it as a separate forward first, as the official code does (same numbers, slower).
+        """
+        if num_pairs < 1:
+            raise InputError(f"num_pairs must be at least 1, got {num_pairs}")
+        if output_type not in ("pil", "np", "pt"):
+            raise InputError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if self.adapter_config is None:
+            raise InputError(
+                "no adapters installed: build the pipeline with DualAnoDiffPipeline.from_pretrained"
+            )
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        device, dtype = self.unet.device, self.unet.dtype
+        generators, seeds = self._pair_generators(num_pairs, generator, seeds)
+        do_cfg = guidance_scale > 1.0
+        use_bcm = self.adapter_config.bcm and backgrounds is not None
+        if bcm_mode not in ("folded", "two-pass"):
+            raise InputError(f"bcm_mode must be 'folded' or 'two-pass', got {bcm_mode!r}")
+        if self.adapter_config.bcm and backgrounds is None:
+            raise InputError("these adapters use BCM: pass one background image per pair (backgrounds=...)")
+
+        # Text: pair rows [global, part] per pair; under CFG the unconditional half comes first (METHOD 2).
+        emb = encode_prompts(self.tokenizer, self.text_encoder, [global_prompt, part_prompt, negative_prompt])
+        cond = emb[:2].repeat(num_pairs, 1, 1)
+        text = torch.cat([emb[2:3].expand_as(cond), cond]) if do_cfg else cond
+        if use_bcm:  # background rows: global prompt (empty prompt for the unconditional ones)
+            bg_text = emb[0:1].expand(num_pairs, -1, -1)
+            text = torch.cat(
+                [text, emb[2:3].expand(num_pairs, -1, -1), bg_text] if do_cfg else [text, bg_text]
+            )
+        text = text.to(dtype)
+
+        # Initial noise, one generator per pair: (num_pairs, 2, C, h, w) -> interleaved rows.
+        shape = (
+            2,
+            self.unet.config.in_channels,
+            height // self.vae_scale_factor,
+            width // self.vae_scale_factor,
+        )
+        if latents is None:
+            latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
+        elif tuple(latents.shape) != (num_pairs, *shape):
+            raise InputError(f"latents must have shape {(num_pairs, *shape)}, got {tuple(latents.shape)}")
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = latents.flatten(0, 1).to(device, dtype) * self.scheduler.init_noise_sigma
+
+        bg_latents = self._background_latents(backgrounds, num_pairs, generators, do_cfg) if use_bcm else None
+        noiser = DDPMScheduler.from_config(self.scheduler.config) if use_bcm else None
+
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            pair_text, kwargs = text, None
+            if use_bcm:  # background rows noised to the same t, fresh noise from each pair's generator
+                noise = torch.cat(
+                    [torch.randn(bg_latents.shape[1:], generator=g).unsqueeze(0) for g in generators]
+                )
+                noise = torch.cat([noise] * (2 if do_cfg else 1)).to(device, dtype)
+                t_int = torch.full(
+                    (bg_latents.shape[0],), int(round(float(t))), device=device, dtype=torch.long
+                )
+                noisy_bg = noiser.add_noise(bg_latents, noise, t_int)
+                num_bg = noisy_bg.shape[0]
+                if bcm_mode == "folded":  # the reference pass rides in the same UNet call
+                    model_input = torch.cat([model_input, noisy_bg])
+                    kwargs = {"background_rows": num_bg}
+                else:  # the official structure: a separate reference forward that records attn1 inputs
+                    pair_text, recorded = text[:-num_bg], {}
+                    self.unet(
+                        noisy_bg, t, text[-num_bg:], cross_attention_kwargs={"record_background": recorded}
+                    )
+                    kwargs = {"background_states": recorded}
+            pred = self.unet(model_input, t, pair_text, cross_attention_kwargs=kwargs).sample
+            pred = pred[: latents.shape[0] * (2 if do_cfg else 1)]
+            if do_cfg:
+                uncond, cond_pred = pred.chunk(2)
+                pred = uncond + guidance_scale * (cond_pred - uncond)
+            latents = self.scheduler.step(pred, t, latents).prev_sample
+
+        images = (decode_latents(self.vae, latents).float() / 2 + 0.5).clamp(0, 1)  # (2B, 3, H, W)
+        wholes, parts = images[0::2].cpu(), images[1::2].cpu()
+        masks = None
+        if masker is not None:
+            masks = [masker(_to_uint8(p)) for p in parts]
+        if output_type != "pt":
+            wholes, parts = wholes.permute(0, 2, 3, 1).numpy(), parts.permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                wholes = [PIL.Image.fromarray(to_uint8(x)) for x in wholes]
+                parts = [PIL.Image.fromarray(to_uint8(x)) for x in parts]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return wholes, parts, masks, seeds
+        return DualAnoDiffOutput(images=wholes, parts=parts, masks=masks, seeds=list(seeds))
+
+    def _pair_generators(
+        self, num_pairs: int, generator, seeds: Sequence[int] | None
+    ) -> tuple[list[torch.Generator], list[int]]:
+        """One CPU generator per pair, and the seed it was made from (recorded in every output)."""
+        if seeds is None:
+            if isinstance(generator, Sequence):
+                if len(generator) != num_pairs:
+                    raise InputError(f"got {len(generator)} generators for {num_pairs} pairs")
+                seeds = [int(g.initial_seed()) for g in generator]
+            else:
+                gen = generator if generator is not None else torch.Generator().manual_seed(0)
+                seeds = torch.randint(0, 2**31 - 1, (num_pairs,), generator=gen).tolist()
+        elif len(seeds) != num_pairs:
+            raise InputError(f"got {len(seeds)} seeds for {num_pairs} pairs")
+        return [torch.Generator().manual_seed(int(s)) for s in seeds], [int(s) for s in seeds]
+
+    def _background_latents(self, backgrounds, num_pairs: int, generators, do_cfg: bool) -> torch.Tensor:
+        """VAE latents of the backgrounds (and of mid-grey ones for the unconditional rows under CFG)."""
+        if isinstance(backgrounds, torch.Tensor):
+            bg = backgrounds
+        else:
+            bg = torch.stack([_image_to_tensor(b) for b in backgrounds])
+        if bg.shape[0] != num_pairs:
+            raise InputError(f"BCM needs one background per pair: got {bg.shape[0]} for {num_pairs} pairs")
+        bg = bg.to(self.vae.device, self.vae.dtype)
+        scale = self.adapter_config.background_latent_scaling == "correct"
+        # VAE sampling draws from each pair's own generator, so a pair does not depend on its batch.
+        latents = torch.cat(
+            [encode_latents(self.vae, bg[i : i + 1], generators[i], scale=scale) for i in range(num_pairs)]
+        )
+        if do_cfg:  # unconditional rows: a mid-grey background (0 in [-1, 1]) with the empty prompt
+            grey = encode_latents(self.vae, torch.zeros_like(bg[:1]), generators[0], scale=scale)
+            latents = torch.cat([grey.expand_as(latents), latents])
+        return latents.to(self.unet.dtype)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float image in [0, 1] -> uint8, rounded."""
+    return (image * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> uint8 (H, W, 3)."""
+    return to_uint8(image.permute(1, 2, 0).numpy())
+
+
+def _image_to_tensor(image: PIL.Image.Image | np.ndarray) -> torch.Tensor:
+    """A PIL or uint8 (H, W, 3) image -> (3, H, W) in [-1, 1]."""
+    array = np.asarray(
+        image.convert("RGB") if isinstance(image, PIL.Image.Image) else image, dtype=np.float32
+    )
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0

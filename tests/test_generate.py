@@ -1,0 +1,254 @@
+"""Generation: the pipeline's sampling loop, bulk generation to disk, resume, sharding, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dualanodiff.cli import main as cli
+from dualanodiff.errors import InputError
+from dualanodiff.generate import SCHEDULERS, GenerateConfig, generate_to_folder, make_scheduler
+from dualanodiff.io import read_jsonl
+from dualanodiff.pipeline import DualAnoDiffPipeline
+
+
+@pytest.fixture
+def pipe(tiny_base_dir):
+    p = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture
+def adapters(pipe, tmp_path):
+    with torch.no_grad():  # non-trivial adapters, so the part branch differs from the whole-image branch
+        for proc in pipe.adapter_modules():
+            for name, param in proc.named_parameters():
+                if name.endswith("up") or name.startswith("lora_B"):
+                    param.normal_(0, 0.02)
+    return pipe.save_adapters(tmp_path / "adapters")
+
+
+def test_outputs_shapes_ranges_and_types(pipe):
+    out = pipe(num_pairs=2, num_inference_steps=3, seeds=[4, 5], output_type="np")
+    assert out.images.shape == (2, 64, 64, 3) and out.parts.shape == (2, 64, 64, 3)
+    assert out.images.min() >= 0 and out.images.max() <= 1 and out.seeds == [4, 5]
+    pil = pipe(num_pairs=1, num_inference_steps=2, seeds=[4], output_type="pil")
+    assert isinstance(pil.images[0], Image.Image) and pil.images[0].size == (64, 64)
+    pt = pipe(num_pairs=1, num_inference_steps=2, seeds=[4], output_type="pt")
+    assert pt.images.shape == (1, 3, 64, 64)
+    masks = pipe(num_pairs=1, num_inference_steps=2, seeds=[4], masker=lambda part: part[..., 0] > 100).masks
+    assert masks[0].shape == (64, 64) and masks[0].dtype == bool
+
+
+def test_a_pair_does_not_depend_on_its_batch(pipe, adapters):
+    pipe.load_adapters(adapters)
+    together = pipe(num_pairs=3, num_inference_steps=3, seeds=[7, 8, 9], output_type="np")
+    alone = pipe(num_pairs=1, num_inference_steps=3, seeds=[8], output_type="np")
+    assert np.abs(together.images[1] - alone.images[0]).max() <= 1e-5
+    assert np.abs(together.parts[1] - alone.parts[0]).max() <= 1e-5
+    assert np.abs(together.images[0] - together.images[1]).max() > 1e-2  # seeds matter
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "ddim", "dpm++", "unipc", "euler"])
+def test_whole_image_branch_equals_diffusers_stable_diffusion(tiny_base_dir, scheduler):
+    """SAIM off and zero LoRA: our loop is diffusers' loop, so the global branch is SD's output."""
+    from diffusers import StableDiffusionPipeline
+
+    ours = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, saim=False)
+    ours.scheduler = make_scheduler(scheduler, ours.scheduler.config)
+    ours.set_progress_bar_config(disable=True)
+    sd = StableDiffusionPipeline.from_pretrained(
+        tiny_base_dir, safety_checker=None, requires_safety_checker=False
+    )
+    sd.scheduler = make_scheduler(scheduler, sd.scheduler.config)
+    sd.set_progress_bar_config(disable=True)
+    latents = torch.randn(1, 2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    got = ours(
+        num_pairs=1, num_inference_steps=6, guidance_scale=2.5, latents=latents, output_type="np"
+    ).images
+    want = sd(
+        "a vfx with sks",
+        negative_prompt="",
+        num_inference_steps=6,
+        guidance_scale=2.5,
+        latents=latents[:, 0],
+        output_type="np",
+    ).images
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_guidance_at_most_one_skips_the_unconditional_rows(pipe):
+    calls = []
+    original = pipe.unet.forward
+    pipe.unet.forward = lambda sample, *a, **k: calls.append(sample.shape[0]) or original(sample, *a, **k)
+    pipe(num_pairs=2, num_inference_steps=2, guidance_scale=1.0, seeds=[1, 2])
+    without = list(calls)
+    calls.clear()
+    pipe(num_pairs=2, num_inference_steps=2, guidance_scale=2.0, seeds=[1, 2])
+    assert set(without) == {4} and set(calls) == {8}  # 2 pairs = 4 rows; CFG doubles them
+
+
+def test_bcm_generation_uses_backgrounds(tiny_base_dir):
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True, saim=False)
+    pipe.set_progress_bar_config(disable=True)
+    for proc in pipe.adapter_modules():
+        if getattr(proc, "bcm", None) is not None:
+            proc.bcm.alpha.data.fill_(0.8)
+            for layer in proc.bcm.mlp:
+                layer.weight.data *= 20  # a strong background signal, so its effect is far above float noise
+    bright, dark = torch.ones(1, 3, 64, 64), -torch.ones(1, 3, 64, 64)
+    a = pipe(num_pairs=1, num_inference_steps=3, seeds=[1], backgrounds=bright, output_type="np")
+    b = pipe(num_pairs=1, num_inference_steps=3, seeds=[1], backgrounds=dark, output_type="np")
+    assert np.abs(a.images - b.images).max() > 1e-3  # the background reaches the global branch
+    assert np.abs(a.parts - b.parts).max() == 0  # ... and only it (SAIM off)
+    with pytest.raises(InputError, match="background"):
+        pipe(num_pairs=1, num_inference_steps=2)
+
+
+def test_bad_arguments_are_clear_errors(pipe):
+    with pytest.raises(InputError, match="num_pairs must be at least 1"):
+        pipe(num_pairs=0)
+    with pytest.raises(InputError, match="3 seeds for 2 pairs"):
+        pipe(num_pairs=2, seeds=[1, 2, 3])
+    with pytest.raises(InputError, match="num-pairs"):
+        GenerateConfig(base="b", adapters="a", out="o", num_pairs=0)
+
+
+def _config(base, adapters, out, **kw):
+    return GenerateConfig(base=str(base), adapters=str(adapters), out=str(out), steps=2, batch_size=2, **kw)
+
+
+def test_generate_writes_layout_and_resumes_identically(tiny_base_dir, adapters, pipe, tmp_path):
+    out = tmp_path / "gen"
+    cfg = _config(tiny_base_dir, adapters, out, num_pairs=5, max_mask_area=1.0)
+    full = tmp_path / "full"
+    generate_to_folder(
+        _config(tiny_base_dir, adapters, full, num_pairs=5, max_mask_area=1.0),
+        show_progress=False,
+        process_index=0,
+        num_processes=1,
+    )
+    # An interrupted run: only 2 pairs made, plus a stray temporary file and a torn manifest line.
+    generate_to_folder(
+        _config(tiny_base_dir, adapters, out, num_pairs=2, max_mask_area=1.0),
+        show_progress=False,
+        process_index=0,
+        num_processes=1,
+    )
+    (out / "image" / ".00002.png.abc.tmp").write_bytes(b"partial")
+    with (out / "manifest.jsonl").open("a") as f:
+        f.write('{"name": "00002", "ind')
+    summary = generate_to_folder(cfg, show_progress=False, process_index=0, num_processes=1)
+    assert summary["written"] == 3 and summary["complete"] == 5
+    for kind in ("image", "part", "mask"):
+        for i in range(5):
+            assert (out / kind / f"{i:05d}.png").read_bytes() == (full / kind / f"{i:05d}.png").read_bytes()
+    records = {r["name"]: r for r in read_jsonl(out / "manifest.jsonl")}
+    assert sorted(records) == [f"{i:05d}" for i in range(5)]
+    rec = records["00003"]
+    assert rec["seed"] == 3 and rec["prompts"] == ["a vfx with sks", "sks"] and rec["scheduler"] == "pndm"
+    assert {"mask_area", "kept", "reject_reason", "adapter_identity", "steps", "guidance"} <= set(rec)
+    assert json.loads((out / "config.json").read_text())["num_pairs"] == 5
+    assert generate_to_folder(cfg, show_progress=False, process_index=0, num_processes=1)["written"] == 0
+
+
+def test_processes_split_pairs_disjoint_and_complete(tiny_base_dir, adapters, tmp_path):
+    out = tmp_path / "gen"
+    cfg = _config(tiny_base_dir, adapters, out, num_pairs=5)
+    written = [
+        generate_to_folder(cfg, show_progress=False, process_index=r, num_processes=2)["written"]
+        for r in (0, 1)
+    ]
+    assert written == [3, 2]
+    names = [r["name"] for r in read_jsonl(out / "manifest.jsonl")]
+    assert sorted(names) == [f"{i:05d}" for i in range(5)] and len(set(names)) == 5
+
+
+def test_quality_filter_flags_pairs(tiny_base_dir, adapters, tmp_path):
+    out = tmp_path / "gen"
+    generate_to_folder(
+        _config(tiny_base_dir, adapters, out, num_pairs=2, max_mask_area=1e-4),
+        show_progress=False,
+        process_index=0,
+        num_processes=1,
+    )
+    recs = read_jsonl(out / "manifest.jsonl")
+    assert all(not r["kept"] and r["reject_reason"] for r in recs)
+
+
+def test_cli_errors_for_missing_and_foreign_adapters(tiny_base_dir, tmp_path, capsys):
+    assert (
+        cli(
+            [
+                "generate",
+                "--base",
+                str(tiny_base_dir),
+                "--adapters",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "o"),
+                "--num-pairs",
+                "1",
+            ]
+        )
+        == 2
+    )
+    assert "no adapters.safetensors" in capsys.readouterr().err
+    from dualanodiff.model.base import build_base, save_base
+
+    other = build_base("tiny", seed=1)
+    other.unet = type(other.unet)(**{**other.unet.config, "block_out_channels": (32, 32, 64, 64)})
+    save_base(other, tmp_path / "other_base")
+    pipe = DualAnoDiffPipeline.from_pretrained(tmp_path / "other_base", rank=4)
+    pipe.save_adapters(tmp_path / "foreign")
+    assert (
+        cli(
+            [
+                "generate",
+                "--base",
+                str(tiny_base_dir),
+                "--adapters",
+                str(tmp_path / "foreign"),
+                "--out",
+                str(tmp_path / "o"),
+                "--num-pairs",
+                "1",
+                "--steps",
+                "1",
+            ]
+        )
+        == 2
+    )
+    assert "trained for another base" in capsys.readouterr().err
+    assert (
+        cli(
+            [
+                "generate",
+                "--base",
+                str(tiny_base_dir),
+                "--adapters",
+                str(tmp_path / "foreign"),
+                "--out",
+                str(tmp_path / "o"),
+                "--num-pairs",
+                "0",
+            ]
+        )
+        == 2
+    )
+    assert "--num-pairs must be at least 1" in capsys.readouterr().err
+
+
+def test_every_listed_scheduler_builds():
+    from diffusers import PNDMScheduler
+
+    from dualanodiff.model.base import SD15_SCHEDULER_CONFIG
+
+    base = PNDMScheduler(**SD15_SCHEDULER_CONFIG).config
+    for name in SCHEDULERS:
+        make_scheduler(name, base).set_timesteps(5)
