@@ -1,0 +1,247 @@
+"""`dualanodiff evaluate`: results files and tables, equivalence with the library metrics, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dualanodiff.cli import main
+from dualanodiff.data.mvtec import anomaly_samples, few_shot_split
+from dualanodiff.evaluate.protocol import infer_anomaly_type, paper_figures_apply, paper_milestones
+from dualanodiff.evaluate.tables import methods_localization_table, quality_table
+from dualanodiff.io import write_json_atomic
+
+TINY_LOC = [
+    "--epochs", "2", "--samples-per-epoch", "8", "--batch-size", "4", "--resolution", "64",
+    "--base-channels", "4", "--runs", "2", "--device", "cpu",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from dualanodiff.synthetic import make_synthetic
+
+    counts = {"crack": 6, "scratch": 6, "spot": 6, "stain": 6}
+    return make_synthetic(
+        tmp_path_factory.mktemp("data"), resolution=64, n_train_good=6, n_test_good=3,
+        categories=["pill"], defect_counts={"pill": counts},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def generated(data_root, tmp_path_factory):
+    """Crop&Paste folders for two types (the same layout `generate` writes)."""
+    from dualanodiff.baselines import run_baseline
+
+    out = tmp_path_factory.mktemp("gen")
+    return {
+        k: Path(run_baseline("crop-paste", data_root, "pill", k, 10, out / k)["out_dir"])
+        for k in ("crack", "scratch")
+    }
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Inception and VGG16 files with the real keys and shapes, random values (no download)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("weights")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None)
+        torch.manual_seed(0)
+        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"])
+    torch.save(model.state_dict(), folder / "inception.pth")
+    torch.manual_seed(0)
+    features = torchvision.models.vgg16().features
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, folder / "vgg16.pth")
+    return folder / "inception.pth", folder / "vgg16.pth"
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_localization_writes_json_csv_markdown_and_aggregates_methods(data_root, generated, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", "localization", "--data", str(data_root), "--category", "pill", "--out", str(out)]
+    assert main([*args, "--generated", *map(str, generated.values()), *TINY_LOC]) == 0
+    res = json.loads((out / "localization" / "crop-paste" / "pill" / "results.json").read_text())
+    assert res["selection"] == "heldout" and len(res["runs"]) == 2  # both runs reported, the best kept
+    best = max(res["runs"], key=lambda r: r["selection_score"])
+    assert res["metrics"] == best["test"] and res["best_run"] == best["run"]
+    assert res["counts"]["train_generated"] + res["counts"]["heldout_generated"] == 20
+    # the real test set: remaining 2/3 of all four types (4 each) + 3 good
+    assert res["counts"]["test"] == 4 * 4 + 3 and res["counts"]["test_anomalous"] == 16
+    assert res["config"]["lr_milestones"] == [1]  # 80 % / 90 % of 2 epochs, no milestone at epoch 0
+
+    assert main([*args, *TINY_LOC]) == 0  # no --generated: the normal-only baseline, same folder
+    rows = {r["method"]: r for r in _csv(out / "localization.csv")}
+    assert set(rows) == {"crop-paste", "none"}
+    none = json.loads((out / "localization" / "none" / "pill" / "results.json").read_text())
+    for method, r in (("crop-paste", res), ("none", none)):
+        for key, value in r["metrics"].items():
+            if key in rows[method] and isinstance(value, float):
+                assert float(rows[method][key]) == pytest.approx(value, rel=1e-12)
+    md = (out / "results.md").read_text()
+    assert "| crop-paste |" in md and "| none |" in md
+    assert "paper:" not in md  # synthetic data: the paper's MVTec figures would be a false comparison
+    assert f"| crop-paste | {100 * res['metrics']['pixel_auroc']:.2f} |" in md
+    assert (
+        json.loads((out / "results.json").read_text())["localization"]["none"]["pill"]["pixel_auroc"]
+        == (none["metrics"]["pixel_auroc"])
+    )
+    assert "| crop-paste |" in capsys.readouterr().out
+
+
+def test_select_on_test_says_optimistic(data_root, generated, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["evaluate", "localization", "--data", str(data_root), "--category", "pill", "--out", str(out),
+            "--generated", str(generated["crack"]), "--select-on", "test", "--test-types", "crack", *TINY_LOC]  # fmt: skip
+    argv[argv.index("--runs") + 1] = "1"
+    assert main(argv) == 0
+    assert "optimistic" in capsys.readouterr().err
+    res = json.loads((out / "localization" / "crop-paste" / "pill" / "results.json").read_text())
+    assert res["selection"] == "test (optimistic)"
+    assert res["counts"]["test"] == 4 + 3  # --test-types crack: its remaining 2/3 + good
+    assert "optimistic" in (out / "results.md").read_text()
+
+
+def test_quality_equals_library_metrics(data_root, generated, weights, tmp_path):
+    from dualanodiff.evaluate.quality import ic_lpips, inception_score, load_inception, load_lpips_vgg
+
+    inception, vgg = weights
+    out = tmp_path / "eval"
+    argv = ["evaluate", "quality", "--data", str(data_root), "--category", "pill", "--out", str(out),
+            "--generated", *map(str, generated.values()), "--inception-weights", str(inception),
+            "--lpips-vgg-weights", str(vgg), "--is-splits", "5", "--lpips-size", "64", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads((out / "quality" / "crop-paste" / "pill.json").read_text())
+    inc, lp = load_inception(inception, "cpu"), load_lpips_vgg(vgg, "cpu")
+    for kind, folder in generated.items():
+        images = sorted((p for p in (folder / "image").iterdir()), key=lambda p: p.name)
+        centres = [s.image for s in few_shot_split(anomaly_samples(data_root, "pill", kind)).train]
+        ref_is = inception_score(images, splits=5, model=inc)["is_mean"]
+        ref_ic = ic_lpips(images, centres, model=lp, size=64)["ic_lpips"]
+        assert res["types"][kind]["is"] == pytest.approx(ref_is, rel=1e-9)
+        assert res["types"][kind]["ic_lpips"] == pytest.approx(ref_ic, rel=1e-9)
+        assert res["types"][kind]["n_images"] == 10
+    assert res["is"] == pytest.approx(np.mean([res["types"][k]["is"] for k in generated]))
+    rows = _csv(out / "quality.csv")
+    assert [(r["anomaly_type"], float(r["is"])) for r in rows] == [
+        (k, res["types"][k]["is"]) for k in sorted(generated)
+    ]
+    assert f"| crop-paste | {res['is']:.2f} | {res['ic_lpips']:.2f} |" in (out / "results.md").read_text()
+
+
+def test_classification_writes_accuracy(data_root, generated, tmp_path):
+    out = tmp_path / "eval"
+    argv = ["evaluate", "classification", "--data", str(data_root), "--category", "pill", "--out", str(out),
+            "--generated", *map(str, generated.values()), "--epochs", "1", "--batch-size", "4", "--resolution", "32",
+            "--device", "cpu"]  # fmt: skip
+    with pytest.warns(UserWarning, match="no imagenet_weights"):
+        assert main(argv) == 0
+    res = json.loads((out / "classification" / "crop-paste" / "pill" / "classification.json").read_text())
+    assert res["classes"] == ["crack", "scratch"] and res["n_test"] == 8 and res["n_train"] == 20
+    row = _csv(out / "classification.csv")[0]
+    assert float(row["accuracy"]) == res["accuracy"] and row["category"] == "pill"
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line, no traceback
+    return err
+
+
+def test_bad_inputs_are_one_line_errors(data_root, generated, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(generated["crack"], broken)
+    (broken / "mask" / "00003.png").unlink()
+    base = ["--data", str(data_root), "--out", str(tmp_path / "o")]
+    err = _error(
+        ["evaluate", "localization", *base, "--category", "pill", "--generated", str(broken)], capsys
+    )
+    assert "00003.png" in err and "mask" in err
+    err = _error(["evaluate", "localization", *base, "--category", "carpet", *TINY_LOC], capsys)
+    assert "'carpet' not found" in err and "pill" in err
+    err = _error(
+        ["evaluate", "classification", *base, "--category", "pill", "--generated", *map(str, generated.values()),
+         "--anomaly-types", "crack"], capsys)  # fmt: skip
+    assert "--anomaly-types" in err
+    err = _error(
+        ["evaluate", "classification", *base, "--category", "pill", "--generated", str(generated["crack"])],
+        capsys,
+    )
+    assert "at least two anomaly types" in err
+    err = _error(
+        ["evaluate", "localization", *base, "--category", "pill", "--test-types", "dent", *TINY_LOC], capsys
+    )
+    assert "dent" in err and "crack" in err
+
+
+def test_help_names_every_flag(capsys):
+    for mode, flags in {
+        "quality": ["--generated", "--inception-weights", "--lpips-vgg-weights", "--split", "--is-splits"],
+        "localization": ["--select-on", "--runs", "--epochs", "--samples-per-epoch", "--batch-size", "--lr",
+                         "--resolution", "--paper-compat-f1", "--device", "--test-types"],
+        "classification": ["--imagenet-weights", "--epochs", "--max-per-type"],
+    }.items():  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            main(["evaluate", mode, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        for flag in flags:
+            assert flag in text, (mode, flag)
+
+
+def test_anomaly_type_of_a_generate_folder_comes_from_its_adapters(tmp_path):
+    """`generate` records no anomaly_type per pair; its config names the adapters, whose config names the type."""
+    from dualanodiff.data.generated import GeneratedPair
+
+    adapters = tmp_path / "adapters"
+    write_json_atomic(adapters / "train_config.json", {"anomaly": "scratch"})
+    folder = tmp_path / "gen" / "whatever"
+    write_json_atomic(folder / "config.json", {"adapters": str(adapters)})
+    pair = GeneratedPair("00000", folder / "image" / "00000.png", folder / "mask" / "00000.png", None, {})
+    assert infer_anomaly_type(folder, [pair]) == "scratch"
+    write_json_atomic(folder / "config.json", {})
+    assert infer_anomaly_type(folder, [pair]) == "whatever"
+    tagged = GeneratedPair("00000", pair.image, pair.mask, None, {"anomaly_type": "crack"})
+    assert infer_anomaly_type(folder, [tagged]) == "crack"
+
+
+def test_tables_and_paper_figures(data_root):
+    assert paper_figures_apply(None, ["pill", "screw"]) and not paper_figures_apply(None, ["pill", "weave"])
+    assert not paper_figures_apply(data_root, ["pill"])  # the synthetic stand-in borrows the name
+    assert paper_milestones(200) == (160, 180) and paper_milestones(1) == ()
+    q = quality_table(
+        {"dualanodiff": {"pill": {"is": 2.0, "ic_lpips": 0.5}, "screw": {"is": 1.0, "ic_lpips": None}}}, True
+    )
+    assert "| dualanodiff | 2.00 | 0.50 | 1.00 | n/a | 1.50 | 0.50 |" in q
+    assert "| paper: DualAnoDiff |" in q and "1.93 | 0.38 |" in q
+    m = {
+        k: 0.5 for k in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "image_auroc", "image_ap", "image_f1_max")
+    }
+    t = methods_localization_table(
+        {"none": {"pill": {**m, "pixel_aupro": 0.25}, "screw": {**m, "pixel_aupro": 0.75}}}
+    )
+    assert "| none | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 2 |" in t
+    assert not paper_figures_apply(None, [])
