@@ -1,0 +1,231 @@
+"""`dualanodiff benchmark` end to end on a tiny synthetic MVTec-layout tree, resume, and input errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dualanodiff.benchmark as bm
+from dualanodiff.benchmark import BenchmarkConfig, run_benchmark
+from dualanodiff.cli import main
+from dualanodiff.errors import InputError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from dualanodiff.synthetic import make_synthetic
+
+    counts = {"crack": 6, "scratch": 6, "spot": 6, "stain": 6}
+    return make_synthetic(
+        tmp_path_factory.mktemp("data"), resolution=64, n_train_good=6, n_test_good=3,
+        categories=["pill"], defect_counts={"pill": counts},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Inception and VGG16 files with the real keys and shapes, random values (no download)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("weights")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None)
+        torch.manual_seed(0)
+        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"])
+    torch.save(model.state_dict(), folder / "inception.pth")
+    torch.manual_seed(0)
+    features = torchvision.models.vgg16().features
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, folder / "vgg16.pth")
+    return folder / "inception.pth", folder / "vgg16.pth"
+
+
+def tiny_config(data_root, base, out, weights) -> BenchmarkConfig:
+    """Every size at its smallest: 2 training steps, 4 pairs, 2 sampler steps, 1 U-Net epoch of 8 samples."""
+    return BenchmarkConfig(
+        data=str(data_root), base=str(base), out=str(out), anomalies=["crack", "scratch"],
+        train_steps=2, train_batch_size=2, train_rank=4, train_text_encoder_rank=4,
+        num_pairs=4, sampler_steps=2, gen_batch_size=4, max_mask_area=1.0,
+        inception_weights=str(weights[0]), lpips_vgg_weights=str(weights[1]), is_splits=2, lpips_size=64,
+        loc_epochs=1, loc_samples_per_epoch=8, loc_batch_size=4, loc_resolution=64, loc_base_channels=4,
+        loc_runs=1, cls_epochs=1, cls_batch_size=4, cls_resolution=32, cls_repeats_per_epoch=1,
+        device="cpu", progress=False,
+    )  # fmt: skip
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("a finished step ran again")
+
+
+STEP_FUNCTIONS = (
+    "train_adapters", "generate_to_folder", "run_baseline", "load_quality_models", "quality_of_category",
+    "localize_category", "classify_category",
+)  # fmt: skip
+
+
+def test_benchmark_end_to_end_resumes_and_skips_finished_steps(
+    data_root, tiny_base_dir, weights, tmp_path, monkeypatch
+):
+    out = tmp_path / "bench"
+    cfg = tiny_config(data_root, tiny_base_dir, out, weights)
+
+    # A failure in the last step: everything before it is finished and marked.
+    real_classify = bm.classify_category
+
+    def fails_for_perlin(root, category, generated, config, out_dir, **kwargs):
+        if Path(out_dir).parent.name == "perlin":
+            raise RuntimeError("interrupted")
+        return real_classify(root, category, generated, config, out_dir, **kwargs)
+
+    monkeypatch.setattr(bm, "classify_category", fails_for_perlin)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_benchmark(cfg)
+    assert not (out / "steps" / "classification--perlin--pill.json").exists()
+    assert (out / "steps" / "classification--crop-paste--pill.json").is_file()
+    monkeypatch.undo()
+
+    # The rerun does only the unfinished step.
+    res = run_benchmark(cfg)
+    ran = [s["id"] for s in res["steps"] if s["status"] == "done"]
+    assert ran == ["classification/perlin/pill"]
+    ids = [s["id"] for s in res["steps"]]
+    assert ids[:4] == ["train/pill/crack", "generate/dualanodiff/pill/crack", "generate/crop-paste/pill/crack",
+                       "generate/perlin/pill/crack"]  # fmt: skip
+    assert len(ids) == 2 * 4 + 3 + 4 + 3  # train+3 generators per type; quality, localization, classification
+    assert all((out / "steps" / (i.replace("/", "--") + ".json")).is_file() for i in ids)
+
+    # Outputs: adapters, generated folders, per-method results, tables.
+    assert (out / "adapters" / "pill" / "crack" / "adapters.safetensors").is_file()
+    for method in ("dualanodiff", "crop-paste", "perlin"):
+        for kind in ("crack", "scratch"):
+            assert len(list((out / "generated" / method / "pill" / kind / "image").glob("*.png"))) == 4
+    a = np.asarray(Image.open(out / "generated" / "perlin" / "pill" / "crack" / "image" / "00000.png"))
+    b = np.asarray(Image.open(out / "generated" / "perlin" / "pill" / "scratch" / "image" / "00000.png"))
+    assert not np.array_equal(a, b)  # per-type seeds: Perlin pairs of two types are not copies
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_pairs"] == 4 and config["profile"] == "paper" and config["train_preset"] == "paper"
+    assert config["anomaly_types"] == {"pill": ["crack", "scratch"]}
+
+    loc = {r["method"]: r for r in _csv(out / "localization.csv")}
+    assert set(loc) == {"dualanodiff", "crop-paste", "perlin", "none"}
+    for method, row in loc.items():
+        marker = json.loads((out / "steps" / f"localization--{method}--pill.json").read_text())
+        written = json.loads((out / "localization" / method / "pill" / "results.json").read_text())
+        assert marker["result"]["metrics"] == written["metrics"]
+        assert float(row["pixel_auroc"]) == pytest.approx(written["metrics"]["pixel_auroc"], rel=1e-12)
+        assert 0.0 <= float(row["image_auroc"]) <= 1.0
+        counts = written["counts"]
+        assert counts["test"] == 2 * 4 + 3  # the chosen types' remaining 2/3 + test/good
+        assert counts["train_generated"] + counts["heldout_generated"] == (0 if method == "none" else 8)
+    quality = {(r["method"], r["anomaly_type"]): r for r in _csv(out / "quality.csv")}
+    assert set(quality) == {
+        (m, k) for m in ("dualanodiff", "crop-paste", "perlin") for k in ("crack", "scratch")
+    }
+    assert all(float(r["is"]) >= 1.0 - 1e-9 and r["n_images"] == "4" for r in quality.values())
+    cls = {r["method"]: float(r["accuracy"]) for r in _csv(out / "classification.csv")}
+    assert set(cls) == {"dualanodiff", "crop-paste", "perlin"} and all(0 <= v <= 1 for v in cls.values())
+
+    summary_md = (out / "summary.md").read_text()
+    for heading in ("Downstream localization", "Generation quality", "Anomaly-type classification"):
+        assert heading in summary_md
+    assert f"| none | {100 * float(loc['none']['pixel_auroc']):.2f} |" in summary_md
+    assert "paper:" not in summary_md  # synthetic data, whatever its category names
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["results"]["localization"]["perlin"]["pill"]["pixel_auroc"] == float(
+        loc["perlin"]["pixel_auroc"]
+    )
+
+    # A third run touches no step function at all.
+    for name in STEP_FUNCTIONS:
+        monkeypatch.setattr(bm, name, _boom)
+    again = run_benchmark(cfg)
+    assert {s["status"] for s in again["steps"]} == {"skipped"}
+    assert again["results"] == summary["results"]
+    monkeypatch.undo()
+
+    # Other settings in the same folder are refused before anything runs, naming the step and the change.
+    with pytest.raises(InputError, match=r"generate/crop-paste/pill/crack \(num_pairs: 4 -> 5"):
+        run_benchmark(replace(cfg, num_pairs=5))
+    with pytest.raises(InputError, match=r"localization/dualanodiff/pill \(epochs: 1 -> 2"):
+        run_benchmark(replace(cfg, loc_epochs=2))
+
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+def test_bad_inputs_are_one_line_errors(data_root, weights, tmp_path, capsys, monkeypatch):
+    base = ["benchmark", "--data", str(data_root), "--out", str(tmp_path / "b")]
+    err = _error([*base, "--categories", "pill,carpet", "--methods", "none"], capsys)
+    assert "'carpet' not found" in err and "pill" in err
+    err = _error([*base, "--methods", "dualanodiff"], capsys)
+    assert "--base is required" in err
+    err = _error([*base, "--methods", "none,gan"], capsys)
+    assert "--methods" in err and "crop-paste" in err
+    err = _error([*base, "--methods", "none", "--anomalies", "dent"], capsys)
+    assert "dent" in err and "crack" in err
+    err = _error([*base, "--methods", "perlin", "--num-pairs", "4"], capsys)
+    assert "--is-splits" in err
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    err = _error([*base, "--methods", "perlin"], capsys)
+    assert "--inception-weights" in err
+    err = _error(
+        ["benchmark", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b"), "--methods", "none"],
+        capsys,
+    )
+    assert "nowhere" in err
+    # A type with too few images for the few-shot split is reported before any model is built.
+    from dualanodiff.synthetic import make_synthetic
+
+    small = make_synthetic(
+        tmp_path / "small", resolution=32, n_train_good=2, n_test_good=1, categories=["pill"],
+        defect_counts={"pill": {"crack": 2, "scratch": 3, "spot": 3, "stain": 3}},
+    )  # fmt: skip
+    err = _error(
+        ["benchmark", "--data", str(small), "--out", str(tmp_path / "c"), "--methods", "none"], capsys
+    )
+    assert "crack" in err and "too few" in err
+
+
+def test_profiles_fill_only_unset_sizes(data_root, tmp_path, capsys):
+    base = dict(data=str(data_root), out=str(tmp_path / "b"), methods=["none"], quality=False)
+    paper = bm.resolve_benchmark_config(BenchmarkConfig(**base))
+    assert (paper.num_pairs, paper.loc_epochs, paper.loc_runs, paper.train_steps) == (1000, 200, 3, None)
+    assert paper.categories == ["pill"]
+    quick = bm.resolve_benchmark_config(BenchmarkConfig(**base, quick=True, loc_epochs=7))
+    assert (quick.num_pairs, quick.loc_epochs, quick.loc_runs, quick.train_steps) == (100, 7, 1, 500)
+    assert quick.train_preset == "official-code"
+    by_epochs = bm.resolve_benchmark_config(BenchmarkConfig(**base, quick=True, train_epochs=3))
+    assert (by_epochs.train_epochs, by_epochs.train_steps) == (3, None)
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--data", "--base", "--out", "--categories", "--anomalies", "--methods", "--quick", "--num-pairs",
+                 "--sampler-steps", "--train-steps", "--loc-epochs", "--loc-samples-per-epoch", "--runs",
+                 "--select-on", "--cls-epochs", "--no-quality", "--no-classification"):  # fmt: skip
+        assert flag in text, flag
