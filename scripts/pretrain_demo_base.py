@@ -20,15 +20,33 @@ ASSETS = Path(__file__).resolve().parents[1] / "src" / "dualanodiff" / "assets"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=str(ASSETS), help="folder for demo_base.safetensors/.json")
     parser.add_argument("--stages", default="vae,unet", help="comma list of vae,unet")
+    parser.add_argument(
+        "--preview", default=None, help="also write a PNG: real / VAE reconstruction / samples"
+    )
+    parser.add_argument(
+        "--preview-only", action="store_true", help="only write --preview from --out's weights"
+    )
     for field in dataclasses.fields(PretrainConfig):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default
+        )
     args = parser.parse_args()
     cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
-    out = pretrain_base(cfg, args.out, stages=tuple(args.stages.split(",")))
-    print(f"wrote {out}")
+    if not args.preview_only:
+        out = pretrain_base(cfg, args.out, stages=tuple(args.stages.split(",")))
+        print(f"wrote {out}")
+    if args.preview:
+        from dualanodiff.demo_base import load_demo_base
+        from dualanodiff.io import save_image_atomic
+        from dualanodiff.pretrain import preview_grid
+
+        save_image_atomic(args.preview, preview_grid(load_demo_base(args.out)))
+        print(f"wrote {args.preview}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ META_NAME = "demo_base.json"
 def save_demo_base(base: BaseComponents, out_dir: str | os.PathLike, meta: dict) -> Path:
     """Write the UNet and VAE weights as fp16 safetensors plus their metadata."""
     out_dir = Path(out_dir)
-    state = {f"unet.{k}": v.detach().to(torch.float16).contiguous() for k, v in base.unet.state_dict().items()}
+    state = {
+        f"unet.{k}": v.detach().to(torch.float16).contiguous() for k, v in base.unet.state_dict().items()
+    }
     state.update(
         {f"vae.{k}": v.detach().to(torch.float16).contiguous() for k, v in base.vae.state_dict().items()}
     )
