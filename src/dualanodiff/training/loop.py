@@ -1,0 +1,413 @@
+"""The training loop (METHOD section 6), with Accelerate for devices, mixed precision and `accelerate launch`.
+
+One step: a batch of pairs (whole image, anomaly part) -> both VAE latents -> one timestep per pair shared by
+its two rows, independent noise per row -> the dual UNet (with BCM, one background row per pair rides in the
+same call, noised to the pair's timestep, conditioning only) -> epsilon MSE over the pair rows -> AdamW.
+
+Every random draw is a function of (seed, step) or (seed, epoch): data order, flips (the dataset's own
+(seed, epoch, index) rule), VAE sampling, timesteps, noise. So (adapter weights, AdamW moments, step) is the
+whole state, and a run resumed from a checkpoint computes exactly what the uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data.mvtec import DefectSample
+from ..data.pairs import DefectPairDataset, default_flips
+from ..errors import InputError
+from ..io import write_json_atomic
+from ..model.dual_unet import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_state
+from ..model.encode import GLOBAL_PROMPT, PART_PROMPT, encode_latents
+from .checkpoint import (
+    LOSS_LOG,
+    list_checkpoints,
+    load_checkpoint,
+    remove_checkpoints,
+    save_checkpoint,
+    truncate_loss_log,
+)
+from .config import TrainConfig, identity, resolve_config, steps_per_epoch, total_steps
+from .sources import expand_anomaly_types, training_samples
+
+log = logging.getLogger(__name__)
+
+TRAIN_CONFIG = "train_config.json"
+ADAM_BETAS = (0.9, 0.999)
+ADAM_WEIGHT_DECAY = 1e-2
+ADAM_EPS = 1e-8
+MAX_GRAD_NORM = 1.0
+_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+StepCallback = Callable[[int, float], None]
+
+
+def derived_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed for (seed, keys...), well mixed by numpy's SeedSequence."""
+    return int(
+        np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1, dtype=np.uint64)[0] >> 1
+    )
+
+
+_INIT, _EPOCH, _STEP = 0, 1, 2  # key spaces of `derived_seed`
+
+
+def epoch_order(seed: int, epoch: int, num_samples: int) -> list[int]:
+    """The sample order of one epoch."""
+    g = torch.Generator().manual_seed(derived_seed(seed, _EPOCH, epoch))
+    return torch.randperm(num_samples, generator=g).tolist()
+
+
+def batch_indices(
+    seed: int, step: int, num_samples: int, batch_size: int, num_processes: int = 1, process_index: int = 0
+) -> tuple[int, list[int]]:
+    """(epoch, sample indices) of this process at optimizer step ``step`` (0-based).
+
+    One process: consecutive slices of the epoch order, the last one possibly short. Several: each step takes
+    ``batch_size * num_processes`` samples, wrapping around the epoch order so every process gets a full batch.
+    """
+    spe = steps_per_epoch(num_samples, batch_size, num_processes)
+    epoch, b = divmod(step, spe)
+    order = epoch_order(seed, epoch, num_samples)
+    if num_processes == 1:
+        return epoch, order[b * batch_size : (b + 1) * batch_size]
+    start = (b * num_processes + process_index) * batch_size
+    return epoch, [order[i % num_samples] for i in range(start, start + batch_size)]
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Final adapters are present (`save_adapters` writes the weights first, the config last)."""
+    return (run_dir / ADAPTER_WEIGHTS).is_file() and (run_dir / ADAPTER_CONFIG).is_file()
+
+
+def _check_same_run(run_dir: Path, config: TrainConfig, what: str) -> None:
+    path = run_dir / TRAIN_CONFIG
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text()).get("identity", {})
+    now = identity(config)
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        details = ", ".join(f"{k}: {saved.get(k)!r} before, {now.get(k)!r} now" for k in diff)
+        raise InputError(
+            f"{run_dir} holds {what} trained with other settings ({details}); use another --out, "
+            "or --no-resume to discard it and start over"
+        )
+
+
+def native_resolution(base: str) -> int:
+    """The image size a base model was made for (UNet sample size x VAE factor), read from its configs only."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    try:
+        unet = UNet2DConditionModel.load_config(base, subfolder="unet")
+        vae = AutoencoderKL.load_config(base, subfolder="vae")
+    except (OSError, ValueError):
+        from ..model.base import load_base
+
+        load_base(base)  # raises the InputError that explains how to get the base
+        raise
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
+def complete_config(config: TrainConfig) -> TrainConfig:
+    """Fill the options that depend on the base or the anomaly type: resolution and flips."""
+    resolution = config.resolution or native_resolution(config.base)
+    flips = default_flips(config.category or "", config.anomaly) if config.flips is None else config.flips
+    return replace(config, resolution=resolution, flips=flips)
+
+
+def _load_pipeline(config: TrainConfig):
+    from ..pipeline import DualAnoDiffPipeline
+
+    # Adapter initialisation draws from torch's global generator: seed it, without disturbing the caller's.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(config.seed, _INIT))
+        return DualAnoDiffPipeline.from_pretrained(
+            config.base,
+            rank=config.rank,
+            bcm=config.bcm,
+            saim=config.saim,
+            saim_zero_init=config.saim_zero_init,
+            text_encoder_rank=config.text_encoder_rank,
+            alpha=config.alpha,
+            background_latent_scaling=config.background_latent_scaling,
+        )
+
+
+def _freeze_base_in(pipe, dtype: torch.dtype, trainable: list[torch.nn.Parameter]) -> None:
+    """Cast the frozen base weights to ``dtype``; trainable parameters stay fp32 (autocast mixes them)."""
+    keep = {id(p) for p in trainable}
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        for p in module.parameters():
+            if id(p) not in keep and p.is_floating_point():
+                p.data = p.data.to(dtype)
+
+
+def train_adapters(config: TrainConfig, on_step: StepCallback | None = None) -> Path:
+    """Train the adapters of one anomaly type (``config.anomaly``); returns their folder.
+
+    The folder ``out/<category>/<anomaly>/`` gets ``adapters.safetensors`` + ``adapter_config.json`` (load with
+    ``DualAnoDiffPipeline.load_adapters``), ``train_config.json`` (the resolved config), ``loss_log.csv``, and
+    while running ``checkpoints/``. An interrupted run resumes from its last checkpoint; a finished one returns
+    at once. ``on_step(step, loss)`` is called after every optimizer step (1-based step).
+    """
+    config = resolve_config(config)
+    if config.anomaly is None or "," in config.anomaly or config.anomaly == "all":
+        if config.uses_folder and config.anomaly is None:
+            config.anomaly = expand_anomaly_types(config, None)[0]
+        else:
+            raise InputError("train_adapters trains one anomaly type; use train_anomaly_types for several")
+    samples = training_samples(config)
+    return _train_validated(config, samples, on_step)
+
+
+def train_anomaly_types(config: TrainConfig, anomalies: str | list[str] | None = None) -> dict[str, Path]:
+    """Train several anomaly types (``'all'``, a comma list, or a list), one adapter set each.
+
+    All types' data are validated first, so a bad file fails before hours of training; types whose
+    final adapters exist are skipped.
+    """
+    config = resolve_config(config)
+    spec = ",".join(anomalies) if isinstance(anomalies, list) else (anomalies or config.anomaly)
+    kinds = expand_anomaly_types(config, spec)
+    jobs = []
+    for kind in kinds:
+        job = TrainConfig.from_dict({**config.to_dict(), "anomaly": kind})
+        jobs.append((job, training_samples(job)))
+    out = {}
+    for job, samples in jobs:
+        out[job.anomaly] = _train_validated(job, samples, None)
+    return out
+
+
+def _train_validated(config: TrainConfig, samples: list[DefectSample], on_step: StepCallback | None) -> Path:
+    config = complete_config(config)
+    run_dir = config.output_dir()
+    if not config.resume:
+        remove_checkpoints(run_dir)
+        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRAIN_CONFIG, LOSS_LOG):
+            (run_dir / name).unlink(missing_ok=True)
+    if is_finished(run_dir):
+        _check_same_run(run_dir, config, "finished adapters")
+        log.info("%s: already trained, skipped", run_dir)
+        return run_dir
+    if list_checkpoints(run_dir):
+        _check_same_run(run_dir, config, "checkpoints")
+    AdapterTrainer(config, samples, run_dir).run(on_step)
+    return run_dir
+
+
+def _accelerator(mixed_precision: str):
+    from accelerate import Accelerator, PartialState
+    from accelerate.state import AcceleratorState
+
+    try:
+        return Accelerator(mixed_precision=mixed_precision)
+    except ValueError:
+        # Accelerate keeps one global state per process; a single-process caller (a notebook, the tests)
+        # training first in fp32 then in bf16 may switch it. Under `accelerate launch` the error stands.
+        if PartialState().num_processes != 1:
+            raise
+        AcceleratorState._reset_state()
+        return Accelerator(mixed_precision=mixed_precision)
+
+
+class AdapterTrainer:
+    """The models and state of one run (a resolved, completed config); `run` trains from the last
+    checkpoint to the end. `train_adapters` is the usual entry; this class is public for inspection."""
+
+    def __init__(self, config: TrainConfig, samples: list[DefectSample], run_dir: Path):
+        from diffusers import DDPMScheduler
+
+        self.accelerator = _accelerator(config.mixed_precision)
+        self.pipe = pipe = _load_pipeline(config)
+        self.config, self.samples, self.run_dir = config, samples, run_dir
+        self.dataset = DefectPairDataset(
+            samples,
+            resolution=config.resolution,
+            flips=config.flips,
+            with_background=config.bcm,
+            seed=config.seed,
+        )
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+
+        self.trainable = pipe.adapter_parameters()
+        for p in self.trainable:
+            p.requires_grad_(True)
+        self.param_names = _parameter_names(pipe, self.trainable)
+        _freeze_base_in(pipe, _DTYPES[config.mixed_precision], self.trainable)
+        if config.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+        pipe.vae.requires_grad_(False).eval().to(self.accelerator.device)
+        pipe.unet.train()
+        pipe.text_encoder.train()
+        optimizer = torch.optim.AdamW(
+            self.trainable,
+            lr=config.learning_rate,
+            betas=ADAM_BETAS,
+            weight_decay=ADAM_WEIGHT_DECAY,
+            eps=ADAM_EPS,
+        )
+        self.unet, self.text_encoder, self.optimizer = self.accelerator.prepare(
+            pipe.unet, pipe.text_encoder, optimizer
+        )
+        tok = pipe.tokenizer
+        # The same tokenisation as `model.encode.encode_prompts`, done once: the ids never change.
+        self.prompt_ids = tok(
+            [GLOBAL_PROMPT, PART_PROMPT],
+            padding="max_length",
+            max_length=tok.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.accelerator.device)
+        self.total = total_steps(config, len(samples), self.accelerator.num_processes)
+
+    # ---- one step ------------------------------------------------------------------------------------
+    def _batch(self, step: int) -> tuple[int, dict[str, torch.Tensor]]:
+        acc = self.accelerator
+        epoch, idx = batch_indices(
+            self.config.seed,
+            step,
+            len(self.samples),
+            self.config.batch_size,
+            acc.num_processes,
+            acc.process_index,
+        )
+        self.dataset.set_epoch(epoch)
+        items = [self.dataset[i] for i in idx]
+        return epoch, {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+    def step_loss(self, step: int) -> tuple[int, torch.Tensor]:
+        """(epoch, loss) of optimizer step ``step`` (0-based), with the graph for backward."""
+        cfg, acc, pipe = self.config, self.accelerator, self.pipe
+        device = acc.device
+        epoch, batch = self._batch(step)
+        pairs = batch["image"].shape[0]
+        gen = torch.Generator().manual_seed(derived_seed(cfg.seed, _STEP, step, acc.process_index))
+        with torch.no_grad():
+            # Rows interleaved [g0, p0, g1, p1, ...]: (B, 2, 3, R, R) -> (2B, 3, R, R).
+            x = torch.stack([batch["image"], batch["part"]], dim=1).flatten(0, 1)
+            latents = encode_latents(pipe.vae, x, gen).float()
+            if cfg.bcm:
+                bg = encode_latents(
+                    pipe.vae, batch["background"], gen, scale=cfg.background_latent_scaling == "correct"
+                ).float()
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (pairs,), generator=gen)
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t_rows = t.repeat_interleave(2).to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, t_rows)
+        emb = self.text_encoder(self.prompt_ids)[0]  # (2, 77, D): global, part; recomputed (LoRA trains)
+        text = emb.repeat(pairs, 1, 1)
+        kwargs = None
+        if cfg.bcm:
+            bg_noise = torch.randn(bg.shape, generator=gen).to(device)
+            noisy = torch.cat([noisy, self.noise_scheduler.add_noise(bg, bg_noise, t.to(device))])
+            t_rows = torch.cat([t_rows, t.to(device)])
+            text = torch.cat([text, emb[:1].expand(pairs, -1, -1)])
+            kwargs = {"background_rows": pairs}
+        with acc.autocast():
+            pred = self.unet(noisy, t_rows, encoder_hidden_states=text, cross_attention_kwargs=kwargs).sample
+        # Background rows are conditioning only: the loss is over the 2B pair rows, all weighted equally.
+        loss = F.mse_loss(pred[: 2 * pairs].float(), noise.float(), reduction="mean")
+        return epoch, loss
+
+    # ---- the run -------------------------------------------------------------------------------------
+    def _state(self, elapsed: float) -> dict:
+        scaler = self.accelerator.scaler
+        return {
+            "elapsed_s": elapsed,
+            "identity": identity(self.config),
+            "parameters": self.param_names,
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": "none stored: every draw derives from (seed, step) or (seed, epoch)",
+        }
+
+    def _resume(self) -> tuple[int, float]:
+        found = list_checkpoints(self.run_dir)
+        if not found:
+            return 0, 0.0
+        step, path = found[-1]
+        ckpt = load_checkpoint(path, self.optimizer.state_dict()["param_groups"])
+        if ckpt.state.get("parameters") != self.param_names:
+            raise InputError(f"checkpoint {path} holds other trainable parameters than this model")
+        load_adapter_state(ckpt.adapters, self.pipe.unet, self.pipe.text_encoder, source=str(path))
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        if ckpt.state.get("grad_scaler") and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(ckpt.state["grad_scaler"])
+        log.info("%s: resuming from step %d", self.run_dir, step)
+        return step, float(ckpt.state.get("elapsed_s", 0.0))
+
+    def run(self, on_step: StepCallback | None) -> None:
+        cfg, acc = self.config, self.accelerator
+        main = acc.is_main_process
+        start, elapsed0 = self._resume()
+        if main:
+            info = {"total_steps": self.total, "train_images": [str(s.image) for s in self.samples]}
+            write_json_atomic(
+                self.run_dir / TRAIN_CONFIG,
+                {"config": cfg.to_dict(), "identity": identity(cfg), **info},
+            )
+            truncate_loss_log(self.run_dir, start)
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=self.total,
+            initial=start,
+            desc=f"train {cfg.category or ''}/{cfg.anomaly}",
+            unit="step",
+            disable=not (cfg.progress and main),
+        )
+        with open(self.run_dir / LOSS_LOG, "a", encoding="utf-8") as log_file:
+            for step in range(start, self.total):
+                epoch, loss = self.step_loss(step)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(self.trainable, MAX_GRAD_NORM)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                value = acc.reduce(loss.detach(), reduction="mean").item()
+                done = step + 1
+                elapsed = elapsed0 + time.perf_counter() - t0
+                lr = self.optimizer.param_groups[0]["lr"]
+                if main:
+                    log_file.write(f"{done},{epoch},{value:.6g},{lr:.6g},{elapsed:.3f}\n")
+                    log_file.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", epoch=epoch)
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < self.total:
+                    acc.wait_for_everyone()
+                    if main:
+                        save_checkpoint(
+                            self.run_dir,
+                            done,
+                            adapter_state_dict(self.pipe.unet, self.pipe.text_encoder),
+                            self.optimizer.state_dict(),
+                            self._state(elapsed),
+                            cfg.keep_checkpoints,
+                        )
+                if on_step is not None:
+                    on_step(done, value)
+        bar.close()
+        acc.wait_for_everyone()
+        if main:
+            self.pipe.save_adapters(
+                self.run_dir, extra={"training": {**cfg.to_dict(), "total_steps": self.total}}
+            )
+            remove_checkpoints(self.run_dir)
+
+
+def _parameter_names(pipe, params: list[torch.nn.Parameter]) -> list[str]:
+    """Names of the trainable parameters, in optimizer order (checked on resume)."""
+    names = {id(p): f"unet.{n}" for n, p in pipe.unet.named_parameters()}
+    names.update({id(p): f"text_encoder.{n}" for n, p in pipe.text_encoder.named_parameters()})
+    return [names[id(p)] for p in params]
