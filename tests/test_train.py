@@ -302,6 +302,13 @@ def test_cli_bad_options(mvtec_root, tiny_base_dir, tmp_path, capsys, anomaly, e
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused on the CPU only")
+def test_cli_fp16_on_cpu_is_refused(mvtec_root, tiny_base_dir, tmp_path, capsys):
+    argv = cli_args(mvtec_root, tiny_base_dir, tmp_path, "spot", "--mixed-precision", "fp16")
+    assert main(argv) == 2
+    assert "fp16 needs a GPU" in capsys.readouterr().err
+
+
 def test_cli_missing_base_and_folder_masks(mvtec_root, tmp_path, capsys):
     assert main(cli_args(mvtec_root, tmp_path / "nope", tmp_path / "out", "crack")) == 2
     assert "base model folder not found" in capsys.readouterr().err

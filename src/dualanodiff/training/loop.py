@@ -231,6 +231,9 @@ class AdapterTrainer:
         from diffusers import DDPMScheduler
 
         self.accelerator = _accelerator(config.mixed_precision)
+        if config.mixed_precision == "fp16" and self.accelerator.device.type == "cpu":
+            # Accelerate has no fp16 autocast on CPU: the fp16 base would meet fp32 activations.
+            raise InputError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 (or no)")
         self.pipe = pipe = _load_pipeline(config)
         self.config, self.samples, self.run_dir = config, samples, run_dir
         self.dataset = DefectPairDataset(
