@@ -39,6 +39,7 @@ from .model.dual_unet import (
     save_adapters,
 )
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT, decode_latents, encode_latents, encode_prompts
+from .model.processor import DualBranchAttnProcessor
 
 
 def _remove_peft_lora(model: nn.Module) -> None:
@@ -193,6 +194,7 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         masker: Callable[[np.ndarray], np.ndarray] | None = None,
         return_dict: bool = True,
         bcm_mode: str = "folded",
+        merge_lora: bool = True,
     ) -> DualAnoDiffOutput | tuple:
         """Generate ``num_pairs`` (whole image, anomaly part) pairs, and masks when ``masker`` is given.
 
@@ -204,6 +206,8 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         tensor (num_pairs, 3, H, W) or as PIL/uint8 images.
         ``bcm_mode``: "folded" runs the background reference pass as extra rows of the same UNet call;
         "two-pass" runs it as a separate forward first, as the official code does (same numbers, slower).
+        ``merge_lora``: fold each branch's LoRA into its own copy of the projections for the duration of the call
+        (one matmul per projection and branch instead of three; equal outputs up to float rounding).
         """
         if num_pairs < 1:
             raise InputError(f"num_pairs must be at least 1, got {num_pairs}")
@@ -252,6 +256,33 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         bg_latents = self._background_latents(backgrounds, num_pairs, generators, do_cfg) if use_bcm else None
         noiser = DDPMScheduler.from_config(self.scheduler.config) if use_bcm else None
 
+        if merge_lora:
+            self._merge_lora(True)
+        try:
+            latents = self._denoise(latents, text, bg_latents, noiser, generators, guidance_scale, bcm_mode)
+        finally:
+            if merge_lora:
+                self._merge_lora(False)
+
+        images = (decode_latents(self.vae, latents).float() / 2 + 0.5).clamp(0, 1)  # (2B, 3, H, W)
+        wholes, parts = images[0::2].cpu(), images[1::2].cpu()
+        masks = None
+        if masker is not None:
+            masks = [masker(_to_uint8(p)) for p in parts]
+        if output_type != "pt":
+            wholes, parts = wholes.permute(0, 2, 3, 1).numpy(), parts.permute(0, 2, 3, 1).numpy()
+            if output_type == "pil":
+                wholes = [PIL.Image.fromarray(to_uint8(x)) for x in wholes]
+                parts = [PIL.Image.fromarray(to_uint8(x)) for x in parts]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return wholes, parts, masks, seeds
+        return DualAnoDiffOutput(images=wholes, parts=parts, masks=masks, seeds=list(seeds))
+
+    def _denoise(self, latents, text, bg_latents, noiser, generators, guidance_scale: float, bcm_mode: str):
+        """The sampling loop (diffusers' loop, on interleaved pair rows plus optional background rows)."""
+        device, dtype = latents.device, latents.dtype
+        do_cfg, use_bcm = guidance_scale > 1.0, bg_latents is not None
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
@@ -282,20 +313,16 @@ class DualAnoDiffPipeline(DiffusionPipeline):
                 pred = uncond + guidance_scale * (cond_pred - uncond)
             latents = self.scheduler.step(pred, t, latents).prev_sample
 
-        images = (decode_latents(self.vae, latents).float() / 2 + 0.5).clamp(0, 1)  # (2B, 3, H, W)
-        wholes, parts = images[0::2].cpu(), images[1::2].cpu()
-        masks = None
-        if masker is not None:
-            masks = [masker(_to_uint8(p)) for p in parts]
-        if output_type != "pt":
-            wholes, parts = wholes.permute(0, 2, 3, 1).numpy(), parts.permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                wholes = [PIL.Image.fromarray(to_uint8(x)) for x in wholes]
-                parts = [PIL.Image.fromarray(to_uint8(x)) for x in parts]
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return wholes, parts, masks, seeds
-        return DualAnoDiffOutput(images=wholes, parts=parts, masks=masks, seeds=list(seeds))
+        return latents
+
+    def _merge_lora(self, merge: bool) -> None:
+        for name, proc in self.unet.attn_processors.items():
+            if not isinstance(proc, DualBranchAttnProcessor):  # e.g. the benchmarks' loop reference
+                continue
+            if merge:
+                proc.merge_lora(self.unet.get_submodule(name.removesuffix(".processor")))
+            else:
+                proc.unmerge_lora()
 
     def _pair_generators(
         self, num_pairs: int, generator, seeds: Sequence[int] | None

@@ -47,6 +47,17 @@ def branch_of_rows(num_rows: int, background_rows: int, device: torch.device) ->
     return branch
 
 
+def _rows_by_branch(num_rows: int, num_pair_rows: int, device: torch.device) -> list[torch.Tensor]:
+    """Row indices of the global branch (pair rows 0, 2, ... and background rows) and of the part branch."""
+    global_rows = torch.cat(
+        [
+            torch.arange(0, num_pair_rows, 2, device=device),
+            torch.arange(num_pair_rows, num_rows, device=device),
+        ]
+    )
+    return [global_rows, torch.arange(1, max(num_pair_rows, 1), 2, device=device)]
+
+
 class DualBranchAttnProcessor(nn.Module):
     """Per-branch LoRA on to_q/to_k/to_v/to_out[0], SAIM after the output projection, BCM fusion (attn1)."""
 
@@ -71,6 +82,45 @@ class DualBranchAttnProcessor(nn.Module):
         self.to_out_lora = BranchLoRA(hidden_size, hidden_size, rank, alpha)
         self.saim = SelfAttentionInteraction(hidden_size, saim_zero_init) if saim else None
         self.bcm = BackgroundFusion(hidden_size) if bcm and self.is_self_attention else None
+        self._merged: dict[str, torch.Tensor] | None = None  # inference only, see merge_lora
+
+    def merge_lora(self, attn: Attention) -> None:
+        """Inference fast path: fold each branch's LoRA into its own copy of the base projections.
+
+        Each projection then costs one matmul per branch instead of the base matmul plus two LoRA matmuls.
+        The copies are plain tensors (not parameters): call `unmerge_lora` before training again.
+        """
+        merged = {}
+        with torch.no_grad():
+            for key, base, lora in self._projections(attn):
+                w = base.weight
+                delta = torch.bmm(lora.up.to(w.dtype), lora.down.to(w.dtype)) * lora.scale  # (2, out, in)
+                merged[key] = w.unsqueeze(0) + delta
+        self._merged = merged
+
+    def unmerge_lora(self) -> None:
+        self._merged = None
+
+    def _projections(self, attn: Attention):
+        return (
+            ("q", attn.to_q, self.to_q_lora),
+            ("k", attn.to_k, self.to_k_lora),
+            ("v", attn.to_v, self.to_v_lora),
+            ("out", attn.to_out[0], self.to_out_lora),
+        )
+
+    def _project(
+        self, key: str, base: torch.nn.Linear, lora: BranchLoRA, x: torch.Tensor, rows
+    ) -> torch.Tensor:
+        """base(x) + the LoRA delta of each row's branch; ``rows`` = (branch ids, row indices per branch)."""
+        branch, by_branch = rows
+        if self._merged is None:
+            return base(x) + lora(x, branch)
+        y = x.new_empty(*x.shape[:-1], base.out_features)
+        for b, index in enumerate(by_branch):
+            if index.numel():
+                y[index] = F.linear(x[index], self._merged[key][b], base.bias)
+        return y
 
     # diffusers passes only the keyword arguments named in this signature (it inspects `__call__`),
     # so the processor defines `__call__` rather than `forward`, as diffusers' own module processors do.
@@ -114,9 +164,10 @@ class DualBranchAttnProcessor(nn.Module):
             if h_bg is not None:
                 kv_input = self._fuse_background(hidden_states, num_pairs_rows, h_bg)
 
-        query = attn.to_q(hidden_states) + self.to_q_lora(hidden_states, branch)
-        key = attn.to_k(kv_input) + self.to_k_lora(kv_input, branch)
-        value = attn.to_v(kv_input) + self.to_v_lora(kv_input, branch)
+        rows = (branch, _rows_by_branch(num_rows, num_pairs_rows, hidden_states.device))
+        query = self._project("q", attn.to_q, self.to_q_lora, hidden_states, rows)
+        key = self._project("k", attn.to_k, self.to_k_lora, kv_input, rows)
+        value = self._project("v", attn.to_v, self.to_v_lora, kv_input, rows)
 
         head_dim = key.shape[-1] // attn.heads
         query, key, value = (
@@ -128,7 +179,7 @@ class DualBranchAttnProcessor(nn.Module):
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
         out = out.transpose(1, 2).flatten(2).to(query.dtype)  # (N, L, C)
 
-        out = attn.to_out[0](out) + self.to_out_lora(out, branch)
+        out = self._project("out", attn.to_out[0], self.to_out_lora, out, rows)
         out = attn.to_out[1](out)  # dropout
 
         if self.saim is not None and num_pairs_rows:
