@@ -51,6 +51,20 @@ def build_pipe(base: str, bcm: bool, precision: str, device: str, seed: int = 0)
     return pipe
 
 
+def meta_of(args) -> dict:
+    """Where and how the figures were measured."""
+    cuda = args.device.startswith("cuda")
+    return {
+        "device": torch.cuda.get_device_name()
+        if cuda
+        else f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "cpu_threads": torch.get_num_threads(),
+        "base": args.base,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
 def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
