@@ -199,12 +199,17 @@ def test_bcm_alpha_zero_is_exact_no_op_and_only_global_rows_change(tiny_componen
         for p in dual_processors(unet).values():
             if p.bcm is not None:
                 p.bcm.alpha.zero_()
-        assert torch.equal(unet(**folded).sample[: 2 * pairs], without)
+        # Exact where exactness is defined: the fusion returns h bit for bit. Through the whole UNet the
+        # fused key/value input is a new buffer, and BLAS may block it differently: equal to float rounding.
+        fusion = next(p.bcm for p in dual_processors(unet).values() if p.bcm is not None)
+        h = torch.randn(2, 16, fusion.mlp[0].in_features)
+        assert torch.equal(fusion(h, torch.randn_like(h)), h)
+        assert (unet(**folded).sample[: 2 * pairs] - without).abs().max() <= 1e-6
         for p in dual_processors(unet).values():
             if p.bcm is not None:
                 p.bcm.alpha.fill_(0.5)
         with_bcm = unet(**folded).sample[: 2 * pairs]
-    assert torch.equal(with_bcm[1::2], without[1::2])
+    assert (with_bcm[1::2] - without[1::2]).abs().max() <= 1e-6  # part rows: unchanged up to rounding
     assert (with_bcm[0::2] - without[0::2]).abs().max() > 1e-3
 
 

@@ -153,6 +153,7 @@ def test_generate_writes_layout_and_resumes_identically(tiny_base_dir, adapters,
     rec = records["00003"]
     assert rec["seed"] == 3 and rec["prompts"] == ["a vfx with sks", "sks"] and rec["scheduler"] == "pndm"
     assert {"mask_area", "kept", "reject_reason", "adapter_identity", "steps", "guidance"} <= set(rec)
+    assert rec["anomaly_type"] is None  # these adapters were not made by `train`; trained ones carry it
     assert json.loads((out / "config.json").read_text())["num_pairs"] == 5
     assert generate_to_folder(cfg, show_progress=False, process_index=0, num_processes=1)["written"] == 0
 

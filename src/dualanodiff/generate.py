@@ -64,6 +64,7 @@ class GenerateConfig:
     u2net_weights: str | None = None
     mask_threshold: float | None = None
     max_mask_area: float = 0.5
+    anomaly_type: str | None = None  # default: the type the adapters were trained on (adapter_config.json)
     global_prompt: str = GLOBAL_PROMPT
     part_prompt: str = PART_PROMPT
     device: str | None = None
@@ -96,6 +97,13 @@ def adapter_identity(adapter_dir: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
+
+
+def adapter_anomaly_type(adapter_dir: str | Path) -> str | None:
+    """The anomaly type recorded by `dualanodiff train` in the adapters' metadata, if any."""
+    from .model.dual_unet import read_adapter_config
+
+    return (read_adapter_config(adapter_dir).get("training") or {}).get("anomaly")
 
 
 def load_backgrounds(
@@ -144,6 +152,7 @@ def generate_to_folder(
 
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     record_config["adapter_identity"] = adapter_identity(adapters)
+    record_config["anomaly_type"] = config.anomaly_type or adapter_anomaly_type(adapters)
     writer = GeneratedWriter(config.out, record_config, base_seed=config.seed)
     # Shard the index range, not the pending list: processes that start at different moments still agree.
     todo = [i for i in range(process_index, config.num_pairs, num_processes) if not writer.is_complete(i)]
@@ -207,6 +216,7 @@ def generate_to_folder(
                 scheduler=config.scheduler,
                 adapter_identity=record_config["adapter_identity"],
                 background=bg_names[k] if bg_names else None,
+                anomaly_type=record_config["anomaly_type"],
             )
         bar.update(len(indices))
         bar.set_postfix(pairs_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")

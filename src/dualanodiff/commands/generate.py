@@ -59,6 +59,11 @@ def register(subparsers) -> None:
         "--foreground", default=None, help="BCM: foreground masks of those images, matched by name"
     )
     p.add_argument("--background-every", type=int, default=50, help="BCM: switch background every K pairs")
+    p.add_argument(
+        "--anomaly-type",
+        default=None,
+        help="recorded in the manifest (default: the type the adapters were trained on)",
+    )
     add_mask_arguments(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
@@ -87,6 +92,7 @@ def run(args) -> int:
         mask_threshold=args.threshold,
         max_mask_area=args.max_area,
         device=args.device,
+        anomaly_type=args.anomaly_type,
     )
     summary = generate_to_folder(config)
     print(json.dumps(summary, indent=2, default=str))
