@@ -44,7 +44,7 @@ class PretrainConfig:
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 1200
+    unet_steps: int = 2400
     unet_batch: int = 32
     unet_lr: float = 1e-3
     ema_decay: float = 0.995
