@@ -178,8 +178,11 @@ def main() -> None:
     parser.add_argument("--vae-slicing", action="store_true", help="also measure VAE slicing")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sampler-study", action="store_true", help="fewer-step samplers vs 50-step PNDM")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--out", required=True, help="JSON file for the results")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     meta = {
         "device": torch.cuda.get_device_name()

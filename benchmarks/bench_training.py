@@ -98,8 +98,11 @@ def main() -> None:
     parser.add_argument("--bcm", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--gradient-checkpointing", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = []
     for bcm in args.bcm:
         for precision in args.precision:

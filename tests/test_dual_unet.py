@@ -359,3 +359,12 @@ def test_parameter_counts_at_sd15_shape():
     assert abs(count["lora"] / 1e6 - 12.75) < 0.01, count
     assert abs(count["saim"] / 1e6 - 124.1) < 0.05, count
     assert abs(count["bcm"] / 1e6 - 8.0) < 0.01, count
+
+
+def test_two_token_attention_equals_softmax_attention():
+    from dualanodiff.model.adapters import two_token_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(50, 2, 24, generator=gen) * 3 for _ in range(3))
+    reference = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+    assert (two_token_attention(q, k, v) - reference).abs().max() <= 1e-5

@@ -7,7 +7,6 @@ Shapes use N = rows in the UNet batch, L = tokens, C = channels.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 GLOBAL_BRANCH = 0
@@ -38,6 +37,18 @@ class BranchLoRA(nn.Module):
         return torch.bmm(torch.bmm(x, down.transpose(1, 2)), up.transpose(1, 2)) * self.scale
 
 
+def two_token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Single-head softmax attention over sequences of two tokens, (M, 2, C) each, scale 1/sqrt(C).
+
+    With two keys, softmax([s0, s1])[0] = sigmoid(s0 - s1), so each query needs one dot product:
+    out = v1 + sigmoid(q . (k0 - k1) / sqrt(C)) * (v0 - v1). Exact, and far cheaper than a generic attention
+    kernel on M length-2 sequences (which, at SD widths up to C = 1280, also misses the fused GPU kernels).
+    """
+    scale = q.shape[-1] ** -0.5
+    weight0 = torch.sigmoid((q * (k[:, 0:1] - k[:, 1:2])).sum(-1, keepdim=True) * scale)  # (M, 2, 1)
+    return v[:, 1:2] + weight0 * (v[:, 0:1] - v[:, 1:2])
+
+
 class SelfAttentionInteraction(nn.Module):
     """SAIM: each spatial token of a pair attends over its two branch tokens (global, part).
 
@@ -62,9 +73,7 @@ class SelfAttentionInteraction(nn.Module):
         # (2B, L, C) -> (B, 2, L, C) -> (B, L, 2, C) -> (B*L, 2, C): a 2-token sequence per pair and token.
         u = u.unflatten(0, (n // 2, 2)).transpose(1, 2).reshape(-1, 2, channels)
         q, k, v = self.to_q(u), self.to_k(u), self.to_v(u)
-        # One head over the full width: SDPA's default scale is 1/sqrt(C), as the method specifies.
-        mixed = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
-        mixed = self.proj_out(mixed)
+        mixed = self.proj_out(two_token_attention(q, k, v))
         mixed = mixed.reshape(n // 2, length, 2, channels).transpose(1, 2).reshape(n, length, channels)
         return y + mixed
 

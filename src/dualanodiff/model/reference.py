@@ -21,6 +21,16 @@ def _lora(module: BranchLoRA, x: torch.Tensor, branch: int) -> torch.Tensor:
     return x @ module.down[branch].to(x.dtype).T @ module.up[branch].to(x.dtype).T * module.scale
 
 
+def _saim_classic(saim, y: torch.Tensor) -> torch.Tensor:
+    """SAIM with a generic softmax attention over the two branch tokens (bmm, softmax, bmm)."""
+    n, length, channels = y.shape
+    u = saim.proj_in(saim.norm(y)).unflatten(0, (n // 2, 2)).transpose(1, 2).reshape(-1, 2, channels)
+    q, k, v = saim.to_q(u), saim.to_k(u), saim.to_v(u)
+    probs = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * channels**-0.5, dim=-1)
+    mixed = saim.proj_out(torch.bmm(probs, v))
+    return y + mixed.reshape(n // 2, length, 2, channels).transpose(1, 2).reshape(n, length, channels)
+
+
 class LoopBranchAttnProcessor(nn.Module):
     """Per-branch loop over one dual processor's weights (the official code's structure)."""
 
@@ -57,7 +67,7 @@ class LoopBranchAttnProcessor(nn.Module):
                     kv = d.bcm(x, h_bg)
             out[branch::2] = self._branch(attn, x, kv, branch)
         if d.saim is not None:
-            out = d.saim(out)
+            out = _saim_classic(d.saim, out)
         if background_rows:
             bg = hidden_states[pairs:]
             bg_text = None if encoder_hidden_states is None else encoder_hidden_states[pairs:]
