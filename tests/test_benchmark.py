@@ -18,23 +18,9 @@ from dualanodiff.cli import main
 from dualanodiff.errors import InputError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from dualanodiff.synthetic import make_synthetic
-
-    counts = {"crack": 6, "scratch": 6, "spot": 6, "stain": 6}
-    return make_synthetic(
-        tmp_path_factory.mktemp("data"), resolution=64, n_train_good=6, n_test_good=3,
-        categories=["pill"], defect_counts={"pill": counts},
-    )  # fmt: skip
+def data_root(synthetic_pill_root):
+    return synthetic_pill_root
 
 
 @pytest.fixture(scope="module")

@@ -183,66 +183,30 @@ def test_quality_filter_flags_pairs(tiny_base_dir, adapters, tmp_path):
 
 
 def test_cli_errors_for_missing_and_foreign_adapters(tiny_base_dir, tmp_path, capsys):
-    assert (
-        cli(
-            [
-                "generate",
-                "--base",
-                str(tiny_base_dir),
-                "--adapters",
-                str(tmp_path / "none"),
-                "--out",
-                str(tmp_path / "o"),
-                "--num-pairs",
-                "1",
-            ]
-        )
-        == 2
-    )
-    assert "no adapters.safetensors" in capsys.readouterr().err
+    def generate(adapters, *extra) -> tuple[int, str]:
+        args = [
+            "generate",
+            "--base",
+            str(tiny_base_dir),
+            "--adapters",
+            str(adapters),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+        return cli([*args, *extra]), capsys.readouterr().err
+
+    code, err = generate(tmp_path / "none", "--num-pairs", "1")
+    assert code == 2 and "no adapters.safetensors" in err
     from dualanodiff.model.base import build_base, save_base
 
     other = build_base("tiny", seed=1)
     other.unet = type(other.unet)(**{**other.unet.config, "block_out_channels": (32, 32, 64, 64)})
     save_base(other, tmp_path / "other_base")
-    pipe = DualAnoDiffPipeline.from_pretrained(tmp_path / "other_base", rank=4)
-    pipe.save_adapters(tmp_path / "foreign")
-    assert (
-        cli(
-            [
-                "generate",
-                "--base",
-                str(tiny_base_dir),
-                "--adapters",
-                str(tmp_path / "foreign"),
-                "--out",
-                str(tmp_path / "o"),
-                "--num-pairs",
-                "1",
-                "--steps",
-                "1",
-            ]
-        )
-        == 2
-    )
-    assert "trained for another base" in capsys.readouterr().err
-    assert (
-        cli(
-            [
-                "generate",
-                "--base",
-                str(tiny_base_dir),
-                "--adapters",
-                str(tmp_path / "foreign"),
-                "--out",
-                str(tmp_path / "o"),
-                "--num-pairs",
-                "0",
-            ]
-        )
-        == 2
-    )
-    assert "--num-pairs must be at least 1" in capsys.readouterr().err
+    DualAnoDiffPipeline.from_pretrained(tmp_path / "other_base", rank=4).save_adapters(tmp_path / "foreign")
+    code, err = generate(tmp_path / "foreign", "--num-pairs", "1", "--steps", "1")
+    assert code == 2 and "trained for another base" in err
+    code, err = generate(tmp_path / "foreign", "--num-pairs", "0")
+    assert code == 2 and "--num-pairs must be at least 1" in err
 
 
 def test_every_listed_scheduler_builds():

@@ -20,15 +20,6 @@ from dualanodiff.io import append_jsonl
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions run ~10x faster on one thread than on two contended ones.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_unet_shapes_and_draem_state_dict_names():
     model = DiscriminativeSubNetwork(in_channels=3, out_channels=2, base_channels=4)
     assert model(torch.rand(2, 3, 64, 32)).shape == (2, 2, 64, 32)

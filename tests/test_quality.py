@@ -18,14 +18,6 @@ from dualanodiff.evaluate.quality import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def inception_file(tmp_path_factory):
     """A file with torch-fidelity's Inception keys and shapes, random values (built without any download)."""

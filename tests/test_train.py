@@ -30,15 +30,6 @@ COUNTS = {"pill": {"crack": 6, "scratch": 3, "spot": 3, "stain": 3}}
 TINY = dict(rank=2, text_encoder_rank=2, resolution=64, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: one thread is faster, and much faster on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def mvtec_root(tmp_path_factory):
     from dualanodiff.synthetic import make_synthetic
