@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--category", default="pill")
     p.add_argument("--anomaly", default="stain")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -64,7 +64,9 @@ class DemoConfig:
     train_batch_size: int = 4
     guidance: float = 2.5
     saim: bool = True
-    threads: int | None = 2  # torch CPU threads; None: leave torch's default
+    # torch CPU threads (None: torch's default). 1 by default: on 2 cores shared with any other work, two
+    # OpenMP threads stall each other (measured 2-8 s per training step against 0.25 s with one thread).
+    threads: int | None = 1
     train_steps: int | None = None
     num_pairs: int | None = None
     sampler_steps: int | None = None

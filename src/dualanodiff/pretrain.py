@@ -10,7 +10,10 @@ and is rebuilt from its seed, never shipped.
 Data: fresh renders of the synthetic generator under the split name ``"pretrain"`` (seeds disjoint from every
 image of the demo dataset, whose splits are ``train``/``test``), with flips. The VAE also sees defective
 renders, as SD's VAE has seen scratches and stains: a decoder that cannot draw a crack leaves the adapters
-nothing to learn. The UNet sees normal images only, so defects come from the few-shot adapters alone.
+nothing to learn; and their *anomaly-part* images (the defect on a mid-grey canvas, the part branch's target):
+a VAE that never saw mid-grey decodes it as the nearest thing it knows (beige cloth, measured), so the part
+branch could never draw a clean canvas and every mask would cover the whole image. The UNet sees normal images
+only, so defects come from the few-shot adapters alone.
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ class PretrainConfig:
     resolution: int = 64
     pool_normal: int = 384  # normal renders per category (x4 with flips)
     pool_defect: int = 24  # defective renders per category and type, VAE only
-    vae_steps: int = 1500
+    vae_steps: int = 1000
     vae_batch: int = 16
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
-    unet_steps: int = 2400
+    unet_steps: int = 1600
     unet_batch: int = 32
     unet_lr: float = 1e-3
     ema_decay: float = 0.995
@@ -53,8 +56,10 @@ class PretrainConfig:
 
 
 def _render_pool(cfg: PretrainConfig, defects: bool) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, H, W, 3) and category index per image, rendered from the seed."""
+    """uint8 images (N, H, W, 3) and category index per image, rendered from the seed; with ``defects``, also
+    the defective renders and their anomaly-part images (mid-grey outside the mask, as METHOD section 6)."""
     images, labels = [], []
+    parts = []
     jobs = [(ci, c, "good", i) for ci, c in enumerate(CATEGORIES) for i in range(cfg.pool_normal)]
     if defects:
         jobs += [
@@ -64,9 +69,13 @@ def _render_pool(cfg: PretrainConfig, defects: bool) -> tuple[np.ndarray, np.nda
             for i in range(cfg.pool_defect)
         ]
     for ci, cat, kind, i in tqdm(jobs, desc="rendering pretraining images", leave=False):
-        images.append(synthetic_sample(cat, "pretrain", kind, i, cfg.seed, cfg.resolution).image)
+        sample = synthetic_sample(cat, "pretrain", kind, i, cfg.seed, cfg.resolution)
+        images.append(sample.image)
         labels.append(ci)
-    return np.stack(images), np.asarray(labels)
+        if kind != "good":
+            # (image / 127.5 - 1) * mask, back in uint8: 127.5 rounds to 128 outside the defect.
+            parts.append(np.where(sample.mask[..., None], sample.image, 128).astype(np.uint8))
+    return np.stack(images + parts), np.asarray(labels + [-1] * len(parts))
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -198,7 +207,11 @@ def pretrain_base(
             p.data = p.data.half().float()
     else:
         base = load_demo_base(out_dir)
-        times.update(json.loads((out_dir / "demo_base.json").read_text()).get("times", {}))
+        previous = json.loads((out_dir / "demo_base.json").read_text())
+        times.update(previous.get("times", {}))
+        log += [
+            {"stage": "vae", "step": 0, "loss": previous.get("final_losses", {}).get("vae", float("nan"))}
+        ]
         base.unet = build_base("tiny", seed=cfg.seed, resolution=cfg.resolution).unet
     if "unet" in stages:
         started = time.perf_counter()
