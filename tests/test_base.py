@@ -42,6 +42,7 @@ def test_make_tiny_base_is_a_complete_deterministic_sd_folder(tmp_path):
         49407,
     ]  # real CLIP BPE
     assert len(pipe.unet.attn_processors) == 32  # SD 1.5's attention layout
+    assert pipe.scheduler.config.clip_sample is False  # as SD 1.5's scheduler_config.json (DDIM reads it)
 
 
 def test_tiny_base_has_sd15_block_structure():

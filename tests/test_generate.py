@@ -214,6 +214,6 @@ def test_every_listed_scheduler_builds():
 
     from dualanodiff.model.base import SD15_SCHEDULER_CONFIG
 
-    base = PNDMScheduler(**SD15_SCHEDULER_CONFIG).config
+    base = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG).config
     for name in SCHEDULERS:
         make_scheduler(name, base).set_timesteps(5)

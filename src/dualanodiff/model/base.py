@@ -34,6 +34,7 @@ SD15_SCHEDULER_CONFIG = dict(
     set_alpha_to_one=False,
     skip_prk_steps=True,
     steps_offset=1,
+    clip_sample=False,  # not a PNDM argument, but other schedulers built from this config read it (DDIM)
     prediction_type="epsilon",
 )
 
@@ -184,7 +185,7 @@ def build_base(preset: str = "tiny", seed: int = 0, resolution: int | None = Non
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = write_clip_tokenizer(tmp)
-    scheduler = PNDMScheduler(**SD15_SCHEDULER_CONFIG)
+    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
     return BaseComponents(
         vae, text_encoder, tokenizer, unet, scheduler, source=f"random:{preset}:seed={seed}"
     )
