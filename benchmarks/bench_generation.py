@@ -184,14 +184,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    meta = {
-        "device": torch.cuda.get_device_name()
-        if args.device.startswith("cuda")
-        else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "base": args.base,
-    }
+    meta = meta_of(args)
     if args.sampler_study:
         results = sampler_study(args)
     else:
