@@ -181,11 +181,11 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert any(h.startswith(heading) for h in parsed.h2), (heading, parsed.h2)
     for label in ("DualAnoDiff", "Crop&Paste", "no generated data"):
         assert label in parsed.td
-    # Every picture is embedded and decodes; few-shot pairs (image, overlay) for the 5 training images.
+    # Every picture is embedded and decodes; pill/spot has 13 images, so 4 few-shot (image, overlay) pairs.
     assert all(s.startswith("data:image/png;base64,") for s in parsed.srcs)
     for s in parsed.srcs:
         Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).verify()
-    assert len(parsed.srcs) >= 10 + 3 * 8 + 1
+    assert len(parsed.srcs) >= 2 * 4 + 3 * 8 + 2 * 6 + 1  # few-shot, triples, Crop&Paste, loss chart
 
     results = json.loads((out / "demo_results.json").read_text())
     assert {r["training data"] for r in results["localization"]} == {

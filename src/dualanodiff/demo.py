@@ -32,7 +32,7 @@ MODES: dict[str, dict[str, Any]] = {
         loc_epochs=25,
         loc_samples_per_epoch=128,
         loc_base_channels=16,
-        seg_steps=300,
+        seg_steps=600,
         max_mask_area=0.5,
     ),
     "quick": dict(
@@ -56,7 +56,7 @@ class DemoConfig:
     out: str = "dualanodiff-demo"
     quick: bool = False
     category: str = "pill"
-    anomaly: str = "stain"
+    anomaly: str = "spot"
     seed: int = 0
     resolution: int = 64
     train_lr: float = 1e-3

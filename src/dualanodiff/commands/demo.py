@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="dualanodiff-demo", help="folder for the data, models and report")
     p.add_argument("--quick", action="store_true", help="toy sizes (the test suite's mode): checks it runs")
     p.add_argument("--category", default="pill", help="synthetic category: pill or weave")
-    p.add_argument("--anomaly", default="stain", help="defect type of the category")
+    p.add_argument("--anomaly", default="spot", help="defect type of the category")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--threads",
