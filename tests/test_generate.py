@@ -217,3 +217,40 @@ def test_every_listed_scheduler_builds():
     base = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG).config
     for name in SCHEDULERS:
         make_scheduler(name, base).set_timesteps(5)
+
+
+def test_bcm_generation_switches_backgrounds_every_k_pairs(tiny_base_dir, tmp_path):
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    adapters = pipe.save_adapters(tmp_path / "bcm_adapters")
+    good, fg = tmp_path / "good", tmp_path / "fg"
+    good.mkdir()
+    fg.mkdir()
+    for i, value in enumerate((40, 200)):
+        Image.fromarray(np.full((64, 64, 3), value, np.uint8)).save(good / f"{i:03d}.png")
+        mask = np.zeros((64, 64), np.uint8)
+        mask[16:48, 16:48] = 255
+        Image.fromarray(mask).save(fg / f"{i:03d}.png")
+    out = tmp_path / "gen"
+    cfg = _config(tiny_base_dir, adapters, out, num_pairs=5, max_mask_area=1.0)
+    cfg.backgrounds, cfg.foreground, cfg.background_every = str(good), str(fg), 2
+    generate_to_folder(cfg, show_progress=False, process_index=0, num_processes=1)
+    used = [r["background"] for r in sorted(read_jsonl(out / "manifest.jsonl"), key=lambda r: r["index"])]
+    assert used == ["000.png", "000.png", "001.png", "001.png", "000.png"]
+    with pytest.raises(InputError, match="--backgrounds"):
+        cfg.backgrounds, cfg.out = None, str(tmp_path / "gen2")
+        generate_to_folder(cfg, show_progress=False, process_index=0, num_processes=1)
+
+
+def test_backgrounds_black_out_the_object(tmp_path):
+    from dualanodiff.generate import load_backgrounds
+
+    (tmp_path / "good").mkdir()
+    (tmp_path / "fg").mkdir()
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "good" / "a.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, :16] = 255
+    Image.fromarray(mask).save(tmp_path / "fg" / "a.png")
+    ((name, image),) = load_backgrounds(tmp_path / "good", tmp_path / "fg", 32)
+    assert name == "a.png" and (image[:, :16] == 0).all() and (image[:, 16:] == 200).all()
+    ((_, whole),) = load_backgrounds(tmp_path / "good", None, 32)  # textures: the whole image is background
+    assert (whole == 200).all()
