@@ -3,9 +3,12 @@
     python scripts/pretrain_demo_base.py                       # writes src/dualanodiff/assets/demo_base.*
     python scripts/pretrain_demo_base.py --out /tmp/base --stages unet   # retrain the UNet on the saved VAE
 
-Measured run time (2 shared CPU cores, torch.set_num_threads(2)): see `times` in demo_base.json; the shipped
-weights took the figures recorded there (about 20 minutes in all). Bit-identical reruns need the same torch
-version and thread count (CPU float reductions depend on both).
+Measured run time of the shipped weights: 10.5 minutes on CPU (VAE 257 s, UNet 356 s; `times` in
+demo_base.json), one torch thread (`--threads 1`, the default: on 2 cores shared with other work one thread ran
+several times faster than two). Every random draw comes from seeded generators; bit-identical reruns need the
+same torch version and thread count (CPU float reductions depend on both); a second full run to compare bit for
+bit has not been done. `--stages vae` then `--stages unet` is meant to equal one run (the UNet stage sees the
+fp16-rounded VAE either way).
 """
 
 from __future__ import annotations
