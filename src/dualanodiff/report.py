@@ -231,8 +231,8 @@ main { max-width: 1120px; margin: 0 auto; padding: 28px 32px 64px; }
 header { border-bottom: 1px solid var(--line); margin-bottom: 8px; padding-bottom: 12px; }
 h1 { font-size: 26px; margin: 0 0 4px; }
 .meta { color: var(--muted); font-size: 13px; }
-nav { font-size: 13px; margin: 12px 0 4px; color: var(--muted); }
-nav a { color: var(--accent); text-decoration: none; margin-right: 14px; white-space: nowrap; }
+nav { font-size: 13px; margin: 12px 0 4px; color: var(--muted); display: flex; flex-wrap: wrap; gap: 4px 14px; }
+nav a { color: var(--accent); text-decoration: none; white-space: nowrap; }
 nav a:hover { text-decoration: underline; }
 section { margin-top: 30px; }
 h2 { font-size: 19px; margin: 0 0 10px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
