@@ -48,3 +48,23 @@ def tiny_components(tiny_base_dir):
     from dualanodiff.model.base import load_base
 
     return load_base(tiny_base_dir)
+
+
+@pytest.fixture(scope="session")
+def random_quality_weights(tmp_path_factory):
+    """Inception and VGG16 files with the real keys and shapes, random values (no download)."""
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    import torchvision
+
+    folder = tmp_path_factory.mktemp("weights")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None)
+        torch.manual_seed(0)
+        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"])
+    torch.save(model.state_dict(), folder / "inception.pth")
+    torch.manual_seed(0)
+    features = torchvision.models.vgg16().features
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, folder / "vgg16.pth")
+    return folder / "inception.pth", folder / "vgg16.pth"

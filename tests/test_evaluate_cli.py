@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from dualanodiff.cli import main
 from dualanodiff.data.mvtec import anomaly_samples, few_shot_split
@@ -40,22 +39,8 @@ def generated(data_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Inception and VGG16 files with the real keys and shapes, random values (no download)."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-    import torchvision
-
-    folder = tmp_path_factory.mktemp("weights")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
-        mp.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, strict=True: None)
-        torch.manual_seed(0)
-        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"])
-    torch.save(model.state_dict(), folder / "inception.pth")
-    torch.manual_seed(0)
-    features = torchvision.models.vgg16().features
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, folder / "vgg16.pth")
-    return folder / "inception.pth", folder / "vgg16.pth"
+def weights(random_quality_weights):
+    return random_quality_weights
 
 
 def _csv(path):
