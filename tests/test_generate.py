@@ -250,7 +250,8 @@ def test_backgrounds_black_out_the_object(tmp_path):
     mask = np.zeros((32, 32), np.uint8)
     mask[:, :16] = 255
     Image.fromarray(mask).save(tmp_path / "fg" / "a.png")
+    grey_200 = np.float32(200) / 127.5 - 1.0  # 200 in [-1, 1]
     ((name, image),) = load_backgrounds(tmp_path / "good", tmp_path / "fg", 32)
-    assert name == "a.png" and (image[:, :16] == 0).all() and (image[:, 16:] == 200).all()
+    assert name == "a.png" and (image[:, :, :16] == -1).all() and (image[:, :, 16:] == grey_200).all()
     ((_, whole),) = load_backgrounds(tmp_path / "good", None, 32)  # textures: the whole image is background
-    assert (whole == 200).all()
+    assert (whole == grey_200).all()

@@ -12,7 +12,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import (
     DDIMScheduler,
@@ -21,7 +20,6 @@ from diffusers import (
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .baselines.write import GeneratedWriter
@@ -108,23 +106,23 @@ def adapter_anomaly_type(adapter_dir: str | Path) -> str | None:
 
 def load_backgrounds(
     folder: str | Path, foreground: str | Path | None, resolution: int
-) -> list[tuple[str, np.ndarray]]:
-    """Background images for BCM: normal images with the object blacked out (foreground mask 1 -> black)."""
+) -> list[tuple[str, torch.Tensor]]:
+    """BCM backgrounds, (3, R, R) in [-1, 1]: normal images with the object blacked out, made exactly as
+    the training backgrounds are (`data.pairs.black_out_object`)."""
     from .data.folder import folder_normals
     from .data.images import load_mask, load_rgb
+    from .data.pairs import black_out_object, image_to_tensor, mask_to_tensor
 
     normals = folder_normals(folder, foreground_dir=foreground)
     if not normals:
         raise InputError(f"--backgrounds {folder}: no images found")
     out = []
     for sample in normals:
-        image = np.asarray(
-            Image.fromarray(load_rgb(sample.image)).resize((resolution, resolution), Image.BILINEAR)
-        )
+        rgb = load_rgb(sample.image)
+        fg = None
         if sample.foreground is not None:
-            fg = load_mask(sample.foreground, size=(resolution, resolution))
-            image = np.where(fg[..., None], 0, image).astype(np.uint8)
-        out.append((sample.image.name, image))
+            fg = mask_to_tensor(load_mask(sample.foreground, size=(rgb.shape[1], rgb.shape[0])), resolution)
+        out.append((sample.image.name, black_out_object(image_to_tensor(rgb, resolution), fg)))
     return out
 
 
@@ -190,7 +188,7 @@ def generate_to_folder(
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
             seeds=[writer.seed(i) for i in indices],
-            backgrounds=bg_images,
+            backgrounds=torch.stack(bg_images) if bg_images else None,
             height=resolution,
             width=resolution,
             global_prompt=config.global_prompt,

@@ -52,6 +52,15 @@ def mask_to_tensor(mask: np.ndarray, resolution: int) -> torch.Tensor:
     return torch.from_numpy((m >= 0.5).astype(np.float32))[None]
 
 
+def black_out_object(image: torch.Tensor, foreground: torch.Tensor | None) -> torch.Tensor:
+    """The BCM background: ``image`` (3, R, R) with its object set to -1.0 (black) where ``foreground``
+    (1, R, R) is 1. No foreground mask (textures): the whole image is background. Shared by training and
+    generation, so both condition on the same thing."""
+    if foreground is None:
+        return image.clone()
+    return torch.where(foreground.bool(), torch.full((), -1.0), image)
+
+
 class DefectPairDataset(Dataset):
     """Few-shot training pairs for one anomaly type.
 
@@ -106,13 +115,12 @@ class DefectPairDataset(Dataset):
         m = mask_to_tensor(mask, self.resolution)
         item = {"image": image, "mask": m, "part": torch.where(m.bool(), image, torch.zeros(()))}
         if self.with_background:
-            if s.foreground is None:
-                item["background"] = image.clone()  # texture: everything is background
-            else:
+            fg = None
+            if s.foreground is not None:
                 fg = mask_to_tensor(
                     load_mask(s.foreground, size=(rgb.shape[1], rgb.shape[0])), self.resolution
                 )
-                item["background"] = torch.where(fg.bool(), torch.full((), -1.0), image)
+            item["background"] = black_out_object(image, fg)
         self._cache[index] = item
         return item
 
