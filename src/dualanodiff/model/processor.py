@@ -164,7 +164,11 @@ class DualBranchAttnProcessor(nn.Module):
             if h_bg is not None:
                 kv_input = self._fuse_background(hidden_states, num_pairs_rows, h_bg)
 
-        rows = (branch, _rows_by_branch(num_rows, num_pairs_rows, hidden_states.device))
+        # Row indices per branch are only needed by the merged (inference) path: no work on the training path.
+        by_branch = None
+        if self._merged is not None:
+            by_branch = _rows_by_branch(num_rows, num_pairs_rows, hidden_states.device)
+        rows = (branch, by_branch)
         query = self._project("q", attn.to_q, self.to_q_lora, hidden_states, rows)
         key = self._project("k", attn.to_k, self.to_k_lora, kv_input, rows)
         value = self._project("v", attn.to_v, self.to_v_lora, kv_input, rows)
