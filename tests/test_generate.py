@@ -255,3 +255,18 @@ def test_backgrounds_black_out_the_object(tmp_path):
     assert name == "a.png" and (image[:, :, :16] == -1).all() and (image[:, :, 16:] == grey_200).all()
     ((_, whole),) = load_backgrounds(tmp_path / "good", None, 32)  # textures: the whole image is background
     assert (whole == grey_200).all()
+
+
+def test_a_bcm_pair_does_not_depend_on_its_batch(tiny_base_dir):
+    """Under guidance, each pair's grey unconditional background is sampled from its own generator too."""
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    pipe.set_progress_bar_config(disable=True)
+    for proc in pipe.adapter_modules():
+        if getattr(proc, "bcm", None) is not None:
+            proc.bcm.alpha.data.fill_(0.8)
+    backgrounds = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    kwargs = dict(num_inference_steps=3, guidance_scale=2.5, output_type="np")
+    together = pipe(num_pairs=3, seeds=[7, 8, 9], backgrounds=backgrounds, **kwargs)
+    alone = pipe(num_pairs=1, seeds=[8], backgrounds=backgrounds[1:2], **kwargs)
+    assert np.abs(together.images[1] - alone.images[0]).max() <= 1e-5
+    assert np.abs(together.parts[1] - alone.parts[0]).max() <= 1e-5

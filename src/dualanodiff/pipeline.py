@@ -355,8 +355,12 @@ class DualAnoDiffPipeline(DiffusionPipeline):
             [encode_latents(self.vae, bg[i : i + 1], generators[i], scale=scale) for i in range(num_pairs)]
         )
         if do_cfg:  # unconditional rows: a mid-grey background (0 in [-1, 1]) with the empty prompt
-            grey = encode_latents(self.vae, torch.zeros_like(bg[:1]), generators[0], scale=scale)
-            latents = torch.cat([grey.expand_as(latents), latents])
+            # One encoder pass; each pair samples its grey latent from its own generator (batch-invariance).
+            grey = self.vae.encode(torch.zeros_like(bg[:1])).latent_dist
+            grey_latents = torch.cat([grey.sample(g) for g in generators])
+            if scale:
+                grey_latents = grey_latents * self.vae.config.scaling_factor
+            latents = torch.cat([grey_latents, latents])
         return latents.to(self.unet.dtype)
 
 
