@@ -1,25 +1,26 @@
-"""Training speed and memory: one optimizer step of the dual UNet (ours) against the per-branch loop reference.
+"""Training speed and memory: one optimizer step of the dual UNet (ours) against the authors' structure.
 
 A step is what `dualanodiff train` does per batch: VAE-encode the pair images, encode the two prompts through
-the text encoder's LoRA, the dual UNet forward and backward, gradient clipping and AdamW. Random images and
-random adapters; both paths share the weights, so the losses must agree.
+the text encoder's LoRA, the dual UNet forward and backward, gradient clipping and AdamW. Ours: both branches in
+one attention call, SDPA, the BCM background pass folded into the same UNet call, optional bf16 autocast.
+Reference: `common.REFERENCE_STRUCTURE` at the same batch (their training batches pairs too), with the BCM
+background pass as its own forward, gradients flowing through it. Random images and random adapters; each path
+runs in its own fresh process from the same weights, so the first losses and gradient norms must agree.
 
-    python benchmarks/bench_training.py --base tiny --out benchmarks/results/training-cpu.json
+    python benchmarks/bench_training.py --base tiny --threads 1 --out benchmarks/results/training-cpu.json
     python benchmarks/bench_training.py --base sd15 --device cuda --precision bf16 --batch-size 4 \\
-        --gradient-checkpointing off on --out benchmarks/results/training-h100.json
+        --bcm off on --gradient-checkpointing off on --out benchmarks/results/training-gpu.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench_generation import PRECISIONS, build_pipe, meta_of, peak_memory_mb
+from common import PRECISIONS, build_pipe, meta_of, resident_mb, run_isolated, set_threads, timed
 from diffusers import DDPMScheduler
 
 from dualanodiff.io import write_json_atomic
@@ -27,8 +28,8 @@ from dualanodiff.model.encode import encode_latents, pair_prompt_embeddings
 from dualanodiff.model.reference import use_loop_reference
 
 
-def make_step(pipe, batch: int, bcm: bool, precision: str, device: str):
-    """A closure running one training step; returns the loss."""
+def make_step(pipe, batch: int, bcm: bool, precision: str, device: str, two_pass: bool):
+    """A closure running one training step; returns the loss and the gradient norm before clipping."""
     dtype = PRECISIONS[precision]
     trainable = pipe.adapter_parameters()
     for p in trainable:
@@ -42,7 +43,7 @@ def make_step(pipe, batch: int, bcm: bool, precision: str, device: str):
     backgrounds = (torch.rand(batch, 3, res, res, generator=gen) * 2 - 1).to(device)
     use_autocast = dtype != torch.float32
 
-    def step() -> float:
+    def step() -> tuple[float, float]:
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             latents = encode_latents(pipe.vae, images.to(pipe.vae.dtype)).float()
@@ -55,36 +56,74 @@ def make_step(pipe, batch: int, bcm: bool, precision: str, device: str):
             text = pair_prompt_embeddings(pipe.tokenizer, pipe.text_encoder, batch)
             kwargs = None
             if bcm:
-                noisy = torch.cat(
-                    [noisy, noise_scheduler.add_noise(bg, torch.randn(bg.shape, generator=g).to(device), t)]
-                )
-                t_rows = torch.cat([t_rows, t])
-                text = torch.cat([text, text[0::2]])
-                kwargs = {"background_rows": batch}
+                noisy_bg = noise_scheduler.add_noise(bg, torch.randn(bg.shape, generator=g).to(device), t)
+                if two_pass:  # the authors' structure: the background pass is its own forward
+                    recorded = {}
+                    pipe.unet(noisy_bg, t, text[0::2], cross_attention_kwargs={"record_background": recorded})
+                    kwargs = {"background_states": recorded}
+                else:  # ours: the background rows ride in the same call
+                    noisy, t_rows = torch.cat([noisy, noisy_bg]), torch.cat([t_rows, t])
+                    text = torch.cat([text, text[0::2]])
+                    kwargs = {"background_rows": batch}
             pred = pipe.unet(noisy, t_rows, text, cross_attention_kwargs=kwargs).sample
         loss = F.mse_loss(pred[: 2 * batch].float(), noise)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss.item(), grad_norm.item()
 
     return step
 
 
-def timed_steps(step, device: str, repeats: int) -> tuple[float, float, float]:
-    first_loss = step()  # warm-up (allocations, autotuning); also the loss before any update of this path
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), peak_memory_mb(device), first_loss
+def measure(task: dict) -> dict:
+    """One path of one configuration (run in its own process): time and memory per step, first loss."""
+    set_threads(task["threads"])
+    reference = task["path"] == "reference"
+    pipe = build_pipe(task["base"], task["bcm"], "fp32", task["device"])
+    pipe.vae.to(PRECISIONS[task["precision"]])
+    if task["gradient_checkpointing"]:
+        pipe.unet.enable_gradient_checkpointing()
+    pipe.unet.train()
+    if reference:
+        use_loop_reference(pipe.unet)
+    rss_before = resident_mb()
+    step = make_step(pipe, task["batch_size"], task["bcm"], task["precision"], task["device"], reference)
+    # The warm-up step is the first step from the shared weights: its loss and gradient norm are compared.
+    seconds, peak, (loss, grad_norm), _ = timed(step, task["device"], task["repeats"])
+    stats = {"s_per_step": seconds, "steps_per_s": 1 / seconds, "peak_memory_mb": peak}
+    if not task["device"].startswith("cuda") and rss_before is not None:
+        stats["rss_before_training_mb"] = rss_before
+    return {"stats": stats, "first_loss": loss, "first_grad_norm": grad_norm}
+
+
+def measure_configurations(args) -> list[dict]:
+    """Per BCM setting, checkpointing and batch: the fp32 reference once, then ours per precision."""
+    results = []
+    for bcm in args.bcm:
+        for ckpt in args.gradient_checkpointing:
+            for batch in args.batch_size:
+                task = {"base": args.base, "device": args.device, "threads": args.threads}
+                task |= {"bcm": bcm == "on", "gradient_checkpointing": ckpt == "on", "batch_size": batch}
+                task |= {"repeats": args.repeats}
+                reference = run_isolated(measure, {**task, "path": "reference", "precision": "fp32"})
+                for precision in args.precision:
+                    ours = run_isolated(measure, {**task, "path": "ours", "precision": precision})
+                    row = {key: task[key] for key in ("bcm", "batch_size", "gradient_checkpointing")}
+                    row |= {
+                        "precision": precision,
+                        "ours": ours["stats"],
+                        "reference": {**reference["stats"], "precision": "fp32"},
+                        "speedup": reference["stats"]["s_per_step"] / ours["stats"]["s_per_step"],
+                        "ours_first_loss": ours["first_loss"],
+                        "reference_first_loss": reference["first_loss"],
+                        "max_abs_diff": abs(ours["first_loss"] - reference["first_loss"]),
+                        "grad_norm_rel_diff": abs(ours["first_grad_norm"] - reference["first_grad_norm"])
+                        / reference["first_grad_norm"],
+                    }
+                    print(json.dumps(row), flush=True)
+                    results.append(row)
+    return results
 
 
 def main() -> None:
@@ -99,41 +138,10 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="JSON file for the results")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    results = []
-    for bcm in args.bcm:
-        for precision in args.precision:
-            for ckpt in args.gradient_checkpointing:
-                for batch in args.batch_size:
-                    row = {"bcm": bcm == "on", "precision": precision, "batch_size": batch}
-                    row["gradient_checkpointing"] = ckpt == "on"
-                    for path in ("ours", "reference"):
-                        # A fresh model per path: both start from the same weights, so the first losses agree.
-                        pipe = build_pipe(args.base, bcm == "on", "fp32", args.device)
-                        pipe.vae.to(PRECISIONS[precision])
-                        if ckpt == "on":
-                            pipe.unet.enable_gradient_checkpointing()
-                        pipe.unet.train()
-                        if path == "reference":
-                            use_loop_reference(pipe.unet)
-                        seconds, memory, loss = timed_steps(
-                            make_step(pipe, batch, bcm == "on", precision, args.device),
-                            args.device,
-                            args.repeats,
-                        )
-                        row[path] = {
-                            "s_per_step": seconds,
-                            "steps_per_s": 1 / seconds,
-                            "peak_memory_mb": memory,
-                        }
-                        row[f"{path}_first_loss"] = loss
-                    row["speedup"] = row["reference"]["s_per_step"] / row["ours"]["s_per_step"]
-                    row["max_abs_diff"] = abs(row["ours_first_loss"] - row["reference_first_loss"])
-                    print(json.dumps(row))
-                    results.append(row)
+    set_threads(args.threads)
+    results = measure_configurations(args)
     write_json_atomic(Path(args.out), {"meta": meta_of(args), "results": results})
     print(f"wrote {args.out}")
 
