@@ -270,3 +270,24 @@ def test_a_bcm_pair_does_not_depend_on_its_batch(tiny_base_dir):
     alone = pipe(num_pairs=1, seeds=[8], backgrounds=backgrounds[1:2], **kwargs)
     assert np.abs(together.images[1] - alone.images[0]).max() <= 1e-5
     assert np.abs(together.parts[1] - alone.parts[0]).max() <= 1e-5
+
+
+def test_speed_options_keep_the_pairs_and_may_change_on_resume(tiny_base_dir, adapters, tmp_path):
+    run = dict(show_progress=False, process_index=0, num_processes=1)
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    generate_to_folder(_config(tiny_base_dir, adapters, plain, num_pairs=3, max_mask_area=1.0), **run)
+    speed = dict(channels_last=True, vae_slicing=True, vae_tiling=True)
+    generate_to_folder(_config(tiny_base_dir, adapters, fast, num_pairs=2, max_mask_area=1.0, **speed), **run)
+    # The resume changes batch size and speed switches: accepted, since they do not change the pairs.
+    cfg = GenerateConfig(
+        base=str(tiny_base_dir), adapters=str(adapters), out=str(fast), steps=2, batch_size=1,
+        num_pairs=3, max_mask_area=1.0,
+    )  # fmt: skip
+    assert generate_to_folder(cfg, **run)["written"] == 1
+    for kind in ("image", "part"):
+        for i in range(3):
+            a = np.asarray(Image.open(plain / kind / f"{i:05d}.png"), dtype=np.int16)
+            b = np.asarray(Image.open(fast / kind / f"{i:05d}.png"), dtype=np.int16)
+            assert np.abs(a - b).max() <= 1  # uint8 rounding of float-level differences at most
+    with pytest.raises(InputError, match="other settings"):  # a setting that changes the pairs still refuses
+        generate_to_folder(_config(tiny_base_dir, adapters, fast, num_pairs=3, guidance=3.0), **run)

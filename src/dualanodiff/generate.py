@@ -66,6 +66,11 @@ class GenerateConfig:
     global_prompt: str = GLOBAL_PROMPT
     part_prompt: str = PART_PROMPT
     device: str | None = None
+    # Speed and memory only (the pairs stay the same to float rounding, so a resume may change them):
+    compile: bool = False  # torch.compile the UNet (a one-off compilation, then faster steps)
+    channels_last: bool = False
+    vae_slicing: bool = False  # decode one image at a time: less peak memory for large batches
+    vae_tiling: bool = False  # decode in tiles: less memory above 512 px
 
     def __post_init__(self):
         if self.num_pairs < 1:
@@ -80,6 +85,21 @@ class GenerateConfig:
             raise InputError(f"--mixed-precision must be one of {', '.join(PRECISIONS)}")
         if self.background_every < 1:
             raise InputError("--background-every must be at least 1")
+
+
+SPEED_OPTIONS = ("batch_size", "compile", "channels_last", "vae_slicing", "vae_tiling")
+
+
+def apply_speed_options(pipe: DualAnoDiffPipeline, config: GenerateConfig) -> None:
+    """The switches that change speed and memory, not the pairs (benchmarks/README.md measures each)."""
+    if config.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+    if config.vae_slicing:
+        pipe.vae.enable_slicing()
+    if config.vae_tiling:
+        pipe.vae.enable_tiling()
+    if config.compile:
+        pipe.unet.forward = torch.compile(pipe.unet.forward)
 
 
 def make_scheduler(name: str, config) -> object:
@@ -151,7 +171,9 @@ def generate_to_folder(
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     record_config["adapter_identity"] = adapter_identity(adapters)
     record_config["anomaly_type"] = config.anomaly_type or adapter_anomaly_type(adapters)
-    writer = GeneratedWriter(config.out, record_config, base_seed=config.seed)
+    writer = GeneratedWriter(
+        config.out, record_config, base_seed=config.seed, resume_ignore=("num_pairs", *SPEED_OPTIONS)
+    )
     # Shard the index range, not the pending list: processes that start at different moments still agree.
     todo = [i for i in range(process_index, config.num_pairs, num_processes) if not writer.is_complete(i)]
     if not todo:
@@ -165,6 +187,7 @@ def generate_to_folder(
         pipe.to(device)
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    apply_speed_options(pipe, config)
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     backgrounds = None
     if pipe.adapter_config.bcm:

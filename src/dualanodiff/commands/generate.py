@@ -64,6 +64,13 @@ def register(subparsers) -> None:
         default=None,
         help="recorded in the manifest (default: the type the adapters were trained on)",
     )
+    speed = p.add_argument_group("speed and memory (the pairs stay the same; see benchmarks/README.md)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batch)")
+    speed.add_argument("--channels-last", action="store_true", help="channels-last UNet memory layout")
+    speed.add_argument("--vae-slicing", action="store_true", help="decode one image at a time (less memory)")
+    speed.add_argument(
+        "--vae-tiling", action="store_true", help="decode in tiles (less memory at large sizes)"
+    )
     add_mask_arguments(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
@@ -93,6 +100,10 @@ def run(args) -> int:
         max_mask_area=args.max_area,
         device=args.device,
         anomaly_type=args.anomaly_type,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        vae_slicing=args.vae_slicing,
+        vae_tiling=args.vae_tiling,
     )
     summary = generate_to_folder(config)
     print(json.dumps(summary, indent=2, default=str))
