@@ -31,9 +31,11 @@ from common import (
     timed,
 )
 
-from dualanodiff.generate import SCHEDULERS, make_scheduler
+from dualanodiff.generate import SCHEDULERS, apply_speed_options, make_scheduler
 from dualanodiff.io import write_json_atomic
 from dualanodiff.model.reference import use_loop_reference
+
+SWITCHES = ("channels_last", "compile", "vae_slicing", "vae_tiling")  # each measured on its own
 
 
 def measure(task: dict) -> dict:
@@ -44,12 +46,7 @@ def measure(task: dict) -> dict:
     model_memory = resident_mb()
     if task["path"] == "ours":
         bcm_mode = "folded"
-        if task["channels_last"]:
-            pipe.unet.to(memory_format=torch.channels_last)
-        if task["vae_slicing"]:
-            pipe.vae.enable_slicing()
-        if task["compile"]:
-            pipe.unet.forward = torch.compile(pipe.unet.forward)
+        apply_speed_options(pipe, **{key: task[key] for key in SWITCHES})  # as `dualanodiff generate` does
     else:
         bcm_mode = "two-pass"
         use_loop_reference(pipe.unet, sdpa=False)
@@ -92,10 +89,7 @@ def max_abs_diff(a: dict, b: dict) -> float:
 
 def measure_configurations(args) -> list[dict]:
     """For each BCM setting and batch size: the two references once (fp32), then ours per precision and switch."""
-    switches = [{}]
-    switches += [{"channels_last": True}] if args.channels_last else []
-    switches += [{"compile": True}] if args.compile else []
-    switches += [{"vae_slicing": True}] if args.vae_slicing else []
+    switches = [{}] + [{key: True} for key in SWITCHES if getattr(args, key)]
     results = []
     for bcm in args.bcm:
         for batch in args.batch_size:
@@ -109,9 +103,7 @@ def measure_configurations(args) -> list[dict]:
                 "guidance": args.guidance,
                 "scheduler": args.scheduler,
                 "repeats": args.repeats,
-                "channels_last": False,
-                "compile": False,
-                "vae_slicing": False,
+                **dict.fromkeys(SWITCHES, False),
             }
             ref_task = {**task, "precision": "fp32"}
             # One pair per call costs the same per pair at any batch: the first few pairs are enough (GPU time).
@@ -136,7 +128,7 @@ def measure_configurations(args) -> list[dict]:
                         key: ours_task[key] for key in ("bcm", "precision", "steps", "guidance", "scheduler")
                     }
                     row |= {"batch_size": batch}
-                    row |= {key: ours_task[key] for key in ("channels_last", "compile", "vae_slicing")}
+                    row |= {key: ours_task[key] for key in SWITCHES}
                     row |= {
                         "ours": ours["stats"],
                         "reference": {**reference["stats"], "pairs": ref_pairs, "pairs_per_call": 1},
@@ -200,6 +192,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="also measure channels-last")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the UNet")
     parser.add_argument("--vae-slicing", action="store_true", help="also measure VAE slicing")
+    parser.add_argument("--vae-tiling", action="store_true", help="also measure VAE tiling")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--reference-pairs", type=int, default=None, help="pairs the one-pair-per-call reference makes (all)"

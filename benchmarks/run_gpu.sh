@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE=1
 out=${1:-results}
 mkdir -p "$out"
 python bench_generation.py --base sd15 --device cuda --precision bf16 fp32 --batch-size 8 --bcm off on \
-    --channels-last --compile --vae-slicing --reference-pairs 2 --out "$out/generation-gpu.json"
+    --channels-last --compile --vae-slicing --vae-tiling --reference-pairs 2 --out "$out/generation-gpu.json"
 python bench_training.py --base sd15 --device cuda --precision bf16 fp32 --batch-size 4 --bcm off on \
     --gradient-checkpointing off on --out "$out/training-gpu.json"
 python bench_generation.py --base sd15 --device cuda --precision bf16 --batch-size 8 --sampler-study \

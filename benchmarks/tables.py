@@ -11,7 +11,12 @@ from pathlib import Path
 
 
 def _switch(row: dict) -> str:
-    names = {"channels_last": "channels-last", "compile": "torch.compile", "vae_slicing": "VAE slicing"}
+    names = {
+        "channels_last": "channels-last",
+        "compile": "torch.compile",
+        "vae_slicing": "VAE slicing",
+        "vae_tiling": "VAE tiling",
+    }
     return ", ".join(label for key, label in names.items() if row.get(key)) or "-"
 
 

@@ -90,15 +90,22 @@ class GenerateConfig:
 SPEED_OPTIONS = ("batch_size", "compile", "channels_last", "vae_slicing", "vae_tiling")
 
 
-def apply_speed_options(pipe: DualAnoDiffPipeline, config: GenerateConfig) -> None:
+def apply_speed_options(
+    pipe: DualAnoDiffPipeline,
+    *,
+    compile: bool = False,
+    channels_last: bool = False,
+    vae_slicing: bool = False,
+    vae_tiling: bool = False,
+) -> None:
     """The switches that change speed and memory, not the pairs (benchmarks/README.md measures each)."""
-    if config.channels_last:
+    if channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
-    if config.vae_slicing:
+    if vae_slicing:
         pipe.vae.enable_slicing()
-    if config.vae_tiling:
+    if vae_tiling:
         pipe.vae.enable_tiling()
-    if config.compile:
+    if compile:
         pipe.unet.forward = torch.compile(pipe.unet.forward)
 
 
@@ -187,7 +194,13 @@ def generate_to_folder(
         pipe.to(device)
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    apply_speed_options(pipe, config)
+    apply_speed_options(
+        pipe,
+        compile=config.compile,
+        channels_last=config.channels_last,
+        vae_slicing=config.vae_slicing,
+        vae_tiling=config.vae_tiling,
+    )
     resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     backgrounds = None
     if pipe.adapter_config.bcm:
