@@ -11,7 +11,13 @@ from PIL import Image
 
 from dualanodiff.cli import main as cli
 from dualanodiff.errors import InputError
-from dualanodiff.generate import SCHEDULERS, GenerateConfig, generate_to_folder, make_scheduler
+from dualanodiff.generate import (
+    SCHEDULERS,
+    GenerateConfig,
+    apply_speed_options,
+    generate_to_folder,
+    make_scheduler,
+)
 from dualanodiff.io import read_jsonl
 from dualanodiff.pipeline import DualAnoDiffPipeline
 
@@ -276,7 +282,7 @@ def test_speed_options_keep_the_pairs_and_may_change_on_resume(tiny_base_dir, ad
     run = dict(show_progress=False, process_index=0, num_processes=1)
     plain, fast = tmp_path / "plain", tmp_path / "fast"
     generate_to_folder(_config(tiny_base_dir, adapters, plain, num_pairs=3, max_mask_area=1.0), **run)
-    speed = dict(channels_last=True, vae_slicing=True, vae_tiling=True)
+    speed = dict(channels_last=True, vae_slicing=True)
     generate_to_folder(_config(tiny_base_dir, adapters, fast, num_pairs=2, max_mask_area=1.0, **speed), **run)
     # The resume changes batch size and speed switches: accepted, since they do not change the pairs.
     cfg = GenerateConfig(
@@ -289,5 +295,17 @@ def test_speed_options_keep_the_pairs_and_may_change_on_resume(tiny_base_dir, ad
             a = np.asarray(Image.open(plain / kind / f"{i:05d}.png"), dtype=np.int16)
             b = np.asarray(Image.open(fast / kind / f"{i:05d}.png"), dtype=np.int16)
             assert np.abs(a - b).max() <= 1  # uint8 rounding of float-level differences at most
-    with pytest.raises(InputError, match="other settings"):  # a setting that changes the pairs still refuses
-        generate_to_folder(_config(tiny_base_dir, adapters, fast, num_pairs=3, guidance=3.0), **run)
+    for changes_pairs in (dict(guidance=3.0), dict(vae_tiling=True)):  # these still refuse a resume
+        with pytest.raises(InputError, match="other settings"):
+            generate_to_folder(_config(tiny_base_dir, adapters, fast, num_pairs=3, **changes_pairs), **run)
+
+
+def test_vae_tiling_decodes_in_tiles_above_the_native_size(pipe, monkeypatch):
+    tiled = []
+    original = pipe.vae.tiled_decode
+    monkeypatch.setattr(pipe.vae, "tiled_decode", lambda z, **k: tiled.append(z.shape) or original(z, **k))
+    apply_speed_options(pipe, vae_tiling=True)
+    out = pipe(num_pairs=1, num_inference_steps=2, seeds=[3], height=64, width=64, output_type="np")
+    assert not tiled and out.images.shape == (1, 64, 64, 3)  # the tiny VAE's native size: no tiles
+    out = pipe(num_pairs=1, num_inference_steps=2, seeds=[3], height=128, width=128, output_type="np")
+    assert tiled and out.images.shape == (1, 128, 128, 3) and np.isfinite(out.images).all()

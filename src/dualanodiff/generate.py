@@ -66,11 +66,13 @@ class GenerateConfig:
     global_prompt: str = GLOBAL_PROMPT
     part_prompt: str = PART_PROMPT
     device: str | None = None
-    # Speed and memory only (the pairs stay the same to float rounding, so a resume may change them):
+    # Speed and memory (all but tiling keep the pairs the same to float rounding, so a resume may change them):
     compile: bool = False  # torch.compile the UNet (a one-off compilation, then faster steps)
     channels_last: bool = False
     vae_slicing: bool = False  # decode one image at a time: less peak memory for large batches
-    vae_tiling: bool = False  # decode in tiles: less memory above 512 px
+    # Decode in overlapping tiles above the VAE's native size (512 px for SD 1.5): less memory, but the tiles are
+    # blended, so the pixels change slightly; below that size it does nothing.
+    vae_tiling: bool = False
 
     def __post_init__(self):
         if self.num_pairs < 1:
@@ -87,7 +89,8 @@ class GenerateConfig:
             raise InputError("--background-every must be at least 1")
 
 
-SPEED_OPTIONS = ("batch_size", "compile", "channels_last", "vae_slicing", "vae_tiling")
+# Settings that change speed and memory but not the pairs (to float rounding): a resume may change them.
+SPEED_OPTIONS = ("batch_size", "compile", "channels_last", "vae_slicing")
 
 
 def apply_speed_options(
@@ -98,7 +101,7 @@ def apply_speed_options(
     vae_slicing: bool = False,
     vae_tiling: bool = False,
 ) -> None:
-    """The switches that change speed and memory, not the pairs (benchmarks/README.md measures each)."""
+    """The speed and memory switches (benchmarks/README.md measures each); only tiling can change pixels."""
     if channels_last:
         pipe.unet.to(memory_format=torch.channels_last)
     if vae_slicing:

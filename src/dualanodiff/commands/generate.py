@@ -64,12 +64,15 @@ def register(subparsers) -> None:
         default=None,
         help="recorded in the manifest (default: the type the adapters were trained on)",
     )
-    speed = p.add_argument_group("speed and memory (the pairs stay the same; see benchmarks/README.md)")
+    speed = p.add_argument_group("speed and memory (see benchmarks/README.md)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batch)")
     speed.add_argument("--channels-last", action="store_true", help="channels-last UNet memory layout")
     speed.add_argument("--vae-slicing", action="store_true", help="decode one image at a time (less memory)")
     speed.add_argument(
-        "--vae-tiling", action="store_true", help="decode in tiles (less memory at large sizes)"
+        "--vae-tiling",
+        action="store_true",
+        help="above the VAE's native size (512 px for SD 1.5), decode in blended tiles: less memory, "
+        "slightly different pixels",
     )
     add_mask_arguments(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
