@@ -16,23 +16,21 @@ difference of the generated images against the reference.
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
 from common import (
-    PRECISIONS,
+    benchmark_parser,
     build_pipe,
-    meta_of,
+    memory_stats,
     resident_mb,
     run_isolated,
     set_threads,
     timed,
+    write_results,
 )
 
 from dualanodiff.generate import SCHEDULERS, apply_speed_options, make_scheduler
-from dualanodiff.io import write_json_atomic
 from dualanodiff.model.reference import use_loop_reference
 
 SWITCHES = ("channels_last", "compile", "vae_slicing", "vae_tiling")  # each measured on its own
@@ -43,7 +41,7 @@ def measure(task: dict) -> dict:
     set_threads(task["threads"])
     pipe = build_pipe(task["base"], task["bcm"], task["precision"], task["device"])
     pipe.scheduler = make_scheduler(task["scheduler"], pipe.scheduler.config)
-    model_memory = resident_mb()
+    rss_before = resident_mb()
     if task["path"] == "ours":
         bcm_mode = "folded"
         apply_speed_options(pipe, **{key: task[key] for key in SWITCHES})  # as `dualanodiff generate` does
@@ -72,9 +70,8 @@ def measure(task: dict) -> dict:
         return torch.cat(images), torch.cat(parts)
 
     seconds, peak, _, (images, parts) = timed(generate, task["device"], task["repeats"])
-    stats = {"s_per_pair": seconds / num_pairs, "pairs_per_s": num_pairs / seconds, "peak_memory_mb": peak}
-    if not task["device"].startswith("cuda") and model_memory is not None:
-        stats["rss_before_sampling_mb"] = model_memory  # imports and model; peak minus this = sampling
+    stats = {"s_per_pair": seconds / num_pairs, "pairs_per_s": num_pairs / seconds}
+    stats |= memory_stats(task["device"], peak, rss_before)
     return {"stats": stats, "images": images, "parts": parts}
 
 
@@ -178,12 +175,7 @@ def sampler_study(args) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--base", default="tiny", help="tiny | sd15 (random weights) | a diffusers folder")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS))
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batch-size", nargs="+", type=int, default=[4], help="pairs per call")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=2.5)
@@ -198,13 +190,9 @@ def main() -> None:
         "--reference-pairs", type=int, default=None, help="pairs the one-pair-per-call reference makes (all)"
     )
     parser.add_argument("--sampler-study", action="store_true", help="fewer-step samplers vs 50-step PNDM")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--out", required=True, help="JSON file for the results")
     args = parser.parse_args()
     set_threads(args.threads)
-    results = sampler_study(args) if args.sampler_study else measure_configurations(args)
-    write_json_atomic(Path(args.out), {"meta": meta_of(args), "results": results})
-    print(f"wrote {args.out}")
+    write_results(args, sampler_study(args) if args.sampler_study else measure_configurations(args))
 
 
 if __name__ == "__main__":

@@ -14,16 +14,23 @@ runs in its own fresh process from the same weights, so the first losses and gra
 
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import PRECISIONS, build_pipe, meta_of, resident_mb, run_isolated, set_threads, timed
+from common import (
+    PRECISIONS,
+    benchmark_parser,
+    build_pipe,
+    memory_stats,
+    resident_mb,
+    run_isolated,
+    set_threads,
+    timed,
+    write_results,
+)
 from diffusers import DDPMScheduler
 
-from dualanodiff.io import write_json_atomic
 from dualanodiff.model.encode import encode_latents, pair_prompt_embeddings
 from dualanodiff.model.reference import use_loop_reference
 
@@ -91,9 +98,9 @@ def measure(task: dict) -> dict:
     step = make_step(pipe, task["batch_size"], task["bcm"], task["precision"], task["device"], reference)
     # The warm-up step is the first step from the shared weights: its loss and gradient norm are compared.
     seconds, peak, (loss, grad_norm), _ = timed(step, task["device"], task["repeats"])
-    stats = {"s_per_step": seconds, "steps_per_s": 1 / seconds, "peak_memory_mb": peak}
-    if not task["device"].startswith("cuda") and rss_before is not None:
-        stats["rss_before_training_mb"] = rss_before
+    stats = {"s_per_step": seconds, "steps_per_s": 1 / seconds} | memory_stats(
+        task["device"], peak, rss_before
+    )
     return {"stats": stats, "first_loss": loss, "first_grad_norm": grad_norm}
 
 
@@ -127,23 +134,14 @@ def measure_configurations(args) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--base", default="tiny", help="tiny | sd15 (random weights) | a diffusers folder")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS))
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batch-size", nargs="+", type=int, default=[4], help="pairs per step")
     parser.add_argument("--bcm", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--gradient-checkpointing", nargs="+", default=["off"], choices=["off", "on"])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--out", required=True, help="JSON file for the results")
     args = parser.parse_args()
     set_threads(args.threads)
-    results = measure_configurations(args)
-    write_json_atomic(Path(args.out), {"meta": meta_of(args), "results": results})
-    print(f"wrote {args.out}")
+    write_results(args, measure_configurations(args))
 
 
 if __name__ == "__main__":

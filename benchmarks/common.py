@@ -7,6 +7,7 @@ report the largest of them all for every later one) and no path inherits another
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import platform
 import resource
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from dualanodiff.io import write_json_atomic
 from dualanodiff.model.base import build_base, load_base
 from dualanodiff.model.dual_unet import AdapterConfig, dual_processors
 from dualanodiff.pipeline import DualAnoDiffPipeline
@@ -83,6 +85,14 @@ def resident_mb() -> float | None:
     return int(statm.read_text().split()[1]) * resource.getpagesize() / 2**20
 
 
+def memory_stats(device: str, peak: float, rss_before: float | None) -> dict:
+    """Peak memory; on the CPU also the RSS before the measured runs, since peak RSS includes imports and model."""
+    stats = {"peak_memory_mb": peak}
+    if not device.startswith("cuda") and rss_before is not None:
+        stats["rss_before_run_mb"] = rss_before
+    return stats
+
+
 def peak_memory_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -110,3 +120,19 @@ def run_isolated(fn: Callable[..., dict], *args) -> dict:
     """``fn(*args)`` in a freshly spawned process (``fn`` must be a module-level function)."""
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The options both scripts share; each adds its own."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="tiny", help="tiny | sd15 (random weights) | a diffusers folder")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS))
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    return parser
+
+
+def write_results(args: argparse.Namespace, results: list[dict]) -> None:
+    write_json_atomic(Path(args.out), {"meta": meta_of(args), "results": results})
+    print(f"wrote {args.out}")

@@ -24,18 +24,13 @@ def _memory(row: dict) -> str:
     """Peak GPU memory, or on the CPU how far the path's peak RSS rose above its RSS once the model was built."""
 
     def one(stats: dict) -> float:
-        before = stats.get("rss_before_sampling_mb", stats.get("rss_before_training_mb"))
-        return stats["peak_memory_mb"] - (before or 0)
+        return stats["peak_memory_mb"] - stats.get("rss_before_run_mb", 0)
 
     return f"{one(row['ours']):.0f} / {one(row['reference']):.0f}"
 
 
 def _memory_header(results: list[dict]) -> str:
-    on_cpu = (
-        results
-        and "peak_memory_mb" in results[0]["ours"]
-        and any(key.startswith("rss_before") for key in results[0]["ours"])
-    )
+    on_cpu = bool(results) and "rss_before_run_mb" in results[0]["ours"]
     return "RSS growth MB ours / ref" if on_cpu else "peak MB ours / ref"
 
 
