@@ -311,11 +311,18 @@ def test_validate_lists_every_problem(tmp_path):
         DefectSample(trunc, _png(tmp_path / "trunc_mask.png", _mask()), "crack"),
         sample("size", _mask(size=(6, 8))),
         sample("empty", _mask((0, 0, 0, 0))),
-    ]
+        DefectSample(
+            _png(tmp_path / "fg.png", _rgb()), _png(tmp_path / "fg_mask.png", _mask()), "crack",
+            foreground=_png(tmp_path / "fg_foreground.png", _mask(size=(8, 6))),
+        ),
+    ]  # fmt: skip
     with pytest.raises(InputError) as e:
         validate_training_samples([ok, *bad])
     msg = str(e.value)
-    assert msg.startswith("5 problem(s)")
+    assert msg.startswith("6 problem(s)")
+    assert (
+        "fg_foreground.png: foreground mask size 6x8 differs from image" in msg and "fg.png size 8x8" in msg
+    )
     assert "nomask.png: missing mask" in msg
     assert "gone.png: missing mask" in msg and "gone_mask.png" in msg
     assert "trunc.png: cannot read image" in msg

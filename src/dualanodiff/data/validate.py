@@ -7,12 +7,30 @@ discovering one broken file per (expensive) restart.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 from .images import load_mask, load_rgb
 from .mvtec import DefectSample
+
+
+def _load_matching(
+    path: Path, label: str, image_path: Path, image: np.ndarray | None, problems: list[str]
+) -> np.ndarray | None:
+    """A mask loaded beside its image; a load error or a size that differs from the image is recorded."""
+    try:
+        mask = load_mask(path)
+    except InputError as e:
+        problems.append(str(e))
+        return None
+    if image is not None and mask.shape != image.shape[:2]:
+        problems.append(
+            f"{path}: {label} size {mask.shape[1]}x{mask.shape[0]} differs from image "
+            f"{image_path} size {image.shape[1]}x{image.shape[0]}"
+        )
+    return mask
 
 
 def _problems(sample: DefectSample) -> list[str]:
@@ -27,29 +45,11 @@ def _problems(sample: DefectSample) -> list[str]:
     elif not sample.mask.is_file():
         problems.append(f"{sample.image}: missing mask {sample.mask}")
     else:
-        try:
-            mask = load_mask(sample.mask)
-        except InputError as e:
-            problems.append(str(e))
-        else:
-            if image is not None and mask.shape != image.shape[:2]:
-                problems.append(
-                    f"{sample.mask}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
-                    f"{sample.image} size {image.shape[1]}x{image.shape[0]}"
-                )
-            if not np.any(mask):
-                problems.append(f"{sample.mask}: mask is empty after binarisation (no pixel >= half range)")
+        mask = _load_matching(sample.mask, "mask", sample.image, image, problems)
+        if mask is not None and not np.any(mask):
+            problems.append(f"{sample.mask}: mask is empty after binarisation (no pixel >= half range)")
     if sample.foreground is not None:
-        try:
-            fg = load_mask(sample.foreground)
-        except InputError as e:
-            problems.append(str(e))
-        else:
-            if image is not None and fg.shape != image.shape[:2]:
-                problems.append(
-                    f"{sample.foreground}: foreground mask size {fg.shape[1]}x{fg.shape[0]} differs from "
-                    f"image {sample.image} size {image.shape[1]}x{image.shape[0]}"
-                )
+        _load_matching(sample.foreground, "foreground mask", sample.image, image, problems)
     return problems
 
 
