@@ -59,7 +59,7 @@ from .evaluate.protocol import (
 )
 from .generate import GenerateConfig, generate_to_folder
 from .io import write_json_atomic, write_text_atomic
-from .train import TrainConfig, train_adapters
+from .training import TrainConfig, train_adapters
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class BenchmarkConfig:
     train_rank: int = 32
     train_text_encoder_rank: int = 32
     train_resolution: int | None = None  # None: the base's native size
+    train_saim: bool = True  # False: the two branches do not interact (the ablation of the miniature study)
     bcm: bool = False
     mixed_precision: str = "no"
     # generation (all generators) and masks (dualanodiff)
@@ -301,6 +302,7 @@ class _Benchmark:
             split=c.split,
             preset=c.train_preset,
             bcm=c.bcm,
+            saim=c.train_saim,
             epochs=c.train_epochs,
             max_steps=c.train_steps,
             batch_size=c.train_batch_size,

@@ -1,0 +1,162 @@
+"""Mask alignment of generated pairs: does the generated mask cover the defect in the generated image?
+
+The measure: a reference segmenter finds the defect in each generated whole image, and the IoU of its mask
+with the pair's generated mask says whether the two branches drew the same defect at the same place.
+
+Why a segmenter, and why trained this way. The other direct measure, the generated image against the same
+seed's image without the defect, needs a defect-free twin that the sampler does not give: the adapters change
+the whole denoising trajectory, so the twin differs everywhere, not only at the defect. The segmenter is
+DRAEM's discriminative U-Net (the downstream detector's architecture), trained on fresh *real* renders of
+every defect type of the category and of normal images (split ``segmenter``, disjoint from the dataset),
+passed through the demo base's VAE first: every generated image is a VAE decoding, and a segmenter trained on
+crisp renders misses the same defects once they are decoded (measured on the previous demo base). Its
+threshold is chosen on held-out renders (split ``segmenter-val``), and its IoU on the real test images against
+their ground truth is the ceiling of the measure. It is trained once, with the base, by
+``scripts/pretrain_demo_base.py``, and ships with it (``segmenter.<category>.*`` in the demo assets).
+Written here because no library ships a segmenter for this data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.generated import GeneratedPair
+from ..data.images import load_mask, load_rgb
+from ..evaluate.unet import DiscriminativeSubNetwork, draem_weights_init, focal_loss
+from ..synthetic import DEFECT_TYPES, synthetic_sample
+
+
+@dataclass
+class SegmenterConfig:
+    steps: int = 1200
+    batch_size: int = 16
+    lr: float = 1e-3
+    base_channels: int = 8  # 0.45 M parameters: small enough to ship with the base
+    images_per_type: int = 64
+    seed: int = 0
+    resolution: int = 64
+    thresholds: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def _to_input(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def through_vae(vae, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """uint8 images encoded (posterior mean) and decoded by ``vae``: what a generated image looks like."""
+    out = []
+    for i in range(0, len(images), batch):
+        x = _to_input(images[i : i + batch]) * 2 - 1
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        out.append(((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def _renders(category: str, split: str, per_type: int, cfg: SegmenterConfig) -> tuple[np.ndarray, np.ndarray]:
+    samples = [
+        synthetic_sample(category, split, kind, i, cfg.seed, cfg.resolution)
+        for kind in (*DEFECT_TYPES[category], "good")
+        for i in range(per_type)
+    ]
+    return np.stack([s.image for s in samples]), np.stack([s.mask for s in samples])
+
+
+def train_segmenter(
+    category: str, vae, cfg: SegmenterConfig, progress: bool = True
+) -> tuple[DiscriminativeSubNetwork, dict[str, float]]:
+    """A defect segmenter for ``category`` trained on VAE-decoded renders (with flips); returns it with its
+    calibration ``{"threshold", "val_iou_mean"}`` (also set as ``model.threshold``)."""
+    images, masks = _renders(category, "segmenter", cfg.images_per_type, cfg)
+    x_all = _to_input(through_vae(vae, images))
+    m_all = torch.from_numpy(masks).float()[:, None]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = DiscriminativeSubNetwork(base_channels=cfg.base_channels)
+    draem_weights_init(model, gen)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model.train()
+    for _ in tqdm(range(cfg.steps), desc=f"reference segmenter ({category})", disable=not progress):
+        idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=gen)
+        x, m = x_all[idx], m_all[idx]
+        if torch.rand(1, generator=gen) < 0.5:
+            x, m = x.flip(-1), m.flip(-1)
+        if torch.rand(1, generator=gen) < 0.5:
+            x, m = x.flip(-2), m.flip(-2)
+        loss = focal_loss(torch.softmax(model(x), 1), m)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    # Threshold: the best mean IoU on held-out defect renders. Focal loss keeps the defect probability low on
+    # small defects, so a fixed 0.5 would mark too little.
+    val_images, val_masks = _renders(category, "segmenter-val", max(4, cfg.images_per_type // 4), cfg)
+    defective = val_masks.any((1, 2))
+    probs = segment(model, through_vae(vae, val_images[defective]), threshold=None)
+    scores = [np.mean([iou(p > t, m) for p, m in zip(probs, val_masks[defective])]) for t in cfg.thresholds]
+    best = int(np.argmax(scores))
+    model.threshold = float(cfg.thresholds[best])
+    return model, {"threshold": model.threshold, "val_iou_mean": round(float(scores[best]), 4)}
+
+
+def load_segmenter(category: str, folder=None) -> DiscriminativeSubNetwork:
+    """The shipped reference segmenter of ``category`` (from the demo assets), with its ``threshold``."""
+    from ..errors import InputError
+    from .base import load_weights, read_meta
+
+    meta = read_meta(folder)
+    info = meta.get("segmenters", {}).get(category)
+    if info is None:
+        raise InputError(f"the demo assets hold no reference segmenter for {category!r}")
+    model = DiscriminativeSubNetwork(base_channels=int(info["base_channels"]))
+    load_weights(model, f"segmenter.{category}", folder)
+    model.eval()
+    model.threshold = float(info["threshold"])
+    return model
+
+
+@torch.no_grad()
+def segment(
+    model: DiscriminativeSubNetwork, images: Sequence[np.ndarray], threshold: float | None = 0.5
+) -> np.ndarray:
+    """Binary masks (N, H, W) where the defect probability exceeds ``threshold`` (None: the probabilities)."""
+    out = []
+    for i in range(0, len(images), 32):
+        x = _to_input(np.stack(images[i : i + 32]))
+        prob = torch.softmax(model(x), 1)[:, 1]
+        out.append((prob if threshold is None else prob > threshold).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1, 1), bool)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def mask_alignment(
+    model: DiscriminativeSubNetwork, images: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+) -> dict:
+    """Mean and median IoU between the segmenter's masks of ``images`` and the given ``masks``, and each IoU."""
+    if not images:
+        return {"iou_mean": float("nan"), "iou_median": float("nan"), "n": 0, "ious": []}
+    pred = segment(model, images, getattr(model, "threshold", 0.5))
+    scores = [iou(p, np.asarray(m, bool)) for p, m in zip(pred, masks)]
+    return {
+        "threshold": getattr(model, "threshold", 0.5),
+        "iou_mean": round(float(np.mean(scores)), 4),
+        "iou_median": round(float(np.median(scores)), 4),
+        "n": len(scores),
+        "ious": [round(s, 4) for s in scores],
+    }
+
+
+def pairs_alignment(model: DiscriminativeSubNetwork, pairs: Sequence[GeneratedPair]) -> dict:
+    """`mask_alignment` of generated pairs (read from disk)."""
+    images = [load_rgb(p.image) for p in pairs]
+    masks = [load_mask(p.mask, size=(im.shape[1], im.shape[0])) for p, im in zip(pairs, images)]
+    return mask_alignment(model, images, masks)
