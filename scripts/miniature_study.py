@@ -13,8 +13,10 @@ Per seed (each seed is a new synthetic dataset, new adapters, new pairs and new 
 - ``bcm``: adapters trained and sampled with BCM (backgrounds: train/good with their foreground masks).
 
 Every variant is the protocol runner (`run_benchmark`) on the demo's data and base, so a detector is trained and
-tested exactly as in the demo. Every step resumes; a variant whose adapters equal the demo's reuses them. Writes
-OUT/study.json (every run's figures, per-method mean and standard deviation, times, the stack) after each seed.
+tested exactly as in the demo. Every step resumes; a variant whose adapters equal the demo's reuses them. After
+each seed, writes OUT/study.json from every finished seed in OUT (every run's figures, per-method mean and
+standard deviation, times, the stack), so seeds may run in parallel processes:
+``for s in 0 1 2; do python scripts/miniature_study.py --out study --seeds $s & done``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dualanodiff.data.generated import read_generated
 from dualanodiff.demo.alignment import load_segmenter, pairs_alignment
 from dualanodiff.demo.expected import figures, spread
 from dualanodiff.demo.run import DemoConfig, benchmark_config, localization_rows, run_demo, stack
+from dualanodiff.errors import InputError
 from dualanodiff.io import write_json_atomic
 
 # name: (label, benchmark overrides, reuses the demo's adapters)
@@ -69,7 +72,11 @@ def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
         _reuse_adapters(demo / "benchmark", out, cfg.category, cfg.anomaly)
     started = time.perf_counter()
     bench_cfg = replace(benchmark_config(cfg, demo / "data", demo / "base", out), **overrides)
-    bench = run_benchmark(bench_cfg)
+    try:
+        bench = run_benchmark(bench_cfg)
+    except InputError as err:  # e.g. no pair passed the mask gate: a result of the study, not a crash
+        print(f"[study] {name}: {err}", flush=True)
+        return {"label": label, "error": str(err), "seconds": round(time.perf_counter() - started, 1)}
     method = bench_cfg.methods[0]
     row = localization_rows(bench["results"]["localization"], cfg)
     row = [r for r in row if r["training data"] != "no generated data"][0]
@@ -78,7 +85,7 @@ def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
     if method == "dualanodiff":
         pairs = read_generated(gen_dir, include_rejected=True)
         kept = [p for p in pairs if p.record.get("kept")]
-        align = pairs_alignment(load_segmenter(cfg.category, cfg.base_weights), kept)
+        align = pairs_alignment(load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly), kept)
         result.update(
             kept=len(kept), generated=len(pairs), iou_median=align["iou_median"], iou_mean=align["iou_mean"]
         )
@@ -164,10 +171,14 @@ def main() -> None:
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     torch.set_num_threads(args.threads)
-    seeds = []
+    out = Path(args.out)
     for seed in (int(s) for s in args.seeds.split(",")):
         print(f"[study] seed {seed}", flush=True)
-        seeds.append(run_seed(args, seed))
+        run_seed(args, seed)
+        # Every finished seed in OUT, so several processes (one per seed) may share one study folder.
+        seeds = sorted(
+            (json.loads(p.read_text()) for p in out.glob("seed-*/seed.json")), key=lambda s: s["seed"]
+        )
         study = {
             "settings": seeds[0]["settings"],
             "seeds": [s["seed"] for s in seeds],
@@ -176,7 +187,7 @@ def main() -> None:
             "per_seed": seeds,
             "summary": aggregate(seeds),
         }
-        write_json_atomic(Path(args.out) / "study.json", study)
+        write_json_atomic(out / "study.json", study)
     print(
         f"wrote {Path(args.out) / 'study.json'}; tables: python scripts/miniature_tables.py {Path(args.out) / 'study.json'}"
     )

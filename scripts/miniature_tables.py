@@ -75,6 +75,7 @@ def study_table(study: dict) -> str:
     for label in ORDER:
         if label not in summary:
             continue
+        failed = sum("error" in seed["runs"].get(label, {}) for seed in study["per_seed"])
         s = summary[label]
         ap = s.get("pixel AP")
         cells = [
@@ -85,13 +86,17 @@ def study_table(study: dict) -> str:
             _cell(s.get("iou_median"), digits=2),
             _cell(s.get("kept_pct"), digits=0),
         ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        note = f" (failed in {failed} seed(s): no pair passed the mask gate)" if failed else ""
+        lines.append(f"| {label}{note} | " + " | ".join(cells) + " |")
     lines += ["", "Paired differences of pixel AP (the same seed's two runs; mean ± sd over seeds):", ""]
     lines += ["| comparison | difference | per seed | verdict |", "|---|---|---|---|"]
     for a, b in COMPARISONS:
         if a not in summary or b not in summary:
             continue
-        diffs = [x - y for x, y in zip(summary[a]["pixel AP"]["values"], summary[b]["pixel AP"]["values"])]
+        pairs = [(s["runs"].get(a, {}), s["runs"].get(b, {})) for s in study["per_seed"]]
+        diffs = [x["pixel AP"] - y["pixel AP"] for x, y in pairs if "pixel AP" in x and "pixel AP" in y]
+        if not diffs:
+            continue
         d = spread(diffs)
         verdict = (
             "tie (within one sd)" if abs(d["mean"]) <= d["sd"] else ("higher" if d["mean"] > 0 else "lower")
@@ -122,8 +127,8 @@ def times_text(times: dict) -> str:
 def base_text(meta: dict) -> str:
     t, c = meta["times"], meta["config"]
     cpu = sum(v for k, v in t.items() if k.endswith("_cpu_s"))
-    segs = ", ".join(
-        f"{cat}: threshold {s['threshold']}, IoU {s['val_iou_mean']:.2f} on held-out renders"
+    segs = "; ".join(
+        f"{cat}: " + ", ".join(f"{kind} {iou:.2f}" for kind, iou in s["val_iou_mean"].items())
         for cat, s in meta["segmenters"].items()
     )
     size = (ASSETS / "demo_base.safetensors").stat().st_size / 1e6
@@ -134,7 +139,7 @@ def base_text(meta: dict) -> str:
         f"(VAE {t.get('vae_cpu_s', 0) / 60:.0f}, UNet {t.get('unet_cpu_s', 0) / 60:.0f}, segmenters "
         f"{t.get('segmenter_cpu_s', 0) / 60:.0f}), torch {meta['stack']['torch']}. Final losses: VAE reconstruction "
         f"{meta['final_losses'].get('vae')}, UNet epsilon MSE {meta['final_losses'].get('unet')}. Reference "
-        f"segmenters: {segs}.\n"
+        f"segmenters, mean IoU on held-out VAE-decoded renders per type: {segs}.\n"
     )
 
 
@@ -155,6 +160,9 @@ def expected_file(study: dict, times: dict | None) -> dict:
             mode: {
                 "wall_s": statistics.median(r["wall_s"] for r in times["results"] if r["mode"] == mode),
                 "cpu_s": statistics.median(r["cpu_s"] for r in times["results"] if r["mode"] == mode),
+                "cpu_in_run_s": statistics.median(
+                    r["stages_s"]["cpu_before_report_s"] for r in times["results"] if r["mode"] == mode
+                ),
                 "machine": f"{times['meta']['cpu_count']}-core {times['meta']['device']}",
             }
             for mode in ("full", "quick")

@@ -139,7 +139,7 @@ def test_missing_weights_name_the_folder(tmp_path):
 def test_reference_segmenter_finds_real_defects_and_not_normal_pixels(demo_base):
     """On fresh real renders of pill/spot (decoded by the VAE, as generated images are), the shipped segmenter's
     masks overlap the ground truth; on normal renders it marks almost nothing."""
-    seg = load_segmenter("pill")
+    seg = load_segmenter("pill", anomaly="spot")
     spots = [synthetic_sample("pill", "testcheck", "spot", i, 0, 64) for i in range(8)]
     decoded = through_vae(demo_base.vae, np.stack([s.image for s in spots]))
     assert mask_alignment(seg, list(decoded), [s.mask for s in spots])["iou_median"] > 0.4

@@ -71,7 +71,7 @@ def train_segmenter(
     category: str, vae, cfg: SegmenterConfig, progress: bool = True
 ) -> tuple[DiscriminativeSubNetwork, dict[str, float]]:
     """A defect segmenter for ``category`` trained on VAE-decoded renders (with flips); returns it with its
-    calibration ``{"threshold", "val_iou_mean"}`` (also set as ``model.threshold``)."""
+    calibration: a threshold and held-out IoU per defect type, and their median threshold (``model.threshold``)."""
     images, masks = _renders(category, "segmenter", cfg.images_per_type, cfg)
     x_all = _to_input(through_vae(vae, images))
     m_all = torch.from_numpy(masks).float()[:, None]
@@ -92,19 +92,28 @@ def train_segmenter(
         loss.backward()
         opt.step()
     model.eval()
-    # Threshold: the best mean IoU on held-out defect renders. Focal loss keeps the defect probability low on
-    # small defects, so a fixed 0.5 would mark too little.
-    val_images, val_masks = _renders(category, "segmenter-val", max(4, cfg.images_per_type // 4), cfg)
-    defective = val_masks.any((1, 2))
-    probs = segment(model, through_vae(vae, val_images[defective]), threshold=None)
-    scores = [np.mean([iou(p > t, m) for p, m in zip(probs, val_masks[defective])]) for t in cfg.thresholds]
-    best = int(np.argmax(scores))
-    model.threshold = float(cfg.thresholds[best])
-    return model, {"threshold": model.threshold, "val_iou_mean": round(float(scores[best]), 4)}
+    # Thresholds: per defect type, the best mean IoU on held-out renders of that type. Focal loss keeps the
+    # defect probability low on small defects, so a fixed 0.5 marks too little, and how low differs by type.
+    per_type = max(4, cfg.images_per_type // 4)
+    val_images, val_masks = _renders(category, "segmenter-val", per_type, cfg)
+    probs = segment(model, through_vae(vae, val_images), threshold=None)
+    info: dict = {"thresholds": {}, "val_iou_mean": {}}
+    for k, kind in enumerate(DEFECT_TYPES[category]):
+        rows = slice(k * per_type, (k + 1) * per_type)
+        scores = [
+            np.mean([iou(p > t, m) for p, m in zip(probs[rows], val_masks[rows])]) for t in cfg.thresholds
+        ]
+        best = int(np.argmax(scores))
+        info["thresholds"][kind] = float(cfg.thresholds[best])
+        info["val_iou_mean"][kind] = round(float(scores[best]), 4)
+    model.threshold = float(np.median(list(info["thresholds"].values())))
+    info["threshold"] = model.threshold
+    return model, info
 
 
-def load_segmenter(category: str, folder=None) -> DiscriminativeSubNetwork:
-    """The shipped reference segmenter of ``category`` (from the demo assets), with its ``threshold``."""
+def load_segmenter(category: str, folder=None, anomaly: str | None = None) -> DiscriminativeSubNetwork:
+    """The shipped reference segmenter of ``category`` (from the demo assets), with its ``threshold``: the one
+    calibrated for ``anomaly`` when given."""
     from ..errors import InputError
     from .base import load_weights, read_meta
 
@@ -115,7 +124,7 @@ def load_segmenter(category: str, folder=None) -> DiscriminativeSubNetwork:
     model = DiscriminativeSubNetwork(base_channels=int(info["base_channels"]))
     load_weights(model, f"segmenter.{category}", folder)
     model.eval()
-    model.threshold = float(info["threshold"])
+    model.threshold = float(info.get("thresholds", {}).get(anomaly, info["threshold"]))
     return model
 
 

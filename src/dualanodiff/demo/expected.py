@@ -105,6 +105,21 @@ def compare_with_study(
                 "verdict": verdict,
             }
         )
+    measured = expected.get("times", {}).get(cfg.mode)
+    mine = summary.get("timings", {}).get("cpu_before_report_s")
+    if measured and mine is not None and measured.get("cpu_in_run_s"):
+        ref = measured["cpu_in_run_s"]
+        rows.append(
+            {
+                "figure": "CPU seconds of the run (before the report)",
+                "this run": mine,
+                "study mean ± sd": f"{ref:.0f} (measured on a {measured['machine']})",
+                "study range": "",
+                "verdict": "normal"
+                if mine <= 1.5 * ref
+                else "SLOWER than measured (another CPU, or other load)",
+            }
+        )
     n = expected.get("seeds")
     return {
         "applies": True,

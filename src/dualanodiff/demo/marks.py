@@ -4,8 +4,8 @@ SD 1.5 has seen every kind of blob, scribble, dot, smudge and texture, on object
 but never one factory's defect types; that breadth is why a few images and small adapters suffice to teach it
 a new defect. The demo base gets the same kind of prior from these marks: random shapes (blobs, strokes, dot
 clusters, ellipses, bars) filled with random flat colours, two-colour textures, or a darkening or lightening
-of what lies below, at random opacity, painted flat over a normal image or on a plain canvas (half of them
-exactly mid-grey, the part branch's canvas). They are painted *over* the image, not rendered into its scene:
+of what lies below, at random opacity, painted flat over a normal image or on a plain canvas (mid-grey, the part
+branch's canvas, or a random colour). They are painted *over* the image, not rendered into its scene:
 no mark follows the surface's shading, shows what lies behind, or follows the object's outline, as the
 dataset's defects do (`dualanodiff.synthetic`), so the base knows marks in general but not the test types.
 """
@@ -86,9 +86,9 @@ def add_marks(rng: np.random.Generator, image: np.ndarray, count: int) -> tuple[
     return result, mask & (result != image).any(-1)
 
 
-def mark_canvas(rng: np.random.Generator, res: int) -> tuple[np.ndarray, np.ndarray]:
-    """Marks on a plain canvas: half the time exactly mid-grey (128), else a random colour."""
-    if rng.random() < 0.5:
+def mark_canvas(rng: np.random.Generator, res: int, grey_share: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Marks on a plain canvas: exactly mid-grey (128) with probability ``grey_share``, else a random colour."""
+    if rng.random() < grey_share:
         canvas = np.full((res, res, 3), 128, np.uint8)
     else:
         colour = hsv(rng.uniform(0, 1), rng.uniform(0, 0.8), rng.uniform(0.1, 0.95)) * 255

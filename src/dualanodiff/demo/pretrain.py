@@ -14,9 +14,13 @@ download, that prior is made here, in three stages, each written to the output f
 
 The pretraining images, like SD's, hold the domain and generic marks but not the test defect types: fresh
 normal renders of both categories (split ``"pretrain"``, disjoint from every image of the demo dataset), a
-fifth of them with random marks painted over them (`marks`), and plain canvases with marks, half of them
-mid-grey (the part branch's canvas; a VAE that never saw mid-grey decodes it as the nearest thing it knows).
-With flips. The text encoder stays the seeded random one of ``build_base("tiny")`` and is rebuilt, never
+fifth of them with random marks painted over them (`marks`), and plain canvases with marks. The VAE's canvases
+are half mid-grey, half coloured (a VAE that never saw mid-grey decodes it as the nearest thing it knows); the
+UNet's are all mid-grey, as the part branch's canvas is (SD 1.5 has seen countless things on plain grey
+backgrounds). With canvases of random colours in its prior, the part branch drew its canvas in random tints:
+SD's schedule keeps 6.8 % of the image at its last step, so a UNet learns to read an image's mean colour from
+the noise, and at sampling time reads the random noise's mean as one (Lin et al. 2023); on 16x16 latents that
+mean is four times SD's. A prior whose canvases are always grey has no colour to read. With flips. The text encoder stays the seeded random one of ``build_base("tiny")`` and is rebuilt, never
 shipped.
 """
 
@@ -34,7 +38,7 @@ import torch
 from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
-from ..model.base import SD15_SCHEDULER_CONFIG, BaseComponents
+from ..model.base import BaseComponents
 from ..model.encode import encode_prompts
 from ..synthetic import CATEGORIES, DEFECT_TYPES, synthetic_sample
 from ..synthetic.common import seed_sequence
@@ -42,6 +46,7 @@ from .marks import add_marks, mark_canvas
 
 PROMPTS = (*CATEGORIES, "mark")  # label i -> PROMPTS[i]; len(PROMPTS) stands for the empty prompt
 STAGES = ("vae", "unet", "segmenter")
+VAE_CANVAS_GREY = 0.5  # the VAE must reconstruct canvases of any colour; the UNet learns grey ones
 
 
 @dataclass
@@ -53,6 +58,7 @@ class PretrainConfig:
     pool_normal: int = 512  # normal renders per category
     pool_marked: int = 160  # renders per category with 1-3 marks painted over them
     pool_canvas: int = 384  # plain canvases with marks
+    canvas_grey: float = 1.0  # share of mid-grey canvases in the UNet's pool (the VAE's: `VAE_CANVAS_GREY`)
     mark_weight: float = 10.0  # extra reconstruction weight on (dilated) marked pixels
     vae_steps: int = 2000
     vae_batch: int = 16
@@ -68,8 +74,9 @@ class PretrainConfig:
     threads: int = 1  # 1: far faster than 2 when the 2 cores are shared (OpenMP oversubscription)
 
 
-def pretraining_pool(cfg: PretrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 images (N, H, W, 3), prompt label per image (index into `PROMPTS`), marked-pixel masks."""
+def pretraining_pool(cfg: PretrainConfig, canvas_grey: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, 3), prompt label per image (index into `PROMPTS`), marked-pixel masks; a share
+    ``canvas_grey`` of the canvases is mid-grey."""
     images, labels, masks = [], [], []
     jobs = [(ci, c, i, False) for ci, c in enumerate(CATEGORIES) for i in range(cfg.pool_normal)]
     jobs += [(ci, c, i, True) for ci, c in enumerate(CATEGORIES) for i in range(cfg.pool_marked)]
@@ -84,7 +91,8 @@ def pretraining_pool(cfg: PretrainConfig) -> tuple[np.ndarray, np.ndarray, np.nd
         labels.append(ci)
         masks.append(mask)
     for i in range(cfg.pool_canvas):
-        image, mask = mark_canvas(np.random.default_rng(seed_sequence(cfg.seed, "canvas", i)), cfg.resolution)
+        rng = np.random.default_rng(seed_sequence(cfg.seed, "canvas", i))
+        image, mask = mark_canvas(rng, cfg.resolution, canvas_grey)
         images.append(image)
         labels.append(len(CATEGORIES))
         masks.append(mask)
@@ -140,7 +148,7 @@ def train_vae(base: BaseComponents, cfg: PretrainConfig, log: list[dict]) -> Non
     scaling factor (on whole images)."""
     from scipy import ndimage
 
-    images, _, masks = pretraining_pool(cfg)
+    images, _, masks = pretraining_pool(cfg, VAE_CANVAS_GREY)
     data = _to_tensor(images)
     grown = np.stack([ndimage.binary_dilation(m, iterations=1) for m in masks])
     weights = 1.0 + cfg.mark_weight * torch.from_numpy(grown).float()[:, None]
@@ -174,7 +182,7 @@ def train_unet(
 
     ``snapshot(ema_unet, step)`` is called every ``snapshot_every`` steps (to look at, or use, a long run early).
     """
-    images, labels, _ = pretraining_pool(cfg)
+    images, labels, _ = pretraining_pool(cfg, cfg.canvas_grey)
     data = _to_tensor(images)
     vae, unet = base.vae, base.unet
     scale = vae.config.scaling_factor
@@ -188,9 +196,7 @@ def train_unet(
             stds.append(post.std.unflatten(0, (-1, 4)))
         means, stds = torch.cat(means), torch.cat(stds)
         text = encode_prompts(base.tokenizer, base.text_encoder, [*PROMPTS, ""])
-    noise_sched = DDPMScheduler(
-        **{k: v for k, v in SD15_SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps", "set_alpha_to_one")}
-    )
+    noise_sched = DDPMScheduler.from_config(base.scheduler.config)
     unet.train().requires_grad_(True)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
@@ -292,7 +298,7 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, stages: tuple[str, .
 
         def snapshot(ema: torch.nn.Module, step: int) -> None:
             # A usable base mid-run in out_dir/snapshot (the final weights replace nothing until the end).
-            save_demo_base(replace(base, unet=ema), out_dir / "snapshot", {**meta, "step": step})
+            save_demo_base(replace(base, unet=ema), out_dir / "snapshot", {**meta, "step": step}, segmenters)
 
         stage("unet", lambda log: setattr(base, "unet", train_unet(base, cfg, log, snapshot)))
     if "segmenter" in stages:

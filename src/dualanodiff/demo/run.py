@@ -209,7 +209,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     _say(cfg, "[demo 4/5] mask alignment: the reference segmenter on the generated images")
     t0 = time.perf_counter()
-    seg = load_segmenter(cfg.category, cfg.base_weights)
+    seg = load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly)
     gen_dirs = {m: generated_dir(out, cfg, m) for m in ("dualanodiff", "crop-paste")}
     alignment = {m: pairs_alignment(seg, read_generated(d)) for m, d in gen_dirs.items()}
     alignment["real test images"] = real_alignment(seg, data, cfg)
