@@ -441,6 +441,9 @@ def test_make_masks_for_folder_u2net_and_errors(tmp_path) -> None:
     pair_path(out, "part", "00002", records["00002"]["kept"]).unlink()
     with pytest.raises(InputError, match=r"part[/\\]00002.png.*missing"):
         make_masks_for_folder(out, method="grey", show_progress=False)
+    with pytest.raises(InputError, match="nowhere: generated-data folder not found"):
+        make_masks_for_folder(tmp_path / "nowhere", show_progress=False)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="manifest.jsonl.*not found"):
         make_masks_for_folder(tmp_path / "empty", show_progress=False)
 

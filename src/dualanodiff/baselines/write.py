@@ -208,9 +208,10 @@ class GeneratedWriter:
         return record
 
     def compact(self) -> None:
-        """Rewrite the manifest with one line per pair (its latest record), atomically."""
+        """Rewrite the manifest with one line per pair (its latest record), sorted by name, atomically."""
         self._require_exclusive("compact")
-        lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in self._records.values())
+        records = [self._records[name] for name in sorted(self._records)]
+        lines = "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in records)
         write_text_atomic(self.out_dir / MANIFEST, lines)
 
     def summary(self, num_pairs: int) -> dict[str, Any]:

@@ -168,12 +168,14 @@ def make_masks_for_folder(
 
     out = Path(out_dir)
     manifest = out / MANIFEST
-    if not manifest.is_file():
-        raise InputError(f"{manifest}: not found (is {out} a folder written by dualanodiff generate?)")
+    if not out.is_dir():
+        raise InputError(f"{out}: generated-data folder not found")
     # Validate options before taking the folder or loading anything heavy.
     judge_mask(np.ones((1, 1), bool), min_area_fraction, max_area_fraction)
     resolve_method(method, u2net_weights)
-    with output_lock(out, "masks"):
+    with output_lock(out, "masks"):  # first: a folder that generate is still filling is refused as such
+        if not manifest.is_file():
+            raise InputError(f"{manifest}: not found (is {out} a folder written by dualanodiff generate?)")
         config = read_generated_config(out)
         records = manifest_records(out)
         if not records:
