@@ -324,3 +324,21 @@ def test_appends_from_several_processes_lose_and_duplicate_nothing(tmp_path: Pat
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     records = read_jsonl(path)
     assert sorted((r["writer"], r["i"]) for r in records) == [(w, i) for w in "ab" for i in range(300)]
+
+
+def test_temporaries_of_files_and_folders_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    import tempfile
+
+    from dualanodiff.io import remove_temporaries, temporary_target
+
+    ckpt = Path(tempfile.mkdtemp(prefix=".step-00000100.", suffix=".tmp", dir=tmp_path))  # a checkpoint's
+    (ckpt / "adapters.safetensors").write_bytes(b"half")
+    part = tmp_path / ".00003.png.k1ll3d.tmp"
+    part.write_bytes(b"half")
+    keep = [tmp_path / STATE_DIR, tmp_path / ".hidden", tmp_path / "00003.png", tmp_path / "notes.tmp"]
+    keep[0].mkdir()
+    for path in keep[1:]:
+        path.write_bytes(b"x")
+    assert temporary_target(part.name) == "00003.png" and temporary_target(ckpt.name) == "step-00000100"
+    assert sorted(remove_temporaries(tmp_path)) == sorted([ckpt, part])
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
