@@ -193,6 +193,8 @@ def _live_shards(state: Path) -> list[tuple[Path, Holder | None]]:
 
 def _describe(holders: list[Holder | None]) -> str:
     named = [h.describe() for h in holders if h is not None]
+    if len(named) > 3:  # a Slurm array of a hundred shards: name a few
+        named = named[:3] + [f"{len(named) - 3} more"]
     return " and ".join(named) if named else "another process"
 
 
