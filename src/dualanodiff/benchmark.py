@@ -59,6 +59,7 @@ from .evaluate.protocol import (
 )
 from .generate import GenerateConfig, generate_to_folder
 from .io import write_json_atomic, write_text_atomic
+from .locking import output_lock
 from .train import TrainConfig, train_adapters
 
 log = logging.getLogger(__name__)
@@ -627,6 +628,13 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     bench = _Benchmark(cfg, types)
     steps = bench.steps()
+    with output_lock(out, "benchmark"):
+        return _run_steps(cfg, types, steps, out)
+
+
+def _run_steps(
+    cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path
+) -> dict[str, Any]:
     done = _check_markers(steps, out)
     write_json_atomic(out / "config.json", {"profile": cfg.profile, **cfg.to_dict(), "anomaly_types": types})
     statuses = []
