@@ -136,7 +136,7 @@ def gpu_check_tables(results: list[dict]) -> str:
     ]
     header += ["mean abs diff / mean abs output", "status"]
     rows = [
-        [_on_off(r["bcm"]), _number(r, "ours_s_per_step", ".3f") + f" ({r['pairs_per_call']} pairs)"]
+        [_on_off(r["bcm"]), _number(r, "ours_s_per_step", ".3f") + f" ({r['pairs_per_call']} per call)"]
         + [_number(r, "reference_s_per_step", ".3f"), _number(r, "speedup_per_pair", ".2f")]
         + [_number(r, "first_step_max_abs_diff", ".1e")]
         + [
@@ -182,6 +182,29 @@ def gpu_check_tables(results: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
+def adapter_dtype_table(results: list[dict]) -> str:
+    header = ["sampling", "adapters saved as", "file MB", "against", "max abs diff image / part"]
+    header += [
+        "mean abs diff image / part",
+        "per-pair max abs diff, min - max",
+        "grey-mask IoU, min / median",
+    ]
+    rows = [
+        [
+            r["sampling_precision"],
+            r["saved_dtype"],
+            f"{r['file_mb']:.2f}",
+            r["against"],
+            f"{r['max_abs_diff_image']:.1e} / {r['max_abs_diff_part']:.1e}",
+            f"{r['mean_abs_diff_image']:.1e} / {r['mean_abs_diff_part']:.1e}",
+            f"{r['per_pair_max_abs_diff']['min']:.1e} - {r['per_pair_max_abs_diff']['max']:.1e}",
+            f"{r['grey_mask_iou']['min']:.3f} / {r['grey_mask_iou']['median']:.3f}",
+        ]
+        for r in results
+    ]
+    return _table(header, rows)
+
+
 def render(path: Path) -> str:
     data = json.loads(path.read_text())
     results, meta = data["results"], data["meta"]
@@ -191,6 +214,9 @@ def render(path: Path) -> str:
         state = "" if meta.get("finished") else ", unfinished"
         return f"`{path.name}` ({where}, {meta['date']}{state})\n\n{gpu_check_tables(results)}\n"
     first = results[0] if results else {}
+    if "saved_dtype" in first:
+        where = f"{meta['device']}, torch {meta['torch']}, {meta['base']}, adapters {meta['adapters']}"
+        return f"`{path.name}` ({where}, seeds {meta['seeds']}, {meta['date']})\n\n{adapter_dtype_table(results)}\n"
     if "s_per_step" in first.get("ours", {}):
         table = training_table(results)
     elif "scheduler" in first and "ours" not in first:
