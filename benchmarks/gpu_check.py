@@ -267,9 +267,7 @@ class GpuCheck:
         diff = (ours_first - ref_first).abs()
         record["first_step_max_abs_diff"] = diff.max().item()
         record["first_step_mean_abs_diff"] = diff.mean().item()
-        record["first_step_output_mean_abs"] = (
-            ref_first.abs().mean().item()
-        )  # the scale the differences are on
+        record["first_step_output_mean_abs"] = ref_first.abs().mean().item()  # the differences' scale
 
     def training(self, record: dict, bcm: bool, checkpointing: bool) -> None:
         """One full optimizer step at ``train_batch`` pairs: VAE encode, text LoRA, UNet forward and backward,
@@ -306,7 +304,7 @@ class GpuCheck:
             step()
             self._sync()
             start = time.perf_counter()
-            loss, _ = step()
+            step()
             self._sync()
             return {"s_per_step": time.perf_counter() - start, "peak_memory_mb": peak_memory_mb(a.device)}
 
