@@ -24,8 +24,11 @@ import torch
 from dualanodiff.io import write_json_atomic
 
 
-class Stopped(Exception):
-    """Raised inside a row when the wall-clock budget runs out or the process is asked to terminate."""
+class Stopped(BaseException):
+    """Raised inside a row when the wall-clock budget runs out or the process is asked to terminate.
+
+    A BaseException, like KeyboardInterrupt, so that no library's ``except Exception`` swallows it.
+    """
 
 
 def process_start_time() -> float:
