@@ -428,7 +428,9 @@ class AdapterTrainer:
         acc.wait_for_everyone()
         if main:
             self.pipe.save_adapters(
-                self.run_dir, extra={"training": {**cfg.to_dict(), "total_steps": self.total}}
+                self.run_dir,
+                extra={"training": {**cfg.to_dict(), "total_steps": self.total}},
+                dtype=cfg.save_dtype,
             )
             remove_checkpoints(self.run_dir)
 
