@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from ..errors import InputError
 from .masks import add_mask_arguments
 
 
@@ -85,6 +87,15 @@ def register(subparsers) -> None:
         "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT) fill one --out side by side; under torchrun or "
         "accelerate launch the processes split their shard again",
     )
+    from ..executors import add_executor_arguments
+
+    ray = add_executor_arguments(p, what="shards of the pairs, one task each (by pair index, as --shard)")
+    ray.add_argument(
+        "--ray-shards",
+        type=int,
+        default=None,
+        help="Ray tasks to split the pairs between (default: one per GPU of the cluster; one per node without)",
+    )
     p.set_defaults(func=run)
 
 
@@ -117,6 +128,28 @@ def run(args) -> int:
         vae_slicing=args.vae_slicing,
         vae_tiling=args.vae_tiling,
     )
-    summary = generate_to_folder(config, shard=args.shard)
+    if args.executor != "ray" and (args.ray_shards is not None or args.ray_address is not None):
+        raise InputError("--ray-shards and --ray-address go with --executor ray")
+    if args.executor == "ray":
+        from ..executors.ray_generate import generate_on_ray
+
+        summary = generate_on_ray(
+            config,
+            address=args.ray_address,
+            shards=args.ray_shards,
+            shard=args.shard,
+            retries=args.ray_retries,
+            cpus=args.ray_cpus,
+        )
+    else:
+        summary = generate_to_folder(config, shard=args.shard)
     print(json.dumps(summary, indent=2, default=str))
+    if summary.get("failed"):
+        print(
+            f"dualanodiff generate: {len(summary['failed'])} shard(s) failed: "
+            + "; ".join(f"{shard}: {error}" for shard, error in summary["failed"].items())
+            + f". {summary['missing']} pair(s) are missing; the same command makes only those",
+            file=sys.stderr,
+        )
+        return 1
     return 0
