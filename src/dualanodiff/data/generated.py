@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from ..errors import InputError
 from ..io import read_jsonl
-from .images import IMAGE_EXTENSIONS, is_image_file
+from .images import IMAGE_EXTENSIONS, image_size, is_image_file
 
 MANIFEST = "manifest.jsonl"
 
@@ -38,15 +36,6 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
     return {p.stem: p for p in sorted(folder.iterdir()) if is_image_file(p)}
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the file header only, so checking thousands of pairs stays cheap."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 
 def manifest_records(folder: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -91,11 +80,11 @@ def read_generated(folder: str | os.PathLike, include_rejected: bool = False) ->
         mask = masks.get(name)
         if mask is None:
             raise InputError(f"{image}: no matching mask {folder / 'mask' / (name + '.png')}")
-        image_size, mask_size = _image_size(image), _image_size(mask)
-        if image_size != mask_size:
+        image_wh, mask_wh = image_size(image), image_size(mask)
+        if image_wh != mask_wh:
             raise InputError(
-                f"{mask}: mask size {mask_size[0]}x{mask_size[1]} differs from its image {image} "
-                f"({image_size[0]}x{image_size[1]})"
+                f"{mask}: mask size {mask_wh[0]}x{mask_wh[1]} differs from its image {image} "
+                f"({image_wh[0]}x{image_wh[1]})"
             )
         pairs.append(GeneratedPair(name=name, image=image, mask=mask, part=parts.get(name), record=record))
     if not pairs:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
 
+from ..checks import check_float
 from ..data.generated import MANIFEST, manifest_records
-from ..data.images import load_rgb
+from ..data.images import image_size, load_rgb
 from ..errors import InputError
 from ..io import save_image_atomic, write_text_atomic
+from ..progress import progress_bar
 from .grey import DEFAULT_THRESHOLD as GREY_DEFAULT_THRESHOLD
 from .grey import grey_mask
 from .quality import DEFAULT_MAX_AREA_FRACTION, DEFAULT_MIN_AREA_FRACTION, judge_mask
@@ -73,9 +73,9 @@ def build_masker(
     ``u2net``; None takes the method's default (16 levels; 0.5)."""
     resolved = resolve_method(method, u2net_weights)
     if resolved == "grey":
-        t = GREY_DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        t = GREY_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 255)
         return PartMasker("grey", t, functools.partial(grey_mask, threshold=t))
-    t = U2NET_DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    t = U2NET_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 1, above=0)
     masker = U2NetMasker(load_u2net(u2net_weights, device=device), threshold=t, batch_size=batch_size)
     return PartMasker("u2net", t, masker, masker.batch)
 
@@ -97,14 +97,6 @@ def mask_from_part(
     """Mask of one part image; U^2-Net weights are loaded once and cached across calls."""
     weights = None if u2net_weights is None else str(Path(u2net_weights).resolve())
     return _cached_masker(method, weights, threshold, device)(part)
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 
 def make_masks_for_folder(
@@ -144,7 +136,7 @@ def make_masks_for_folder(
     counts = {"kept": 0, "empty": 0, "too_small": 0, "too_large": 0}
     areas = []
     chunk = max(1, batch_size)
-    with tqdm(
+    with progress_bar(
         total=len(names), desc=f"masks ({masker.method})", unit="pair", disable=not show_progress
     ) as bar:
         for start in range(0, len(names), chunk):
@@ -152,7 +144,7 @@ def make_masks_for_folder(
             parts = [load_rgb(out / "part" / f"{n}.png") for n in batch_names]
             for name, part in zip(batch_names, parts):
                 image_path = out / "image" / f"{name}.png"
-                if image_path.is_file() and _image_size(image_path) != (part.shape[1], part.shape[0]):
+                if image_path.is_file() and image_size(image_path) != (part.shape[1], part.shape[0]):
                     raise InputError(
                         f"{out / 'part' / (name + '.png')}: size {part.shape[1]}x{part.shape[0]} differs "
                         f"from its image {image_path}"
