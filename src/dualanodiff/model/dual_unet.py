@@ -136,19 +136,26 @@ def save_adapters(
     config: AdapterConfig,
     base: str,
     extra: dict | None = None,
+    base_fingerprint: str | None = None,
 ) -> Path:
-    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, base identity), atomically."""
+    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, base identity: its source, the
+    architecture of its UNet and the fingerprint of its weights), atomically. Refuses non-finite values."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     state = {
         k: v.detach().to("cpu", torch.float32).contiguous()
         for k, v in adapter_state_dict(unet, text_encoder).items()
     }
+    check_finite(state, f"the adapters to be saved in {out_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / ADAPTER_WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": "dualanodiff"})
     meta = {
         "adapter": config.to_dict(),
-        "base": {"source": base, "unet_fingerprint": unet_fingerprint(unet)},
+        "base": {
+            "source": base,
+            "unet_fingerprint": unet_fingerprint(unet),
+            "weights_fingerprint": base_fingerprint,
+        },
         **(extra or {}),
     }
     write_json_atomic(out_dir / ADAPTER_CONFIG, meta)
@@ -177,13 +184,37 @@ def load_adapter_weights(adapter_dir: str | os.PathLike) -> dict[str, torch.Tens
         raise InputError(f"{path} is not a readable safetensors file: {err}") from err
 
 
-def check_adapter_base(meta: dict, unet: UNet2DConditionModel, adapter_dir: str | os.PathLike) -> None:
-    """Refuse adapters trained for a base of another architecture."""
-    saved = meta.get("base", {}).get("unet_fingerprint")
+def check_adapter_base(
+    meta: dict,
+    unet: UNet2DConditionModel,
+    adapter_dir: str | os.PathLike,
+    base_fingerprint: str | None = None,
+) -> None:
+    """Refuse adapters trained for a base of another architecture, or of the same architecture with other
+    weights (when both fingerprints are known: adapters saved before fingerprints existed pass)."""
+    base = meta.get("base", {})
+    saved = base.get("unet_fingerprint")
     if saved is not None and saved != unet_fingerprint(unet):
         raise InputError(
-            f"the adapters in {adapter_dir} were trained for another base ({meta['base'].get('source')}, "
+            f"the adapters in {adapter_dir} were trained for another base ({base.get('source')}, "
             f"UNet {saved}); the base loaded now has UNet {unet_fingerprint(unet)}. Load the base they were trained on."
+        )
+    saved = base.get("weights_fingerprint")
+    if saved is not None and base_fingerprint is not None and saved != base_fingerprint:
+        raise InputError(
+            f"the adapters in {adapter_dir} were trained on other base weights ({base.get('source')}, weights "
+            f"{saved}); the base loaded now has the same architecture but weights {base_fingerprint}. Load the "
+            "base they were trained on."
+        )
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """InputError when any tensor of ``state`` holds NaN or infinity (a diverged training run)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(
+            f"{what}: {len(bad)} of {len(state)} tensors hold NaN or infinite values (e.g. {bad[0]}); the "
+            "training that made them diverged (a learning rate too high?)"
         )
 
 
@@ -197,6 +228,7 @@ def load_adapter_state(
     if text_encoder is not None and _has_text_lora(text_encoder):
         text_expected = {f"text_encoder.{k}": v for k, v in _text_lora_state(text_encoder).items()}
     _check_keys_and_shapes(state, {**expected, **text_expected}, source)
+    check_finite(state, source)
     for name, proc in procs.items():
         prefix = f"unet.{name}."
         proc.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
