@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .errors import InputError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -47,8 +49,34 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def _non_finite_at(obj: Any, where: str = "") -> str | None:
+    """The key path of the first NaN or infinity in ``obj`` (``types.crack.is``), or None."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return where or "the value"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite_at(
+            value, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip(".")
+        )
+        if found:
+            return found
+    return None
+
+
+def json_text(obj: Any, path: str | os.PathLike, indent: int | None = 2) -> str:
+    """Strict JSON of ``obj``: NaN and infinity are not JSON (`json` would write them anyway, and readers
+    then fail), so they are refused with the file and the key that hold them."""
+    try:
+        return json.dumps(obj, indent=indent, sort_keys=True, default=str, allow_nan=False)
+    except ValueError:
+        at = _non_finite_at(json.loads(json.dumps(obj, sort_keys=True, default=str)))
+        raise InputError(
+            f"{path}: not written, {at} is NaN or infinite (an undefined result: check the settings that led to it)"
+        ) from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(path, json_text(obj, path) + "\n")
 
 
 def save_image_atomic(path: str | os.PathLike, image: Image.Image | np.ndarray) -> None:
@@ -64,7 +92,7 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        f.write(json_text(record, path, indent=None) + "\n")
         f.flush()
         os.fsync(f.fileno())
 

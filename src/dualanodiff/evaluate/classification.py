@@ -20,10 +20,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 from sklearn.metrics import confusion_matrix
-from tqdm.auto import tqdm
 
+from ..checks import check_float, check_int, check_seed
 from ..errors import InputError
 from ..io import write_json_atomic
+from ..progress import progress_bar
+from ..weights import read_state_dict
 from .localization import _load_set, _to_input
 
 if TYPE_CHECKING:
@@ -43,6 +45,16 @@ class ClassificationConfig:
     max_per_type: int = 500
     num_workers: int = 4  # threads decoding images
 
+    def validate(self) -> None:
+        """InputError naming the first option out of range (an epoch count of 0 would report the accuracy of
+        an untrained network)."""
+        for name in ("epochs", "max_per_type", "repeats_per_epoch", "num_workers"):
+            check_int(getattr(self, name), f"--{name.replace('_', '-')}", minimum=1)
+        check_int(self.batch_size, "--batch-size", minimum=2)  # batch norm needs two samples
+        check_int(self.resolution, "--resolution", minimum=32)
+        check_float(self.lr, "--lr", above=0)
+        check_seed(self.seed)
+
 
 def build_resnet34(num_classes: int, imagenet_weights: str | os.PathLike | None, seed: int) -> nn.Module:
     """torchvision ResNet-34, ImageNet weights from a local state dict if given, new seeded classifier head."""
@@ -59,12 +71,12 @@ def build_resnet34(num_classes: int, imagenet_weights: str | os.PathLike | None,
             )
         else:
             path = Path(imagenet_weights)
+            state = read_state_dict(path, "a torchvision ResNet-34 state dict (imagenet_weights)")
             try:
-                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            except Exception as e:  # a missing or foreign file is the user's input problem
-                raise InputError(
-                    f"imagenet_weights: cannot load {path} as a torchvision ResNet-34 ({e})"
-                ) from e
+                model.load_state_dict(state)
+            except RuntimeError as e:  # other keys or shapes: another network's weights
+                detail = str(e).strip().splitlines()[0]
+                raise InputError(f"imagenet_weights: {path} is not a torchvision ResNet-34 ({detail})") from e
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
@@ -86,6 +98,7 @@ def train_and_evaluate_classification(
     Writes ``out_dir/classification.json`` when ``out_dir`` is given.
     """
     cfg = config or ClassificationConfig()
+    cfg.validate()
     classes = sorted(t for t, items in generated.items() if len(items))
     if not classes:
         raise InputError("classification: no generated images were given")
@@ -111,7 +124,7 @@ def train_and_evaluate_classification(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
     criterion = nn.CrossEntropyLoss()
     losses = []
-    for epoch in tqdm(range(cfg.epochs), desc="ResNet-34"):
+    for epoch in progress_bar(range(cfg.epochs), desc="ResNet-34"):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
         order = np.concatenate([rng.permutation(len(train_images)) for _ in range(cfg.repeats_per_epoch)])
