@@ -1,4 +1,5 @@
-"""`--help` of every command: every option explained, each default shown once, none that is not a default."""
+"""`--help` of every command (every option explained, each default shown once, none that is not a default)
+and what commands print while they run (our bars, switched off by --no-progress; no library bars)."""
 
 from __future__ import annotations
 
@@ -101,3 +102,30 @@ def test_negative_numbers_are_values_not_flags(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "argument --lr: must be greater than 0, got -0.0001" in err
+
+
+def test_no_progress_hides_every_bar_and_library_bars_never_show(
+    synthetic_pill_root, tiny_base_dir, tmp_path, capsys
+):
+    argv = ["baseline", "crop-paste", "--data", str(synthetic_pill_root), "--category", "pill", "--anomaly",
+            "crack", "--num-pairs", "3"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert "crop-paste: 100%" in capsys.readouterr().err  # our bar
+    assert main([*argv, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+    # Inside a step (the benchmark runs the baselines), a run without progress hides the step's bars too.
+    from dualanodiff.baselines import run_baseline
+    from dualanodiff.progress import progress_shown
+
+    with progress_shown(False):
+        run_baseline("crop-paste", synthetic_pill_root, "pill", "crack", 3, tmp_path / "c")
+    assert capsys.readouterr().err == ""
+    # transformers' "Writing model shards" and "Loading weights" bars are not ours: a command never shows them.
+    assert main(["make-tiny-base", "--out", str(tmp_path / "base")]) == 0
+    train = ["train", "--data", str(synthetic_pill_root), "--category", "pill", "--anomaly", "crack", "--base",
+             str(tmp_path / "base"), "--out", str(tmp_path / "ad"), "--max-steps", "1", "--rank", "2",
+             "--text-encoder-rank", "2"]  # fmt: skip
+    assert main(train) == 0
+    err = capsys.readouterr().err
+    assert "train pill/crack: 100%" in err
+    assert "Writing model shards" not in err and "Loading weights" not in err
