@@ -135,7 +135,7 @@ def identity(config: TrainConfig, data_hash: str | None = None) -> dict:
 
 
 # The command-line flag of each checked option (the error names what the user typed).
-_FLAGS = {"learning_rate": "--lr", "background_latent_scaling": "--background-scaling"}
+_FLAGS = {"learning_rate": "--lr"}
 
 
 def _flag(name: str) -> str:
