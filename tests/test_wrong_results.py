@@ -69,6 +69,27 @@ def test_a_diverging_run_stops_at_the_step_names_the_lr_and_keeps_its_last_good_
     assert all(np.isfinite(r["loss"]) for r in read_loss_log(run_dir))
 
 
+@pytest.mark.parametrize("mode", ["localization", "classification"])
+def test_a_diverging_detector_stops_instead_of_scoring_nan_weights(
+    synthetic_pill_root, tmp_path, capsys, mode
+):
+    from dualanodiff.baselines import run_baseline
+
+    generated = run_baseline("crop-paste", synthetic_pill_root, "pill", "crack", 6, tmp_path / "gen")[
+        "out_dir"
+    ]
+    argv = ["evaluate", mode, "--data", str(synthetic_pill_root), "--category", "pill", "--out",
+            str(tmp_path / "eval"), "--epochs", "2", "--resolution", "32", "--lr", "1e12", "--no-progress"]  # fmt: skip
+    if mode == "localization":
+        argv += ["--no-generated", "--runs", "1", "--samples-per-epoch", "8", "--base-channels", "4"]
+    else:  # two labels for one folder: enough to train a classifier
+        argv += ["--generated", str(generated), str(generated), "--anomaly-types", "crack", "spot"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "training diverged" in err[-1] and "--lr 1e+12" in err[-1]
+    assert not list((tmp_path / "eval").rglob("*.json"))  # no results computed from NaN weights
+
+
 def test_non_finite_adapters_are_neither_saved_nor_loaded(tiny_components, tmp_path):
     pipe = DualAnoDiffPipeline.from_components(tiny_components, AdapterConfig(rank=2, text_encoder_rank=2))
     good = pipe.save_adapters(tmp_path / "good")

@@ -68,6 +68,16 @@ def check_float(
     return number
 
 
+def check_loss(value: float, where: str, lr: float, what: str = "the loss") -> float:
+    """A training loss (or a model output) that must be finite: NaN or infinity means the run diverged, and
+    carrying on would end in a result computed from NaN weights."""
+    if not math.isfinite(value):
+        raise InputError(
+            f"{where}: training diverged, {what} is {value}; the learning rate (--lr {lr:g}) is likely too high"
+        )
+    return value
+
+
 def check_seed(value, name: str = "--seed") -> int:
     return check_int(value, name, 0, MAX_SEED)
 

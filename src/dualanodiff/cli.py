@@ -14,6 +14,7 @@ import logging
 import pkgutil
 import re
 import sys
+import warnings
 
 from . import __version__, commands
 from .errors import InputError
@@ -77,6 +78,11 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings (ours: e.g. ResNet-34 without ImageNet weights) as one line, without the source line."""
+    return f"warning: {message}\n"
+
+
 def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
 
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("diffusers", "transformers", "accelerate", "peft", "PIL"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     quiet_libraries()
+    plain_warning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     set_progress(getattr(args, "progress", True))
     name = f"dualanodiff {args.command}" + (f" {args.mode}" if getattr(args, "mode", None) else "")
     try:
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         set_progress(True)
+        warnings.formatwarning = plain_warning
     return int(result or 0)
 
 

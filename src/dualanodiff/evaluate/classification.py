@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from sklearn.metrics import confusion_matrix
 
-from ..checks import check_float, check_int, check_seed
+from ..checks import check_float, check_int, check_loss, check_seed
 from ..errors import InputError
 from ..io import write_json_atomic
 from ..progress import progress_bar
@@ -141,13 +141,15 @@ def train_and_evaluate_classification(
             optimizer.step()
             epoch_loss.append(float(loss.detach()))
         scheduler.step()
-        losses.append(float(np.mean(epoch_loss)))
+        losses.append(check_loss(float(np.mean(epoch_loss)), f"ResNet-34, epoch {epoch + 1}", cfg.lr))
 
     model.eval()
     preds = []
     with torch.no_grad():
         for i in range(0, len(test_images), 32):
-            preds.append(model(_to_input(test_images[i : i + 32], device)).argmax(1).cpu().numpy())
+            logits = model(_to_input(test_images[i : i + 32], device))
+            check_loss(float(logits.float().mean()), "ResNet-34", cfg.lr, "its mean output")  # NaN weights
+            preds.append(logits.argmax(1).cpu().numpy())
     pred = np.concatenate(preds)
     per_type = {
         t: float(np.mean(pred[test_labels == i] == i))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..checks import check_float, check_int, check_seed
+from ..checks import check_float, check_int, check_loss, check_seed
 from ..errors import InputError
 from ..io import atomic_path, write_json_atomic
 from ..progress import progress_bar
@@ -269,6 +269,7 @@ def _selection_score(metrics: LocalizationMetrics) -> float:
 def _evaluate(model, images, masks, labels, cfg, device) -> tuple[float, LocalizationMetrics | None]:
     """(selection score, metrics) on a set; without both classes, minus the mean score of normal pixels."""
     maps = predict_maps(model, images, cfg.eval_batch_size, device)
+    check_loss(float(maps.mean()) if maps.size else 0.0, "U-Net", cfg.lr, "its mean anomaly score")
     if labels.all() or not labels.any() or not masks.any():
         return -float(maps[~masks].mean()), None
     m = localization_metrics(
@@ -338,8 +339,9 @@ def _train_run(run: int, data: _Data, cfg: LocalizationConfig, run_dir: Path, de
             optimizer.step()
             losses.append(float(loss.detach()))
         scheduler.step()
+        epoch_loss = check_loss(float(np.mean(losses)), f"{run_dir}: U-Net epoch {epoch + 1}", cfg.lr)
         score, metrics = _evaluate(model, sel_images, sel_masks, sel_labels, cfg, device)
-        entry = {"epoch": epoch, "loss": float(np.mean(losses)), "selection_score": score}
+        entry = {"epoch": epoch, "loss": epoch_loss, "selection_score": score}
         if metrics is not None and use_test:
             entry["test"] = metrics.to_dict()
         state["history"].append(entry)
