@@ -60,6 +60,7 @@ from .evaluate.protocol import (
 from .generate import GenerateConfig, generate_to_folder
 from .io import write_json_atomic, write_text_atomic
 from .locking import output_lock
+from .progress import progress_shown
 from .train import TrainConfig, train_adapters
 
 log = logging.getLogger(__name__)
@@ -613,6 +614,44 @@ def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses:
     return "\n".join(lines) + "\n"
 
 
+def _check_settings(bench: _Benchmark) -> None:
+    """The settings of every step, checked as the step will check them, before the first step runs (a rank
+    the base cannot take must not surface after the baselines have run)."""
+    from .checks import check_device
+    from .model.base import check_resolution, read_base_shape
+    from .training.config import resolve_config
+    from .training.loop import complete_config
+
+    c = bench.cfg
+    check_device(c.device)
+    category, kinds = next(iter(bench.types.items()))
+    if "dualanodiff" in c.methods:
+        complete_config(resolve_config(bench.train_config(category, kinds[0])))
+        check_resolution(bench.generate_config(category, kinds[0]).resolution, read_base_shape(c.base))
+    bench.localization_config().validate()
+    if c.classification:
+        bench.classification_config().validate()
+
+
+def _run_steps(steps: list[Step], done: dict[str, Any], out: Path, statuses: list[dict[str, Any]]) -> None:
+    """Run every step not finished before, writing its marker; ``statuses`` gets one entry per step."""
+    for i, step in enumerate(steps, 1):
+        prefix = f"[benchmark {i}/{len(steps)}] {step.id}"
+        if step.id in done:
+            log.info("%s: finished before, skipped", prefix)
+            statuses.append({"id": step.id, "status": "skipped", "seconds": done[step.id].get("seconds")})
+            continue
+        log.info("%s: running", prefix)
+        started = time.perf_counter()
+        result = step.run()
+        seconds = round(time.perf_counter() - started, 3)
+        write_json_atomic(
+            step.marker(out), {"id": step.id, "key": step.key, "result": result, "seconds": seconds}
+        )
+        log.info("%s: done in %.1f s", prefix, seconds)
+        statuses.append({"id": step.id, "status": "done", "seconds": seconds})
+
+
 def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     """Run (or resume) the whole protocol; return {"config", "types", "steps", "results", "summary"}.
 
@@ -627,32 +666,21 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     _validate_data(cfg, types)
     out = Path(cfg.out)
     bench = _Benchmark(cfg, types)
+    _check_settings(bench)
     steps = bench.steps()
     with output_lock(out, "benchmark"):
-        return _run_steps(cfg, types, steps, out)
+        return _run_locked(cfg, types, steps, out)
 
 
-def _run_steps(
+def _run_locked(
     cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path
 ) -> dict[str, Any]:
+    """The run proper, inside the folder's output lock: markers, steps, tables."""
     done = _check_markers(steps, out)
     write_json_atomic(out / "config.json", {"profile": cfg.profile, **cfg.to_dict(), "anomaly_types": types})
     statuses = []
-    for i, step in enumerate(steps, 1):
-        prefix = f"[{i}/{len(steps)}] {step.id}"
-        if step.id in done:
-            log.info("%s: finished before, skipped", prefix)
-            statuses.append({"id": step.id, "status": "skipped", "seconds": done[step.id].get("seconds")})
-            continue
-        log.info("%s: running", prefix)
-        started = time.perf_counter()
-        result = step.run()
-        seconds = round(time.perf_counter() - started, 3)
-        write_json_atomic(
-            step.marker(out), {"id": step.id, "key": step.key, "result": result, "seconds": seconds}
-        )
-        log.info("%s: done in %.1f s", prefix, seconds)
-        statuses.append({"id": step.id, "status": "done", "seconds": seconds})
+    with progress_shown(cfg.progress):
+        _run_steps(steps, done, out, statuses)
     markdown, results = write_tables(out, cfg.data)
     summary_md = _summary_header(cfg, types, statuses) + markdown
     write_text_atomic(out / "summary.md", summary_md)
