@@ -319,7 +319,7 @@ def test_validate_lists_every_problem(tmp_path):
     with pytest.raises(InputError) as e:
         validate_training_samples([ok, *bad])
     msg = str(e.value)
-    assert msg.startswith("6 problem(s)")
+    assert msg.startswith("6 problems")
     assert (
         "fg_foreground.png: foreground mask size 6x8 differs from image" in msg and "fg.png size 8x8" in msg
     )

@@ -61,7 +61,10 @@ def test_localization_writes_json_csv_markdown_and_aggregates_methods(data_root,
     assert res["counts"]["test"] == 4 * 4 + 3 and res["counts"]["test_anomalous"] == 16
     assert res["config"]["lr_milestones"] == [1]  # 80 % / 90 % of 2 epochs, no milestone at epoch 0
 
-    assert main([*args, *TINY_LOC]) == 0  # no --generated: the normal-only baseline, same folder
+    with pytest.raises(SystemExit):  # neither --generated nor --no-generated: never the long default run
+        main([*args, *TINY_LOC])
+    assert "one of the arguments --generated --no-generated is required" in capsys.readouterr().err
+    assert main([*args, "--no-generated", *TINY_LOC]) == 0  # the normal-only floor, same folder
     rows = {r["method"]: r for r in _csv(out / "localization.csv")}
     assert set(rows) == {"crop-paste", "none"}
     none = json.loads((out / "localization" / "none" / "pill" / "results.json").read_text())
@@ -151,7 +154,9 @@ def test_bad_inputs_are_one_line_errors(data_root, generated, tmp_path, capsys):
         ["evaluate", "localization", *base, "--category", "pill", "--generated", str(broken)], capsys
     )
     assert "00003.png" in err and "mask" in err
-    err = _error(["evaluate", "localization", *base, "--category", "carpet", *TINY_LOC], capsys)
+    err = _error(
+        ["evaluate", "localization", *base, "--category", "carpet", "--no-generated", *TINY_LOC], capsys
+    )
     assert "'carpet' not found" in err and "pill" in err
     err = _error(
         ["evaluate", "classification", *base, "--category", "pill", "--generated", *map(str, generated.values()),
@@ -163,8 +168,8 @@ def test_bad_inputs_are_one_line_errors(data_root, generated, tmp_path, capsys):
     )
     assert "at least two anomaly types" in err
     err = _error(
-        ["evaluate", "localization", *base, "--category", "pill", "--test-types", "dent", *TINY_LOC], capsys
-    )
+        ["evaluate", "localization", *base, "--category", "pill", "--test-types", "dent", "--no-generated",
+         *TINY_LOC], capsys)  # fmt: skip
     assert "dent" in err and "crack" in err
 
 

@@ -211,8 +211,9 @@ def test_cli_errors_for_missing_and_foreign_adapters(tiny_base_dir, tmp_path, ca
     DualAnoDiffPipeline.from_pretrained(tmp_path / "other_base", rank=4).save_adapters(tmp_path / "foreign")
     code, err = generate(tmp_path / "foreign", "--num-pairs", "1", "--steps", "1")
     assert code == 2 and "trained for another base" in err
-    code, err = generate(tmp_path / "foreign", "--num-pairs", "0")
-    assert code == 2 and "--num-pairs must be at least 1" in err
+    with pytest.raises(SystemExit) as stop:  # refused while parsing, before anything is read
+        generate(tmp_path / "foreign", "--num-pairs", "0")
+    assert stop.value.code == 2 and "argument --num-pairs: must be at least 1" in capsys.readouterr().err
 
 
 def test_every_listed_scheduler_builds():

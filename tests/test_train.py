@@ -47,7 +47,7 @@ def weights(run_dir):
 # --- configuration ------------------------------------------------------------------------------------------
 
 
-def test_presets_resolve_to_method_numbers():
+def test_presets_resolve_to_method_numbers(tiny_base_dir):
     base = dict(base="b", out="o", data="d", category="c", anomaly="a")
     paper = resolve_config(TrainConfig(**base))
     assert (paper.learning_rate, paper.epochs, paper.max_steps, paper.batch_size) == (5e-6, 5000, None, 4)
@@ -67,9 +67,9 @@ def test_presets_resolve_to_method_numbers():
     assert total_steps(code, num_samples=5) == 5000
     with pytest.raises(InputError, match="either --epochs or --max-steps"):
         resolve_config(TrainConfig(**base, epochs=1, max_steps=1))
-    with pytest.raises(InputError, match="multiple of 8"):
-        resolve_config(TrainConfig(**base, resolution=60))
-    with pytest.raises(InputError, match="--lr|learning-rate"):
+    with pytest.raises(InputError, match="multiple of 8"):  # the VAE's factor, read from the base's config
+        complete_config(resolve_config(TrainConfig(**{**base, "base": str(tiny_base_dir)}, resolution=60)))
+    with pytest.raises(InputError, match="^--lr: must be greater than 0"):
         resolve_config(TrainConfig(**base, learning_rate=-1.0))
 
 
@@ -284,12 +284,16 @@ def test_cli_bad_data_fails_before_loading_the_model(
     "anomaly, extra, message",
     [
         ("dent", [], "--anomaly dent: not an anomaly type of 'pill'"),
-        ("crack", ["--resolution", "60"], "--resolution must be a multiple of 8"),
-        ("crack", ["--lr", "0"], "must be > 0"),
+        ("crack", ["--resolution", "60"], "--resolution: must be a multiple of 8"),
+        ("crack", ["--lr", "0"], "argument --lr: must be greater than 0"),
     ],
 )
 def test_cli_bad_options(mvtec_root, tiny_base_dir, tmp_path, capsys, anomaly, extra, message):
-    assert main(cli_args(mvtec_root, tiny_base_dir, tmp_path, anomaly, *extra)) == 2
+    try:
+        code = main(cli_args(mvtec_root, tiny_base_dir, tmp_path, anomaly, *extra))
+    except SystemExit as stop:  # options refused while parsing
+        code = stop.code
+    assert code == 2
     assert message in capsys.readouterr().err
 
 

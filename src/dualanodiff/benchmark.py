@@ -61,6 +61,7 @@ from .executors import EXECUTORS, check_ray_options
 from .generate import GenerateConfig, generate_to_folder
 from .io import write_json_atomic, write_text_atomic
 from .locking import output_lock
+from .progress import progress_shown
 from .train import TrainConfig, train_adapters
 
 log = logging.getLogger(__name__)
@@ -662,6 +663,40 @@ def benchmark_steps(cfg: BenchmarkConfig, types: dict[str, list[str]]) -> list[S
     return _Benchmark(cfg, types).steps()
 
 
+def _check_settings(bench: _Benchmark) -> None:
+    """The settings of every step, checked as the step will check them, before the first step runs (a rank
+    the base cannot take must not surface after the baselines have run)."""
+    from .checks import check_device
+    from .model.base import check_resolution, read_base_shape
+    from .training.config import resolve_config
+    from .training.loop import complete_config
+
+    c = bench.cfg
+    if c.executor == "local":  # on Ray, the device is the nodes' (checked against the cluster's GPUs)
+        check_device(c.device)
+    category, kinds = next(iter(bench.types.items()))
+    if "dualanodiff" in c.methods:
+        complete_config(resolve_config(bench.train_config(category, kinds[0])))
+        check_resolution(bench.generate_config(category, kinds[0]).resolution, read_base_shape(c.base))
+    bench.localization_config().validate()
+    if c.classification:
+        bench.classification_config().validate()
+
+
+def _run_steps(steps: list[Step], done: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]:
+    """Run every step not finished before, here and in order; return {step id: status} of those run."""
+    statuses = {}
+    for i, step in enumerate(steps, 1):
+        prefix = f"[benchmark {i}/{len(steps)}] {step.id}"
+        if step.id in done:
+            log.info("%s: finished before, skipped", prefix)
+            continue
+        log.info("%s: running", prefix)
+        statuses[step.id] = run_step(step, out)
+        log.info("%s: done in %.1f s", prefix, statuses[step.id]["seconds"])
+    return statuses
+
+
 def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     """Run (or resume) the whole protocol; return {"config", "types", "steps", "results", "summary"}.
 
@@ -678,14 +713,17 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
         raise InputError("benchmark: no category has any of the chosen anomaly types")
     _validate_data(cfg, types)
     out = Path(cfg.out)
-    steps = benchmark_steps(cfg, types)
+    bench = _Benchmark(cfg, types)
+    _check_settings(bench)
+    steps = bench.steps()
     with output_lock(out, "benchmark"):
-        return _run_steps(cfg, types, steps, out)
+        return _run_locked(cfg, types, steps, out)
 
 
-def _run_steps(
+def _run_locked(
     cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path
 ) -> dict[str, Any]:
+    """The run proper, inside the folder's output lock: markers, steps, tables."""
     done = _check_markers(steps, out)
     write_json_atomic(out / "config.json", {"profile": cfg.profile, **cfg.to_dict(), "anomaly_types": types})
     statuses = {
@@ -700,14 +738,8 @@ def _run_steps(
         log.info("benchmark: %d step(s) finished before, %d to run on Ray", len(statuses), len(todo))
         statuses.update(run_steps_on_ray(cfg, types, todo, out))
     else:
-        for i, step in enumerate(steps, 1):
-            prefix = f"[{i}/{len(steps)}] {step.id}"
-            if step.id in done:
-                log.info("%s: finished before, skipped", prefix)
-                continue
-            log.info("%s: running", prefix)
-            statuses[step.id] = run_step(step, out)
-            log.info("%s: done in %.1f s", prefix, statuses[step.id]["seconds"])
+        with progress_shown(cfg.progress):
+            statuses.update(_run_steps(steps, done, out))
     ordered = [statuses[s.id] for s in steps]
     markdown, results = write_tables(out, cfg.data)
     summary_md = _summary_header(cfg, types, ordered) + markdown

@@ -21,14 +21,15 @@ from diffusers import (
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
-from tqdm.auto import tqdm
 
 from .baselines.write import GeneratedWriter
+from .checks import MAX_PAIRS, MAX_RESOLUTION, check_device, check_float, check_int, check_name, check_seed
 from .errors import InputError
 from .locking import output_lock
-from .masks import build_masker, judge_mask
+from .masks import PartMasker, build_masker, judge_mask
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
 from .pipeline import DualAnoDiffPipeline, to_uint8
+from .progress import progress_bar
 from .sharding import Shard, launcher_shard
 
 SCHEDULERS = {
@@ -78,18 +79,24 @@ class GenerateConfig:
     vae_tiling: bool = False
 
     def __post_init__(self):
-        if self.num_pairs < 1:
-            raise InputError(f"--num-pairs must be at least 1, got {self.num_pairs}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.steps < 1:
-            raise InputError(f"--steps must be at least 1, got {self.steps}")
+        """Check every option that needs no file (the resolution's multiple needs the base: `generate_to_folder`)."""
+        check_int(self.num_pairs, "--num-pairs", 1, MAX_PAIRS)
+        check_int(self.batch_size, "--batch-size", 1)
+        check_int(self.steps, "--steps", 1, 1000)  # SD's scheduler has 1000 training timesteps
+        check_float(self.guidance, "--guidance")
+        check_seed(self.seed)
+        if self.resolution is not None:
+            check_int(self.resolution, "--resolution", 8, MAX_RESOLUTION)
+        check_float(self.max_mask_area, "--max-area", above=0, maximum=1)
+        if self.mask_threshold is not None:
+            check_float(self.mask_threshold, "--threshold", minimum=0)
+        if self.anomaly_type is not None:
+            check_name(self.anomaly_type, "--anomaly-type")
         if self.scheduler not in SCHEDULERS:
             raise InputError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.mixed_precision not in PRECISIONS:
             raise InputError(f"--mixed-precision must be one of {', '.join(PRECISIONS)}")
-        if self.background_every < 1:
-            raise InputError("--background-every must be at least 1")
+        check_int(self.background_every, "--background-every", 1)
 
 
 # Settings that change speed and memory but not the pairs (to float rounding): a resume may change them.
@@ -182,11 +189,32 @@ def generate_to_folder(
         ranks = Shard(process_index, num_processes)
         device = config.device or _default_device()
     share = (Shard.parse(shard) if isinstance(shard, str) else shard or Shard()).split(ranks)
+    from .model.base import check_resolution, read_base_shape
+    from .model.dual_unet import read_adapter_config
+
+    # Everything that can be checked without the model is checked before anything is written or loaded.
+    check_device(config.device)
     adapters = Path(config.adapters)
     if not (adapters / "adapters.safetensors").is_file():
         raise InputError(
             f"--adapters {adapters}: no adapters.safetensors there (train first, or check the path)"
         )
+    if pipe is None:
+        resolution = check_resolution(config.resolution, read_base_shape(config.base))
+        bcm = bool((read_adapter_config(adapters).get("adapter") or {}).get("bcm"))
+    else:
+        resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        if resolution % pipe.vae_scale_factor:
+            raise InputError(f"--resolution: must be a multiple of {pipe.vae_scale_factor}, got {resolution}")
+        bcm = pipe.adapter_config.bcm
+    backgrounds = None
+    if bcm:
+        if config.backgrounds is None:
+            raise InputError(
+                "these adapters use BCM: give --backgrounds DIR (normal images, e.g. train/good)"
+            )
+        backgrounds = load_backgrounds(config.backgrounds, config.foreground, resolution)
+    masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
 
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     record_config["adapter_identity"] = adapter_identity(adapters)
@@ -198,7 +226,18 @@ def generate_to_folder(
         # Shard the index range, not the pending list: processes that start at different moments still agree.
         todo = writer.pending(config.num_pairs)
         if todo:
-            _generate_pairs(config, pipe, writer, todo, device, record_config, show_progress)
+            _generate_pairs(
+                config,
+                pipe,
+                writer,
+                todo,
+                device,
+                record_config,
+                show_progress,
+                resolution,
+                backgrounds,
+                masker,
+            )
         return writer.summary(config.num_pairs)
 
 
@@ -221,6 +260,9 @@ def _generate_pairs(
     device: str,
     record_config: dict,
     show_progress: bool,
+    resolution: int,
+    backgrounds: list[tuple[str, torch.Tensor]] | None,
+    masker: PartMasker,
 ) -> None:
     """Make and write the pairs ``todo`` (indices), ``config.batch_size`` per pipeline call."""
     if pipe is None:
@@ -238,19 +280,10 @@ def _generate_pairs(
         vae_slicing=config.vae_slicing,
         vae_tiling=config.vae_tiling,
     )
-    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    backgrounds = None
-    if pipe.adapter_config.bcm:
-        if config.backgrounds is None:
-            raise InputError(
-                "these adapters use BCM: give --backgrounds DIR (normal images, e.g. train/good)"
-            )
-        backgrounds = load_backgrounds(config.backgrounds, config.foreground, resolution)
-    masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
     mask_settings = masker.settings(max_area_fraction=config.max_mask_area)
 
     desc = "generating pairs" if writer.shard.alone else f"generating pairs (shard {writer.shard})"
-    bar = tqdm(total=len(todo), desc=desc, unit="pair", disable=not show_progress)
+    bar = progress_bar(total=len(todo), desc=desc, unit="pair", disable=not show_progress)
     started = time.perf_counter()
     for start in range(0, len(todo), config.batch_size):
         indices = todo[start : start + config.batch_size]

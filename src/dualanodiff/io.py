@@ -55,8 +55,34 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def _non_finite_at(obj: Any, where: str = "") -> str | None:
+    """The key path of the first NaN or infinity in ``obj`` (``types.crack.is``), or None."""
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return where or "the value"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite_at(
+            value, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip(".")
+        )
+        if found:
+            return found
+    return None
+
+
+def json_text(obj: Any, path: str | os.PathLike, indent: int | None = 2) -> str:
+    """Strict JSON of ``obj``: NaN and infinity are not JSON (`json` would write them anyway, and readers
+    then fail), so they are refused with the file and the key that hold them."""
+    try:
+        return json.dumps(obj, indent=indent, sort_keys=True, default=str, allow_nan=False)
+    except ValueError:
+        at = _non_finite_at(json.loads(json.dumps(obj, sort_keys=True, default=str)))
+        raise InputError(
+            f"{path}: not written, {at} is NaN or infinite (an undefined result: check the settings that led to it)"
+        ) from None
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(path, json_text(obj, path) + "\n")
 
 
 def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
@@ -176,7 +202,7 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
     lose a line, and each first cuts off a torn last line left by a writer that was killed mid-line
     (a whole last record that only lacks its newline gets one).
     """
-    data = (json.dumps(record, sort_keys=True, default=str) + "\n").encode("utf-8")
+    data = (json_text(record, path, indent=None) + "\n").encode("utf-8")
     with _locked_append(Path(path)) as fd:
         _cut_torn_tail(fd)
         view = memoryview(data)

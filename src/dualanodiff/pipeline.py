@@ -82,6 +82,7 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.adapter_config: AdapterConfig | None = None
         self.base_source = ""
+        self.base_fingerprint: str | None = None  # weights_fingerprint of the base; None: unknown
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -124,6 +125,7 @@ class DualAnoDiffPipeline(DiffusionPipeline):
             components.scheduler,
         )
         pipe.base_source = components.source
+        pipe.base_fingerprint = components.weights_fingerprint
         pipe.configure_adapters(config or AdapterConfig())
         return pipe
 
@@ -160,13 +162,20 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         ``dtype``: "fp32" (default, exact), "bf16" or "fp16" (half the file; `load_adapters` reads any of them).
         """
         return save_adapters(
-            out_dir, self.unet, self.text_encoder, self.adapter_config, self.base_source, extra, dtype
+            out_dir,
+            self.unet,
+            self.text_encoder,
+            self.adapter_config,
+            self.base_source,
+            extra,
+            dtype=dtype,
+            base_fingerprint=self.base_fingerprint,
         )
 
     def load_adapters(self, adapter_dir: str | os.PathLike) -> dict:
         """Load adapters saved by `save_adapters` (re-installing with their options); returns their metadata."""
         meta = read_adapter_config(adapter_dir)
-        check_adapter_base(meta, self.unet, adapter_dir)
+        check_adapter_base(meta, self.unet, adapter_dir, self.base_fingerprint)
         state = load_adapter_weights(adapter_dir)
         self.configure_adapters(AdapterConfig.from_dict(meta.get("adapter", {})))
         load_adapter_state(state, self.unet, self.text_encoder, source=str(Path(adapter_dir)))

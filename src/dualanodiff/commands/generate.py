@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from ..checks import float_arg, int_arg, name_arg, pairs_arg, resolution_arg, seed_arg
 from ..errors import InputError
+from . import add_progress_argument
 from .masks import add_mask_arguments
 
 
@@ -23,7 +24,6 @@ def register(subparsers) -> None:
             "empty or too large go to OUT/rejected/{image,part,mask} (still listed in the manifest, with the reason) "
             "and are left out of evaluation. One writer per --out: a second one is refused, naming the first."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--base", required=True, help="the base the adapters were trained on: hub id or local folder"
@@ -33,14 +33,19 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     p.add_argument(
-        "--num-pairs", type=int, default=1000, help="pairs to generate (paper: 1000; official code: 500)"
+        "--num-pairs",
+        type=pairs_arg,
+        default=1000,
+        help="pairs to generate (paper: 1000; official code: 500)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=8, help="pairs per UNet call (both branches ride together)"
+        "--batch-size", type=int_arg(1), default=8, help="pairs per UNet call (both branches ride together)"
     )
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (paper: 50; official code: 100)")
     p.add_argument(
-        "--guidance", type=float, default=2.5, help="classifier-free guidance scale; <= 1 disables it"
+        "--steps", type=int_arg(1, 1000), default=50, help="sampler steps (paper: 50; official code: 100)"
+    )
+    p.add_argument(
+        "--guidance", type=float_arg(), default=2.5, help="classifier-free guidance scale; <= 1 disables it"
     )
     p.add_argument(
         "--scheduler",
@@ -48,12 +53,14 @@ def register(subparsers) -> None:
         choices=["pndm", "ddim", "dpm++", "unipc", "euler"],
         help="sampler (pndm is SD 1.5's and the authors')",
     )
-    p.add_argument("--seed", type=int, default=0, help="pair i is drawn from seed + i")
+    p.add_argument("--seed", type=seed_arg, default=0, help="pair i is drawn from seed + i")
     p.add_argument(
         "--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="inference precision"
     )
     p.add_argument(
-        "--resolution", type=int, default=None, help="image side (default: the base's native size)"
+        "--resolution",
+        type=resolution_arg,
+        help="image side, a multiple of the VAE's factor (8 for SD 1.5) (default: the base's native size)",
     )
     p.add_argument(
         "--backgrounds", default=None, help="BCM adapters: folder of normal images (e.g. train/good)"
@@ -61,10 +68,12 @@ def register(subparsers) -> None:
     p.add_argument(
         "--foreground", default=None, help="BCM: foreground masks of those images, matched by name"
     )
-    p.add_argument("--background-every", type=int, default=50, help="BCM: switch background every K pairs")
+    p.add_argument(
+        "--background-every", type=int_arg(1), default=50, help="BCM: switch background every K pairs"
+    )
     p.add_argument(
         "--anomaly-type",
-        default=None,
+        type=name_arg,
         help="recorded in the manifest (default: the type the adapters were trained on)",
     )
     speed = p.add_argument_group("speed and memory (see benchmarks/README.md)")
@@ -78,21 +87,21 @@ def register(subparsers) -> None:
         "slightly different pixels",
     )
     add_mask_arguments(p)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument(
         "--shard",
         metavar="I/N",
-        default=None,
         help="make only the pairs i with i %% N == I, so N jobs (e.g. a Slurm array: "
         "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT) fill one --out side by side; under torchrun or "
         "accelerate launch the processes split their shard again",
     )
+    add_progress_argument(p)
     from ..executors import add_executor_arguments
 
     ray = add_executor_arguments(p, what="shards of the pairs, one task each (by pair index, as --shard)")
     ray.add_argument(
         "--ray-shards",
-        type=int,
+        type=int_arg(1),
         default=None,
         help="Ray tasks to split the pairs between (default: one per GPU of the cluster; one per node without)",
     )
@@ -100,7 +109,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..checks import check_output_dir
     from ..generate import GenerateConfig, generate_to_folder
+
+    check_output_dir(args.out)
 
     config = GenerateConfig(
         base=args.base,
@@ -140,9 +152,10 @@ def run(args) -> int:
             shard=args.shard,
             retries=args.ray_retries,
             cpus=args.ray_cpus,
+            show_progress=args.progress,
         )
     else:
-        summary = generate_to_folder(config, shard=args.shard)
+        summary = generate_to_folder(config, shard=args.shard, show_progress=args.progress)
     print(json.dumps(summary, indent=2, default=str))
     if summary.get("failed"):
         print(

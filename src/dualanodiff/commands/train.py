@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..checks import float_arg, int_arg, name_arg, resolution_arg, seed_arg
+from . import add_progress_argument
+
 _DESCRIPTION = """\
 Train DualAnoDiff adapters (per-branch UNet LoRA, SAIM, optionally BCM, and a text-encoder LoRA) on the few-shot
 images of an anomaly type; the base model stays frozen. One adapter set per type, written to
@@ -37,12 +40,12 @@ def register(subparsers) -> None:
         help="train the adapters of one or several anomaly types (few images + masks -> adapters)",
         description=_DESCRIPTION,
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument("--data", help="dataset root in the MVTec AD layout (ROOT/<category>/test/<type>/...)")
     data.add_argument(
         "--category",
+        type=name_arg,
         help="category under --data (required with it); with --images, only names the output folder "
         "(default 'custom')",
     )
@@ -82,14 +85,16 @@ def register(subparsers) -> None:
         action="store_true",
         help="train the Background Compensation Module (needs foreground masks for objects)",
     )
-    run.add_argument("--rank", type=int, default=32, help="LoRA rank of both UNet branches (default 32)")
+    run.add_argument(
+        "--rank", type=int_arg(1), default=32, help="LoRA rank of both UNet branches (default 32)"
+    )
     run.add_argument(
         "--text-encoder-rank",
-        type=int,
+        type=int_arg(0),
         default=32,
         help="LoRA rank of the text encoder; 0: frozen (default 32)",
     )
-    run.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank, i.e. scale 1.0)")
+    run.add_argument("--alpha", type=float_arg(above=0), help="LoRA alpha (default: = rank, i.e. scale 1.0)")
     run.add_argument("--no-saim", dest="saim", action="store_false", help="leave out SAIM (ablation)")
     run.add_argument(
         "--saim-zero-init",
@@ -107,16 +112,18 @@ def register(subparsers) -> None:
 
     opt = p.add_argument_group("optimisation (override the preset)")
     length = opt.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, help="passes over the few-shot images")
-    length.add_argument("--max-steps", type=int, help="optimizer steps")
-    opt.add_argument("--batch-size", type=int, help="pairs per optimizer step (per process)")
-    opt.add_argument("--lr", dest="learning_rate", type=float, help="learning rate (constant, AdamW)")
+    length.add_argument("--epochs", type=int_arg(1), help="passes over the few-shot images")
+    length.add_argument("--max-steps", type=int_arg(1), help="optimizer steps")
+    opt.add_argument("--batch-size", type=int_arg(1), help="pairs per optimizer step (per process)")
+    opt.add_argument(
+        "--lr", dest="learning_rate", type=float_arg(above=0), help="learning rate (constant, AdamW)"
+    )
     opt.add_argument(
         "--resolution",
-        type=int,
+        type=resolution_arg,
         help="training image size, multiple of 8 (default: the base's, 512 for SD 1.5)",
     )
-    opt.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    opt.add_argument("--seed", type=seed_arg, default=0, help="seed of every random draw (default 0)")
     opt.add_argument(
         "--flips",
         action=argparse.BooleanOptionalAction,
@@ -139,14 +146,20 @@ def register(subparsers) -> None:
         "--save-dtype",
         choices=["fp32", "bf16", "fp16"],
         default="fp32",
-        help="precision of the saved adapters: fp32 (exact, default), bf16 or fp16 (half the file; "
+        help="precision of the saved adapters: fp32 (exact), bf16 or fp16 (half the file; "
         "benchmarks/results/adapter-dtype.json measures what it changes); checkpoints stay fp32",
     )
     opt.add_argument(
-        "--checkpoint-every", type=int, default=500, help="steps between checkpoints; 0: none (default 500)"
+        "--checkpoint-every",
+        type=int_arg(0),
+        default=500,
+        help="steps between checkpoints; 0: none (default 500)",
     )
     opt.add_argument(
-        "--keep-checkpoints", type=int, default=1, help="checkpoints kept while running (default 1)"
+        "--keep-checkpoints",
+        type=int_arg(0),
+        default=1,
+        help="checkpoints kept while running; 0: all (default 1)",
     )
     opt.add_argument(
         "--resume",
@@ -155,7 +168,7 @@ def register(subparsers) -> None:
         help="continue from the last checkpoint and skip finished types (default); --no-resume deletes "
         "this run's earlier checkpoints and adapters and starts over",
     )
-    opt.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_argument(opt)
     p.set_defaults(func=run_command)
 
 
@@ -171,8 +184,10 @@ def config_from_args(args):
 
 
 def run_command(args) -> int:
+    from ..checks import check_output_dir
     from ..training import train_anomaly_types
 
+    check_output_dir(args.out)
     config = config_from_args(args)
     done = train_anomaly_types(config, args.anomaly)
     print(json.dumps({kind: str(path) for kind, path in done.items()}, indent=2))

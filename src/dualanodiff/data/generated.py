@@ -29,12 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from ..errors import InputError
 from ..io import iter_jsonl, read_json_object
 from ..locking import STATE_DIR
-from .images import IMAGE_EXTENSIONS, is_image_file
+from .images import IMAGE_EXTENSIONS, image_size, is_image_file
 
 MANIFEST = "manifest.jsonl"
 CONFIG = "config.json"
@@ -149,25 +147,16 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.iterdir()) if is_image_file(p)}
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the file header only, so checking thousands of pairs stays cheap."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
-
-
 def _checked_pair(
     name: str, image: Path, mask: Path | None, expected_mask: Path, part: Path | None, record
 ) -> GeneratedPair:
     if mask is None:
         raise InputError(f"{image}: no matching mask {expected_mask}")
-    image_size, mask_size = _image_size(image), _image_size(mask)
-    if image_size != mask_size:
+    image_wh, mask_wh = image_size(image), image_size(mask)
+    if image_wh != mask_wh:
         raise InputError(
-            f"{mask}: mask size {mask_size[0]}x{mask_size[1]} differs from its image {image} "
-            f"({image_size[0]}x{image_size[1]})"
+            f"{mask}: mask size {mask_wh[0]}x{mask_wh[1]} differs from its image {image} "
+            f"({image_wh[0]}x{image_wh[1]})"
         )
     return GeneratedPair(name=name, image=image, mask=mask, part=part, record=record)
 

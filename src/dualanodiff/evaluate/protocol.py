@@ -180,8 +180,11 @@ def quality_of_type(
 ) -> dict[str, Any]:
     """IS and IC-LPIPS of one type's generated images; a metric that the image count cannot support is
     ``None`` with the reason in ``notes`` (IS needs one image per split, IC-LPIPS a cluster of two)."""
-    from .quality import ic_lpips, inception_score
+    from ..data.images import load_rgb
+    from .quality import UndefinedMetric, ic_lpips, inception_score
 
+    for centre in centres:  # an unreadable few-shot image stops the evaluation, naming the file
+        load_rgb(centre)
     out: dict[str, Any] = {"is": None, "is_std": None, "ic_lpips": None, "n_images": len(images), "notes": []}
     if len(images) >= is_splits:
         r = inception_score(list(images), splits=is_splits, model=inception_model)
@@ -198,7 +201,7 @@ def quality_of_type(
             max_per_cluster=max_per_cluster,
         )
         out.update(ic_lpips=r["ic_lpips"], ic_lpips_clusters_used=r["n_clusters_used"])
-    except InputError as e:  # too few images per cluster: the metric is undefined, say why
+    except UndefinedMetric as e:  # too few images per cluster: the metric is undefined, say why
         out["notes"].append(str(e))
     return out
 

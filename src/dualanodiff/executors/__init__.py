@@ -29,6 +29,8 @@ def check_ray_options(retries: int, cpus: int) -> None:
 
 def add_executor_arguments(parser: argparse.ArgumentParser, *, what: str) -> argparse._ArgumentGroup:
     """The ``--executor``, ``--ray-*`` flags of a command; returns their group."""
+    from ..checks import int_arg
+
     group = parser.add_argument_group("where it runs (see docs/ray.md)")
     group.add_argument(
         "--executor",
@@ -45,13 +47,13 @@ def add_executor_arguments(parser: argparse.ArgumentParser, *, what: str) -> arg
     )
     group.add_argument(
         "--ray-cpus",
-        type=int,
+        type=int_arg(1),
         default=1,
         help="CPUs each task asks for; Ray sets its threads (OMP_NUM_THREADS) to that number (default 1)",
     )
     group.add_argument(
         "--ray-retries",
-        type=int,
+        type=int_arg(0),
         default=3,
         help="times a task is rerun after its worker died (node lost, out of memory); it resumes where it "
         "stopped (default 3)",

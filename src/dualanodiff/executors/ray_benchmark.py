@@ -32,6 +32,7 @@ from .ray_cluster import (
     local_inputs,
     retry_exceptions,
     task_resources,
+    worker_output,
 )
 from .tasks import TaskGroup
 
@@ -73,7 +74,8 @@ def run_step_task(cwd: str, cfg: BenchmarkConfig, types: dict[str, list[str]], s
     if not (out / "config.json").is_file():  # a node that joined after the storage check, without the mount
         raise InputError(f"--out {out}: node {host} does not see the benchmark folder (no config.json there)")
     step = next(s for s in benchmark_steps(cfg, types) if s.id == step_id)
-    return {**run_step(step, out), "node": host}
+    with worker_output():
+        return {**run_step(step, out), "node": host}
 
 
 class _StepGraph:
@@ -83,7 +85,7 @@ class _StepGraph:
         self, ray: ModuleType, cfg: BenchmarkConfig, types: dict[str, list[str]], todo: list[Step], gpus: bool
     ):
         self.ray = ray
-        self.cfg = replace(cfg, progress=False)  # a bar per task, forwarded from every worker, is only noise
+        self.cfg = replace(cfg, progress=False)  # in a worker (see worker_output)
         self.types = types
         self.todo = todo
         self.gpus = gpus

@@ -199,6 +199,17 @@ def enter_driver_directory(cwd: str) -> None:
         os.chdir(cwd)
 
 
+@contextmanager
+def worker_output() -> Iterator[None]:
+    """In a task: no progress bars and no library chatter; Ray forwards a worker's output to the driver with
+    the task's name in front, and a bar per task from every worker would bury the driver's own lines."""
+    from ..progress import progress_shown, quiet_libraries
+
+    quiet_libraries()
+    with progress_shown(False):
+        yield
+
+
 def probe_node(cwd: str, out: str, token: str, answer: str, inputs: dict[str, str]) -> list[str]:
     """Runs on one node: what it cannot see or write in ``out`` or of ``inputs`` (empty: all is well)."""
     enter_driver_directory(cwd)

@@ -30,6 +30,7 @@ from .ray_cluster import (
     local_inputs,
     retry_exceptions,
     task_resources,
+    worker_output,
 )
 from .tasks import TaskGroup
 
@@ -98,7 +99,10 @@ def generate_shard_task(cwd: str, config: GenerateConfig, shard: str, board) -> 
     host = socket.gethostname()
     board.started.remote(f"shard {shard}", host)
     started = time.perf_counter()
-    summary = generate_to_folder(config, process_index=0, num_processes=1, shard=shard, show_progress=False)
+    with worker_output():
+        summary = generate_to_folder(
+            config, process_index=0, num_processes=1, shard=shard, show_progress=False
+        )
     return {**summary, "node": host, "seconds": round(time.perf_counter() - started, 3)}
 
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
 
+from ..checks import check_float
 from ..data.generated import MANIFEST, PairFiles, manifest_records, pair_path, read_generated_config
-from ..data.images import load_rgb
+from ..data.images import image_size, load_rgb
 from ..errors import InputError
+from ..progress import progress_bar
 from .grey import DEFAULT_THRESHOLD as GREY_DEFAULT_THRESHOLD
 from .grey import grey_mask
 from .quality import DEFAULT_MAX_AREA_FRACTION, DEFAULT_MIN_AREA_FRACTION, judge_mask
@@ -88,9 +88,9 @@ def build_masker(
     ``u2net``; None takes the method's default (16 levels; 0.5)."""
     resolved = resolve_method(method, u2net_weights)
     if resolved == "grey":
-        t = GREY_DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        t = GREY_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 255)
         return PartMasker("grey", t, functools.partial(grey_mask, threshold=t))
-    t = U2NET_DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    t = U2NET_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 1, above=0)
     masker = U2NetMasker(load_u2net(u2net_weights, device=device), threshold=t, batch_size=batch_size)
     return PartMasker("u2net", t, masker, masker.batch, weights=str(Path(u2net_weights).resolve()))
 
@@ -112,14 +112,6 @@ def mask_from_part(
     """Mask of one part image; U^2-Net weights are loaded once and cached across calls."""
     weights = None if u2net_weights is None else str(Path(u2net_weights).resolve())
     return _cached_masker(method, weights, threshold, device)(part)
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 
 # The settings in a generated folder's config.json that `masks` changes (the names `generate` gives them).
@@ -199,7 +191,7 @@ def make_masks_for_folder(
         writer = GeneratedWriter(out, new_config, resume_ignore=MASK_CONFIG_KEYS)
         records = writer.records
         names = [n for n, rec in records.items() if rec.get("mask_settings") != settings]
-        with tqdm(
+        with progress_bar(
             total=len(names), desc=f"masks ({masker.method})", unit="pair", disable=not show_progress
         ) as bar:
             for start in range(0, len(names), max(1, batch_size)):
@@ -208,7 +200,7 @@ def make_masks_for_folder(
                 parts = [load_rgb(part_paths[n]) for n in batch]
                 for name, part in zip(batch, parts):
                     image = pair_path(out, "image", name, bool(records[name].get("kept", True)))
-                    if image.is_file() and _image_size(image) != (part.shape[1], part.shape[0]):
+                    if image.is_file() and image_size(image) != (part.shape[1], part.shape[0]):
                         raise InputError(
                             f"{part_paths[name]}: size {part.shape[1]}x{part.shape[0]} differs from its image {image}"
                         )

@@ -139,8 +139,10 @@ def save_adapters(
     base: str,
     extra: dict | None = None,
     dtype: str = "fp32",
+    base_fingerprint: str | None = None,
 ) -> Path:
-    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, base identity), atomically.
+    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, base identity: its source, the
+    architecture of its UNet and the fingerprint of its weights), atomically. Refuses non-finite values.
 
     ``dtype``: fp32 (exact), or bf16 / fp16 (half the size: at SD 1.5 scale 281 MB instead of 562 MB, mostly
     SAIM); the loader casts to the model's precision whatever was saved.
@@ -148,19 +150,25 @@ def save_adapters(
     if dtype not in SAVE_DTYPES:
         raise InputError(f"save dtype must be one of {', '.join(SAVE_DTYPES)}, got {dtype!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    full = {k: v.detach().to("cpu", torch.float32) for k, v in adapter_state_dict(unet, text_encoder).items()}
+    check_finite(full, f"the adapters to be saved in {out_dir}")
     state = {}
-    for key, value in adapter_state_dict(unet, text_encoder).items():
-        saved = value.detach().to("cpu", SAVE_DTYPES[dtype]).contiguous()
-        if dtype == "fp16" and not torch.isfinite(saved).all() and torch.isfinite(value).all():
-            raise InputError(f"{key} holds values beyond fp16's range: save the adapters as bf16 or fp32")
+    for key, value in full.items():
+        saved = value.to(SAVE_DTYPES[dtype]).contiguous()
+        if not torch.isfinite(saved).all():  # finite in fp32 (checked above), beyond fp16's range
+            raise InputError(f"{key} holds values beyond {dtype}'s range: save the adapters as bf16 or fp32")
         state[key] = saved
+    out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / ADAPTER_WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": "dualanodiff", "dtype": dtype})
     meta = {
         "adapter": config.to_dict(),
         "saved_dtype": dtype,
-        "base": {"source": base, "unet_fingerprint": unet_fingerprint(unet)},
+        "base": {
+            "source": base,
+            "unet_fingerprint": unet_fingerprint(unet),
+            "weights_fingerprint": base_fingerprint,
+        },
         **(extra or {}),
     }
     write_json_atomic(out_dir / ADAPTER_CONFIG, meta)
@@ -189,13 +197,37 @@ def load_adapter_weights(adapter_dir: str | os.PathLike) -> dict[str, torch.Tens
         raise InputError(f"{path} is not a readable safetensors file: {err}") from err
 
 
-def check_adapter_base(meta: dict, unet: UNet2DConditionModel, adapter_dir: str | os.PathLike) -> None:
-    """Refuse adapters trained for a base of another architecture."""
-    saved = meta.get("base", {}).get("unet_fingerprint")
+def check_adapter_base(
+    meta: dict,
+    unet: UNet2DConditionModel,
+    adapter_dir: str | os.PathLike,
+    base_fingerprint: str | None = None,
+) -> None:
+    """Refuse adapters trained for a base of another architecture, or of the same architecture with other
+    weights (when both fingerprints are known: adapters saved before fingerprints existed pass)."""
+    base = meta.get("base", {})
+    saved = base.get("unet_fingerprint")
     if saved is not None and saved != unet_fingerprint(unet):
         raise InputError(
-            f"the adapters in {adapter_dir} were trained for another base ({meta['base'].get('source')}, "
+            f"the adapters in {adapter_dir} were trained for another base ({base.get('source')}, "
             f"UNet {saved}); the base loaded now has UNet {unet_fingerprint(unet)}. Load the base they were trained on."
+        )
+    saved = base.get("weights_fingerprint")
+    if saved is not None and base_fingerprint is not None and saved != base_fingerprint:
+        raise InputError(
+            f"the adapters in {adapter_dir} were trained on other base weights ({base.get('source')}, weights "
+            f"{saved}); the base loaded now has the same architecture but weights {base_fingerprint}. Load the "
+            "base they were trained on."
+        )
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """InputError when any tensor of ``state`` holds NaN or infinity (a diverged training run)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(
+            f"{what}: {len(bad)} of {len(state)} tensors hold NaN or infinite values (e.g. {bad[0]}); the "
+            "training that made them diverged (a learning rate too high?)"
         )
 
 
@@ -213,6 +245,7 @@ def load_adapter_state(
     if text_encoder is not None and _has_text_lora(text_encoder):
         text_expected = {f"text_encoder.{k}": v for k, v in _text_lora_state(text_encoder).items()}
     _check_keys_and_shapes(state, {**expected, **text_expected}, source)
+    check_finite(state, source)
     for name, proc in procs.items():
         prefix = f"unet.{name}."
         proc.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from ..checks import MAX_RESOLUTION, check_float, check_int, check_name, check_seed
 from ..errors import InputError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -102,11 +103,14 @@ class TrainConfig:
         kind = anomaly or self.anomaly
         if not kind:
             raise InputError("no anomaly type given (--anomaly)")
-        return Path(self.out) / (self.category or FOLDER_CATEGORY) / kind
+        category = check_name(self.category, "--category") if self.category else FOLDER_CATEGORY
+        return Path(self.out) / category / check_name(kind, "--anomaly")
 
 
-# Options that do not change the numbers a run computes (or that may change between sessions of one run):
-# they are ignored when deciding whether a checkpoint or finished adapters belong to this configuration.
+# Options that do not change the numbers a run computes: they are ignored when deciding whether a checkpoint
+# or finished adapters belong to this configuration. The data paths are replaced by a hash of the files'
+# contents (a moved dataset is the same data; other files at the same path are not), and epochs/max_steps by
+# the run's total step count, compared separately (a checkpoint may be continued into a longer run).
 _NOT_IDENTITY = {
     "out",
     "data",
@@ -115,7 +119,6 @@ _NOT_IDENTITY = {
     "foreground",
     "epochs",
     "max_steps",
-    "mixed_precision",
     "gradient_checkpointing",
     "save_dtype",
     "checkpoint_every",
@@ -125,18 +128,21 @@ _NOT_IDENTITY = {
 }
 
 
-def identity(config: TrainConfig) -> dict:
-    """The options that determine the trained numbers (a resumed run must match them)."""
-    return {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+def identity(config: TrainConfig, data_hash: str | None = None) -> dict:
+    """The options that determine the trained numbers (a resumed run must match them), with the hash of
+    the training files' contents (`training.sources.data_hash`)."""
+    out = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+    if data_hash is not None:
+        out["data"] = data_hash
+    return out
 
 
-def _positive(name: str, value, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(f"{name} must be a finite number, got {value}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+# The command-line flag of each checked option (the error names what the user typed).
+_FLAGS = {"learning_rate": "--lr"}
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, f"--{name.replace('_', '-')}")
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -157,16 +163,19 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise InputError(f"--split {config.split!r}: choose one of {', '.join(SPLITS)}")
     if config.epochs is not None and config.max_steps is not None:
         raise InputError("give either --epochs or --max-steps, not both")
-    for name in ("epochs", "max_steps", "batch_size", "learning_rate", "rank", "resolution"):
-        _positive(f"--{name.replace('_', '-')}", getattr(config, name))
+    for name in ("epochs", "max_steps", "batch_size", "rank"):
+        if getattr(config, name) is not None:
+            check_int(getattr(config, name), _flag(name), minimum=1)
     for name in ("text_encoder_rank", "checkpoint_every", "keep_checkpoints"):
-        _positive(f"--{name.replace('_', '-')}", getattr(config, name), allow_zero=True)
-    if config.alpha is not None:
-        _positive("--alpha", config.alpha)
-    if config.resolution is not None and config.resolution % 8:
-        raise InputError(
-            f"--resolution must be a multiple of 8 (the VAE downsamples 8x), got {config.resolution}"
-        )
+        check_int(getattr(config, name), _flag(name), minimum=0)
+    if config.resolution is not None:
+        check_int(config.resolution, "--resolution", 8, MAX_RESOLUTION)  # the multiple: `complete_config`
+    for name in ("learning_rate", "alpha"):
+        if getattr(config, name) is not None:
+            check_float(getattr(config, name), _flag(name), above=0)
+    check_seed(config.seed)
+    if config.category:
+        check_name(config.category, "--category")
     if config.uses_folder:
         if config.data is not None:
             raise InputError(

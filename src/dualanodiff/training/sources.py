@@ -6,9 +6,11 @@ with a message naming it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
+from ..checks import check_name
 from ..data.folder import folder_samples
 from ..data.mvtec import DefectSample, few_shot_train, list_anomaly_types
 from ..data.validate import validate_training_samples
@@ -24,7 +26,7 @@ def expand_anomaly_types(config: TrainConfig, spec: str | None) -> list[str]:
         if spec not in (None, "", "all") and "," in spec:
             raise InputError("--images/--masks hold one anomaly type; give one --anomaly name (or none)")
         name = spec if spec not in (None, "", "all") else Path(config.images).resolve().parent.name
-        return [name]
+        return [check_name(name, "--anomaly")]
     if not spec:
         raise InputError("--anomaly is required with --data: one type, a comma list, or 'all'")
     available = list_anomaly_types(config.data, config.category)
@@ -32,7 +34,7 @@ def expand_anomaly_types(config: TrainConfig, spec: str | None) -> list[str]:
         if not available:
             raise InputError(f"{Path(config.data) / config.category / 'test'}: no anomaly type folders")
         return available
-    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    wanted = [check_name(s.strip(), "--anomaly") for s in spec.split(",") if s.strip()]
     unknown = [w for w in wanted if w not in available]
     if unknown:
         raise InputError(
@@ -63,3 +65,13 @@ def training_samples(config: TrainConfig) -> list[DefectSample]:
             where,
         )
     return samples
+
+
+def data_hash(samples: list[DefectSample]) -> str:
+    """SHA-256 of the training files' contents in training order (image, mask, foreground of each sample):
+    what decides the data of a run, whatever the paths (a finished run is only reused for the same files)."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        for path in (sample.image, sample.mask, sample.foreground):
+            digest.update(b"-" if path is None else hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()[:16]
