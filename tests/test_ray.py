@@ -174,7 +174,7 @@ def test_killed_worker_is_retried_and_a_failing_step_leaves_the_others_going(
 
 
 @needs_ray
-def test_a_node_that_cannot_see_out_is_named_before_any_work(
+def test_cluster_problems_are_one_line_errors_before_any_work(
     synthetic_pill_root, local_ray, faults, tmp_path, capsys
 ):
     argv = ["benchmark", "--data", str(synthetic_pill_root), "--out", str(tmp_path / "b"), "--methods", "none",
@@ -189,6 +189,11 @@ def test_a_node_that_cannot_see_out_is_named_before_any_work(
     assert "cannot see the output folder" in err and "node " in err and "shared storage" in err
     assert not list((tmp_path / "b" / "steps").glob("*.json"))  # nothing ran
     assert not list((tmp_path / "b" / ".dualanodiff").glob("probe-*"))  # and the probe files are gone
+
+    # An address where no Ray listens is refused at once (Ray itself would retry for minutes).
+    assert main([*argv, "--ray-address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--ray-address 127.0.0.1:1: nothing answers there" in err, err
 
     with pytest.raises(InputError, match="--device cuda: the Ray cluster has no GPU"):
         run_benchmark(bm.BenchmarkConfig(data=str(synthetic_pill_root), out=str(tmp_path / "c"), methods=["none"],

@@ -25,9 +25,9 @@ from ..locking import STATE_DIR
 
 log = logging.getLogger(__name__)
 
-PROBE_TIMEOUT_S = (
-    300.0  # a node's first task starts a Python worker and imports dualanodiff: seconds to minutes
-)
+# A node's first task starts a Python worker that imports dualanodiff: seconds to minutes.
+PROBE_TIMEOUT_S = 300.0
+CONNECT_TIMEOUT_S = 10.0
 INSTALL_HINT = "pip install 'dualanodiff[ray]'"
 
 
@@ -45,6 +45,7 @@ def ray_session(address: str | None) -> Iterator[ModuleType]:
     """Connected to Ray for the block: the session already open in this process (left open), or one opened
     here (``address`` None: ``$RAY_ADDRESS`` if set, else a Ray started on this machine) and shut at the end."""
     ray = import_ray()
+    _check_reachable(address)
     if ray.is_initialized():
         yield ray
         return
@@ -57,6 +58,20 @@ def ray_session(address: str | None) -> Iterator[ModuleType]:
         yield ray
     finally:
         ray.shutdown()
+
+
+@dataclass(frozen=True)
+class Node:
+    """A live node of the cluster that can run work."""
+
+    node_id: str
+    host: str
+    ip: str
+    cpus: float
+    gpus: float
+
+    def __str__(self) -> str:
+        return self.host if self.host == self.ip else f"{self.host} ({self.ip})"
 
 
 @dataclass(frozen=True)
@@ -78,20 +93,6 @@ def checked_cluster(
         gpus = use_gpus(device, nodes)
         check_shared_storage(ray, nodes, out, inputs)
         yield Cluster(ray, nodes, gpus)
-
-
-@dataclass(frozen=True)
-class Node:
-    """A live node of the cluster that can run work."""
-
-    node_id: str
-    host: str
-    ip: str
-    cpus: float
-    gpus: float
-
-    def __str__(self) -> str:
-        return self.host if self.host == self.ip else f"{self.host} ({self.ip})"
 
 
 def cluster_nodes(ray: ModuleType) -> list[Node]:
@@ -236,6 +237,21 @@ def probe_node(cwd: str, out: str, token: str, answer: str, inputs: dict[str, st
 def local_inputs(**paths: str | None) -> dict[str, str]:
     """``{--flag: path}`` of the given paths that exist here (a hub id such as ``--base`` is not a path)."""
     return {f"--{k.replace('_', '-')}": str(p) for k, p in paths.items() if p and Path(p).exists()}
+
+
+def _check_reachable(address: str | None) -> None:
+    """InputError at once when nothing listens at a ``HOST:PORT`` (or ``ray://HOST:PORT``) address: Ray itself
+    keeps retrying for minutes. ``auto`` and other forms are left to Ray."""
+    host, _, port = (address or "").removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise InputError(
+            f"--ray-address {address}: nothing answers there ({err.strerror or err}); start the cluster "
+            "(`ray start --head` on its head node) or check the address"
+        ) from err
 
 
 def _first_line(err: BaseException) -> str:
