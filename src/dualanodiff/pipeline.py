@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +29,17 @@ from .errors import InputError
 from .model.base import load_base
 from .model.dual_unet import (
     AdapterConfig,
+    adapter_state_dict,
     add_text_encoder_lora,
     check_adapter_base,
-    convert_official_state_dict,
     install_dual_processors,
     load_adapter_state,
     load_adapter_weights,
     read_adapter_config,
-    read_state_dict_file,
     save_adapters,
 )
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT, decode_latents, encode_latents, encode_prompts
+from .model.official import convert_official_state_dict, read_state_dict_file, save_official_checkpoint
 from .model.processor import DualBranchAttnProcessor
 
 
@@ -168,11 +169,36 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         return meta
 
     def load_official_checkpoint(self, path: str | os.PathLike) -> AdapterConfig:
-        """Import the authors' released adapters (one fp32 state dict per anomaly type, METHOD section 10)."""
+        """Import the authors' released adapters (one fp32 state dict per anomaly type, METHOD section 10):
+        the file, or the directory holding their ``pytorch_lora_weights.bin``, with or without BCM."""
         converted, config = convert_official_state_dict(read_state_dict_file(path))
         self.configure_adapters(config)
         load_adapter_state(converted, self.unet, self.text_encoder, source=str(path))
         return config
+
+    def save_official_checkpoint(self, out_dir: str | os.PathLike, safe_serialization: bool = False) -> Path:
+        """Write the adapters in the authors' layout, ``out_dir/pytorch_lora_weights.bin`` (``.safetensors``
+        with ``safe_serialization``), the directory their inference script loads with ``load_lora_weights``.
+
+        Their code knows neither a background scaling switch nor a LoRA alpha: BCM adapters trained with the
+        correct background scaling behave differently there (see `AdapterConfig.background_latent_scaling`),
+        and an alpha other than the rank is folded into the up-projections.
+        """
+        if self.adapter_config is None:
+            raise InputError("no adapters installed: nothing to export")
+        config = self.adapter_config
+        if config.bcm and config.background_latent_scaling == "correct":
+            warnings.warn(
+                "these BCM adapters were trained with the background latent scaled by the VAE factor; the "
+                "authors' code omits that factor, so in their inference the backgrounds will not match training",
+                UserWarning,
+                stacklevel=2,
+            )
+        scale = (config.alpha if config.alpha is not None else config.rank) / config.rank
+        state = adapter_state_dict(self.unet, self.text_encoder)
+        return save_official_checkpoint(
+            state, out_dir, unet_lora_scale=scale, safe_serialization=safe_serialization
+        )
 
     # ---- generation -----------------------------------------------------------------------------------
     @torch.no_grad()
