@@ -50,6 +50,7 @@ from .evaluate.protocol import (
     LOCALIZATION_DIR,
     QUALITY_DIR,
     check_category,
+    check_quality_images,
     classify_category,
     load_quality_models,
     localize_category,
@@ -134,6 +135,9 @@ class BenchmarkConfig:
     lpips_vgg_weights: str | None = None
     is_splits: int = 10
     lpips_size: int = 256
+    quality_images: str = (
+        "all"  # "all": every generated image, as the paper; "kept": pairs the mask gate kept
+    )
     # downstream localization
     loc_epochs: int | None = None
     loc_samples_per_epoch: int | None = None
@@ -178,6 +182,7 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
         raise InputError("--base is required for the dualanodiff method (or leave it out of --methods)")
     if cfg.split not in SPLIT_MODES:
         raise InputError(f"--split {cfg.split!r}: choose one of {', '.join(SPLIT_MODES)}")
+    check_quality_images(cfg.quality_images)
     if cfg.select_on not in ("heldout", "test"):
         raise InputError(f"--select-on {cfg.select_on!r}: choose heldout or test")
     for name in (
@@ -279,13 +284,16 @@ class _Benchmark:
     def generated_dir(self, method: str, category: str, kind: str) -> Path:
         return self.out / "generated" / method / category / kind
 
-    def generated_sets(self, method: str, category: str) -> dict[str, list]:
-        """{type: kept pairs} of a method's generated folders, each record labelled with its type."""
+    def generated_sets(self, method: str, category: str, include_rejected: bool = False) -> dict[str, list]:
+        """{type: kept pairs (and rejected ones if asked)} of a method's generated folders, each record
+        labelled with its type."""
         if method == "none":
             return {}
         out = {}
         for kind in self.types[category]:
-            pairs = read_generated(self.generated_dir(method, category, kind))
+            pairs = read_generated(
+                self.generated_dir(method, category, kind), include_rejected=include_rejected
+            )
             out[kind] = [replace(p, record={**p.record, "anomaly_type": kind}) for p in pairs]
         return out
 
@@ -450,9 +458,10 @@ class _Benchmark:
         result = quality_of_category(
             self.cfg.data,
             category,
-            self.generated_sets(method, category),
+            self.generated_sets(method, category, include_rejected=True),
             self._quality_models,
             split=self.cfg.split,
+            images=self.cfg.quality_images,
             is_splits=self.cfg.is_splits,
             lpips_size=self.cfg.lpips_size,
             seed=self.cfg.seed,
@@ -499,6 +508,7 @@ class _Benchmark:
         }
         cls_key["imagenet_weights"] = Path(c.imagenet_weights).name if c.imagenet_weights else None
         q_key = {
+            "images": c.quality_images,
             "is_splits": c.is_splits,
             "lpips_size": c.lpips_size,
             "seed": c.seed,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .evaluate import add_quality_images_argument
+
 _DESCRIPTION = """\
 Run the paper's evaluation protocol end to end on an MVTec-AD-layout root, for every chosen category and anomaly
 type and every chosen method:
@@ -128,6 +130,7 @@ def register(subparsers) -> None:
     qu.add_argument("--lpips-vgg-weights", help="torchvision VGG16 weights file for LPIPS (offline machines)")
     qu.add_argument("--is-splits", type=int, default=10, help="Inception Score splits (default 10)")
     qu.add_argument("--lpips-size", type=int, default=256, help="LPIPS input side (default 256)")
+    add_quality_images_argument(qu)
 
     lo = p.add_argument_group("downstream localization (unset: the profile's)")
     lo.add_argument("--loc-epochs", type=int, help="U-Net epochs (paper 200, quick 20)")

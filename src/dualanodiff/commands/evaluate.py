@@ -58,6 +58,7 @@ def register(subparsers) -> None:
     )
     q.add_argument("--lpips-size", type=int, default=256, help="LPIPS input side (the protocol's 256)")
     q.add_argument("--max-per-cluster", type=int, default=50, help="IC-LPIPS members sampled per cluster")
+    add_quality_images_argument(q)
     q.set_defaults(func=run_quality)
 
     loc = modes.add_parser(
@@ -125,6 +126,17 @@ def _common(p, generated_required: bool) -> None:
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
 
+def add_quality_images_argument(p) -> None:
+    """Which generated images IS and IC-LPIPS score; shared with `benchmark`."""
+    p.add_argument(
+        "--quality-images",
+        choices=["all", "kept"],
+        default="all",
+        help="score every generated image, kept and rejected by the mask gate, as the paper does (all), or only "
+        "the kept pairs the detectors train on (kept); the tables say which",
+    )
+
+
 def add_localization_arguments(p) -> None:
     """The U-Net options, shared with `benchmark` (same names, same defaults: the paper's)."""
     p.add_argument(
@@ -188,11 +200,13 @@ def localization_config(args, **overrides):
     )
 
 
-def _inputs(args):
+def _inputs(args, include_rejected: bool = False):
     from ..evaluate.protocol import check_category, infer_method, load_generated_sets
 
     check_category(args.data, args.category)
-    generated = load_generated_sets(args.generated, args.anomaly_types) if args.generated else {}
+    generated = {}
+    if args.generated:
+        generated = load_generated_sets(args.generated, args.anomaly_types, include_rejected=include_rejected)
     method = args.method or infer_method(args.generated)
     return generated, method
 
@@ -212,7 +226,7 @@ def run_quality(args) -> int:
     from ..evaluate.protocol import QUALITY_DIR, load_quality_models, quality_of_category
     from ..io import write_json_atomic
 
-    generated, method = _inputs(args)
+    generated, method = _inputs(args, include_rejected=True)  # quality_of_category picks the images scored
     models = load_quality_models(args.inception_weights, args.lpips_vgg_weights, args.device)
     result = quality_of_category(
         args.data,
@@ -220,6 +234,7 @@ def run_quality(args) -> int:
         generated,
         models,
         split=args.split,
+        images=args.quality_images,
         is_splits=args.is_splits,
         lpips_size=args.lpips_size,
         max_per_cluster=args.max_per_cluster,
