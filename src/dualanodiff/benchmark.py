@@ -58,7 +58,7 @@ from .evaluate.protocol import (
     quality_of_category,
     write_tables,
 )
-from .generate import GenerateConfig, generate_to_folder
+from .generate import GenerateConfig, generate_to_folder, preset_settings, resolve_generate_config
 from .io import write_json_atomic, write_text_atomic
 from .train import TrainConfig, train_adapters
 
@@ -72,8 +72,7 @@ GENERATORS = ("dualanodiff", "crop-paste", "perlin")  # methods that write gener
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         "train_preset": "paper",
-        "num_pairs": 1000,
-        "sampler_steps": 50,
+        "gen_preset": "paper",  # pairs and sampler steps come from the generation preset
         "loc_epochs": 200,
         "loc_samples_per_epoch": 500,
         "loc_runs": 3,
@@ -82,6 +81,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "train_preset": "official-code",
         "train_steps": 500,
+        "gen_preset": "paper",
         "num_pairs": 100,
         "sampler_steps": 25,
         "loc_epochs": 20,
@@ -118,11 +118,14 @@ class BenchmarkConfig:
     train_resolution: int | None = None  # None: the base's native size
     bcm: bool = False
     mixed_precision: str = "no"
-    # generation (all generators) and masks (dualanodiff)
+    # generation (all generators) and masks (dualanodiff); unset sampler settings come from the generation preset
+    gen_preset: str | None = None  # "paper" | "official-code" (`generate.preset_settings`)
     num_pairs: int | None = None
     sampler_steps: int | None = None
-    guidance: float = 2.5
-    scheduler: str = "pndm"
+    guidance: float | None = None  # None: the preset's, per category (official-code, BCM: 1.2 for screw)
+    scheduler: str | None = None
+    background_every: int | None = None  # BCM
+    background_noise: str | None = None  # BCM: "shared" | "independent"
     gen_batch_size: int = 8
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
     mask_method: str = "auto"
@@ -171,6 +174,9 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
     if "train_steps" in updates and config.train_epochs is not None:
         del updates["train_steps"]  # an explicit epoch count wins over the profile's step count
     cfg = replace(config, **updates)
+    preset = preset_settings(cfg.gen_preset, cfg.bcm)  # pairs and steps do not depend on the category
+    cfg.num_pairs = preset["num_pairs"] if cfg.num_pairs is None else cfg.num_pairs
+    cfg.sampler_steps = preset["steps"] if cfg.sampler_steps is None else cfg.sampler_steps
     root = Path(cfg.data)
     if not root.is_dir():
         raise InputError(f"--data {root}: dataset root does not exist or is not a folder")
@@ -340,15 +346,19 @@ class _Benchmark:
             backgrounds = str(Path(c.data) / category / "train" / "good")
             fg = Path(c.data) / category / "foreground" / "train" / "good"
             foreground = str(fg) if fg.is_dir() else None
-        return GenerateConfig(
+        gen = GenerateConfig(
             base=c.base,
             adapters=str(self.train_config(category, kind).output_dir()),
             out=str(self.generated_dir("dualanodiff", category, kind)),
+            preset=c.gen_preset,
             num_pairs=c.num_pairs,
             batch_size=c.gen_batch_size,
             steps=c.sampler_steps,
             guidance=c.guidance,
             scheduler=c.scheduler,
+            background_every=c.background_every,
+            background_noise=c.background_noise,
+            category=category,
             seed=_type_seed(c.seed, category, kind),
             mixed_precision=c.mixed_precision,
             resolution=c.gen_resolution,
@@ -359,6 +369,7 @@ class _Benchmark:
             max_mask_area=c.max_mask_area,
             device=c.device,
         )
+        return resolve_generate_config(gen, bcm=c.bcm, category=category)
 
     def generate_key(self, method: str, category: str, kind: str) -> dict[str, Any]:
         c = self.cfg
@@ -612,6 +623,8 @@ def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses:
         + (" (rough look, not comparable with the paper)" if cfg.quick else ""),
         f"- methods: {', '.join(cfg.methods)}",
         "- categories and anomaly types: " + "; ".join(f"{c}: {', '.join(k)}" for c, k in types.items()),
+        f"- generation preset: {cfg.gen_preset}; guidance: "
+        + (str(cfg.guidance) if cfg.guidance is not None else "the preset's (per category)"),
         f"- sizes: {cfg.num_pairs} pairs per type, {cfg.sampler_steps} sampler steps; U-Net {cfg.loc_epochs} epochs x "
         f"{cfg.loc_samples_per_epoch} samples at {cfg.loc_resolution} px, best of {cfg.loc_runs} run(s), epoch chosen "
         f"on the {'test set (optimistic)' if cfg.select_on == 'test' else 'held-out data'}",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 from .baselines.write import GeneratedWriter
 from .errors import InputError
 from .masks import build_masker, judge_mask
+from .model.dual_unet import read_adapter_config
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
-from .pipeline import DualAnoDiffPipeline, to_uint8
+from .pipeline import BACKGROUND_NOISE, DualAnoDiffPipeline, to_uint8
 
 SCHEDULERS = {
     "pndm": (PNDMScheduler, {}),
@@ -36,20 +37,58 @@ SCHEDULERS = {
     "euler": (EulerDiscreteScheduler, {}),
 }
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GENERATION_PRESETS = ("paper", "official-code")
+# Settings a preset fills when left unset (None).
+PRESET_FIELDS = ("num_pairs", "steps", "guidance", "scheduler", "background_every", "background_noise")
+
+
+def preset_settings(preset: str, bcm: bool, category: str | None = None) -> dict:
+    """The sampler settings of METHOD section 7 for adapters without or with BCM.
+
+    paper: 50 steps, guidance 2.5, 1,000 pairs (the scheduler is not stated: SD 1.5's PNDM). official-code, the
+    authors' inference scripts: without BCM PNDM 100 steps, guidance 2.5, 500 pairs; with BCM 50 steps, guidance
+    2.0 (1.2 for screw), 500 pairs, background switched every 50 pairs (10 for screw). Background noise: the
+    authors noise the unconditional and conditional background rows independently ("independent"); the paper
+    preset keeps one draw for both ("shared"), this project's default before presets existed.
+    """
+    if preset not in GENERATION_PRESETS:
+        raise InputError(f"--preset {preset!r}: choose one of {', '.join(GENERATION_PRESETS)}")
+    if preset == "paper":
+        return dict(
+            num_pairs=1000,
+            steps=50,
+            guidance=2.5,
+            scheduler="pndm",
+            background_every=50,
+            background_noise="shared",
+        )
+    screw = category == "screw"
+    return dict(
+        num_pairs=500,
+        steps=50 if bcm else 100,
+        guidance=(1.2 if screw else 2.0) if bcm else 2.5,
+        scheduler="pndm",
+        background_every=10 if screw else 50,
+        background_noise="independent",
+    )
 
 
 @dataclass
 class GenerateConfig:
-    """Everything that decides the generated data; written to OUT/config.json."""
+    """Everything that decides the generated data; written (resolved) to OUT/config.json.
+
+    Settings left None are filled by the preset (`resolve_generate_config`); explicit values win.
+    """
 
     base: str
     adapters: str
     out: str
-    num_pairs: int = 1000  # paper: 1,000 pairs per anomaly type (official code: 500)
+    preset: str = "paper"
+    num_pairs: int | None = None  # paper: 1,000 pairs per anomaly type (official code: 500)
     batch_size: int = 8
-    steps: int = 50
-    guidance: float = 2.5
-    scheduler: str = "pndm"
+    steps: int | None = None  # paper: 50 (official code: 100; 50 with BCM)
+    guidance: float | None = None  # paper: 2.5 (official code with BCM: 2.0, 1.2 for screw)
+    scheduler: str | None = None  # paper and official code: pndm
     seed: int = 0
     mixed_precision: str = "no"
     resolution: int | None = None  # default: the base's native size
@@ -57,7 +96,9 @@ class GenerateConfig:
     foreground: str | None = (
         None  # BCM: their foreground masks (by stem); none: the whole image is background
     )
-    background_every: int = 50  # BCM: switch background every K pairs (10 for screw in the official setting)
+    background_every: int | None = None  # BCM: switch background every K pairs (official, screw: 10; else 50)
+    background_noise: str | None = None  # BCM under guidance: "shared" or "independent" (see the pipeline)
+    category: str | None = None  # for the screw settings of official-code; default: the adapters' category
     mask_method: str = "auto"
     u2net_weights: str | None = None
     mask_threshold: float | None = None
@@ -75,18 +116,30 @@ class GenerateConfig:
     vae_tiling: bool = False
 
     def __post_init__(self):
-        if self.num_pairs < 1:
+        if self.preset not in GENERATION_PRESETS:
+            raise InputError(f"--preset {self.preset!r}: choose one of {', '.join(GENERATION_PRESETS)}")
+        if self.num_pairs is not None and self.num_pairs < 1:
             raise InputError(f"--num-pairs must be at least 1, got {self.num_pairs}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise InputError(f"--steps must be at least 1, got {self.steps}")
-        if self.scheduler not in SCHEDULERS:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InputError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.mixed_precision not in PRECISIONS:
             raise InputError(f"--mixed-precision must be one of {', '.join(PRECISIONS)}")
-        if self.background_every < 1:
+        if self.background_every is not None and self.background_every < 1:
             raise InputError("--background-every must be at least 1")
+        if self.background_noise is not None and self.background_noise not in BACKGROUND_NOISE:
+            raise InputError(f"--background-noise must be one of {', '.join(BACKGROUND_NOISE)}")
+
+
+def resolve_generate_config(config: GenerateConfig, bcm: bool, category: str | None = None) -> GenerateConfig:
+    """Fill the settings left unset from the preset, for adapters with or without BCM (of ``category``)."""
+    category = config.category or category
+    preset = preset_settings(config.preset, bcm, category)
+    filled = {k: preset[k] for k in PRESET_FIELDS if getattr(config, k) is None}
+    return replace(config, category=category, **filled)
 
 
 # Settings that change speed and memory but not the pairs (to float rounding): a resume may change them.
@@ -125,13 +178,6 @@ def adapter_identity(adapter_dir: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
-
-
-def adapter_anomaly_type(adapter_dir: str | Path) -> str | None:
-    """The anomaly type recorded by `dualanodiff train` in the adapters' metadata, if any."""
-    from .model.dual_unet import read_adapter_config
-
-    return (read_adapter_config(adapter_dir).get("training") or {}).get("anomaly")
 
 
 def load_backgrounds(
@@ -178,9 +224,15 @@ def generate_to_folder(
             f"--adapters {adapters}: no adapters.safetensors there (train first, or check the path)"
         )
 
+    meta = read_adapter_config(adapters)
+    training = meta.get("training") or {}
+    config = resolve_generate_config(
+        config, bool(meta.get("adapter", {}).get("bcm")), training.get("category")
+    )
+
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     record_config["adapter_identity"] = adapter_identity(adapters)
-    record_config["anomaly_type"] = config.anomaly_type or adapter_anomaly_type(adapters)
+    record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
     writer = GeneratedWriter(
         config.out, record_config, base_seed=config.seed, resume_ignore=("num_pairs", *SPEED_OPTIONS)
     )
@@ -233,6 +285,7 @@ def generate_to_folder(
             global_prompt=config.global_prompt,
             part_prompt=config.part_prompt,
             output_type="np",
+            background_noise=config.background_noise,
         )
         for k, index in enumerate(indices):
             image, part = to_uint8(out.images[k]), to_uint8(out.parts[k])

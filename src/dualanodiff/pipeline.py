@@ -53,6 +53,10 @@ def _remove_peft_lora(model: nn.Module) -> None:
         del model.peft_config
 
 
+# How the two background rows of a pair are noised under guidance (see `DualAnoDiffPipeline.__call__`).
+BACKGROUND_NOISE = ("shared", "independent")
+
+
 @dataclass
 class DualAnoDiffOutput(BaseOutput):
     """Generated pairs: whole anomaly images, anomaly-part images, masks (when a masker is given), seeds."""
@@ -221,6 +225,7 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         return_dict: bool = True,
         bcm_mode: str = "folded",
         merge_lora: bool = True,
+        background_noise: str = "shared",
     ) -> DualAnoDiffOutput | tuple:
         """Generate ``num_pairs`` (whole image, anomaly part) pairs, and masks when ``masker`` is given.
 
@@ -234,6 +239,9 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         "two-pass" runs it as a separate forward first, as the official code does (same numbers, slower).
         ``merge_lora``: fold each branch's LoRA into its own copy of the projections for the duration of the call
         (one matmul per projection and branch instead of three; equal outputs up to float rounding).
+        ``background_noise``: BCM under guidance, how the unconditional (grey) and conditional background rows
+        are noised at each step: "shared" (one draw per pair and step for both), or "independent" (a draw for
+        each, as the authors' inference does). Both come from the pair's own generator.
         """
         if num_pairs < 1:
             raise InputError(f"num_pairs must be at least 1, got {num_pairs}")
@@ -251,6 +259,10 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         use_bcm = self.adapter_config.bcm and backgrounds is not None
         if bcm_mode not in ("folded", "two-pass"):
             raise InputError(f"bcm_mode must be 'folded' or 'two-pass', got {bcm_mode!r}")
+        if background_noise not in BACKGROUND_NOISE:
+            raise InputError(
+                f"background_noise must be one of {', '.join(BACKGROUND_NOISE)}, got {background_noise!r}"
+            )
         if self.adapter_config.bcm and backgrounds is None:
             raise InputError("these adapters use BCM: pass one background image per pair (backgrounds=...)")
 
@@ -285,7 +297,9 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         if merge_lora:
             self._merge_lora(True)
         try:
-            latents = self._denoise(latents, text, bg_latents, noiser, generators, guidance_scale, bcm_mode)
+            latents = self._denoise(
+                latents, text, bg_latents, noiser, generators, guidance_scale, bcm_mode, background_noise
+            )
         finally:
             if merge_lora:
                 self._merge_lora(False)
@@ -305,7 +319,17 @@ class DualAnoDiffPipeline(DiffusionPipeline):
             return wholes, parts, masks, seeds
         return DualAnoDiffOutput(images=wholes, parts=parts, masks=masks, seeds=list(seeds))
 
-    def _denoise(self, latents, text, bg_latents, noiser, generators, guidance_scale: float, bcm_mode: str):
+    def _denoise(
+        self,
+        latents,
+        text,
+        bg_latents,
+        noiser,
+        generators,
+        guidance_scale: float,
+        bcm_mode: str,
+        background_noise: str = "shared",
+    ):
         """The sampling loop (diffusers' loop, on interleaved pair rows plus optional background rows)."""
         device, dtype = latents.device, latents.dtype
         do_cfg, use_bcm = guidance_scale > 1.0, bg_latents is not None
@@ -314,10 +338,8 @@ class DualAnoDiffPipeline(DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(model_input, t)
             pair_text, kwargs = text, None
             if use_bcm:  # background rows noised to the same t, fresh noise from each pair's generator
-                noise = torch.cat(
-                    [torch.randn(bg_latents.shape[1:], generator=g).unsqueeze(0) for g in generators]
-                )
-                noise = torch.cat([noise] * (2 if do_cfg else 1)).to(device, dtype)
+                noise = _background_noise(bg_latents.shape[1:], generators, do_cfg, background_noise)
+                noise = noise.to(device, dtype)
                 t_int = torch.full(
                     (bg_latents.shape[0],), int(round(float(t))), device=device, dtype=torch.long
                 )
@@ -388,6 +410,19 @@ class DualAnoDiffPipeline(DiffusionPipeline):
                 grey_latents = grey_latents * self.vae.config.scaling_factor
             latents = torch.cat([grey_latents, latents])
         return latents.to(self.unet.dtype)
+
+
+def _background_noise(shape, generators, do_cfg: bool, mode: str) -> torch.Tensor:
+    """This step's noise for the background rows, [uncond..., cond...] under guidance, from each pair's generator.
+
+    "shared": one draw per pair, used by both of its rows; "independent": the unconditional row's draw, then the
+    conditional row's (the authors' inference noises its two background rows with one `randn_like`).
+    """
+    if mode == "independent" and do_cfg:
+        draws = [torch.randn((2, *shape), generator=g) for g in generators]
+        return torch.cat([torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws])])
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    return torch.cat([noise] * (2 if do_cfg else 1))
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

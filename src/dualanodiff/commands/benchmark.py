@@ -103,11 +103,23 @@ def register(subparsers) -> None:
     )
 
     ge = p.add_argument_group("generation (all generators; unset: the profile's)")
-    ge.add_argument("--num-pairs", type=int, help="pairs per anomaly type (paper 1000, quick 100)")
-    ge.add_argument("--sampler-steps", type=int, help="diffusion sampler steps (paper 50, quick 25)")
-    ge.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance (default 2.5)")
     ge.add_argument(
-        "--scheduler", choices=["pndm", "ddim", "dpm++", "unipc", "euler"], default="pndm", help="sampler"
+        "--gen-preset",
+        choices=["paper", "official-code"],
+        help="sampler settings of `generate --preset` (default paper): pairs, steps, guidance, background "
+        "switching and noise; the options below win",
+    )
+    ge.add_argument(
+        "--num-pairs", type=int, help="pairs per anomaly type (paper 1000, official-code 500, quick 100)"
+    )
+    ge.add_argument(
+        "--sampler-steps",
+        type=int,
+        help="diffusion sampler steps (paper 50, official-code 100 or 50, quick 25)",
+    )
+    ge.add_argument("--guidance", type=float, help="classifier-free guidance (default: the preset's)")
+    ge.add_argument(
+        "--scheduler", choices=["pndm", "ddim", "dpm++", "unipc", "euler"], help="sampler (default pndm)"
     )
     ge.add_argument("--gen-batch-size", type=int, default=8, help="pairs per UNet call (default 8)")
     ge.add_argument(

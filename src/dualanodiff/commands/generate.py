@@ -30,20 +30,29 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     p.add_argument(
-        "--num-pairs", type=int, default=1000, help="pairs to generate (paper: 1000; official code: 500)"
+        "--preset",
+        choices=["paper", "official-code"],
+        default="paper",
+        help="sampler settings: paper = 50 PNDM steps, guidance 2.5, 1000 pairs; official-code = the authors' "
+        "inference: 100 steps, guidance 2.5, 500 pairs (BCM: 50 steps, guidance 2.0, 1.2 for screw, background "
+        "every 50 pairs, 10 for screw, independent background noise); explicit options below win",
     )
+    p.add_argument("--num-pairs", type=int, default=None, help="pairs to generate (default: the preset's)")
     p.add_argument(
         "--batch-size", type=int, default=8, help="pairs per UNet call (both branches ride together)"
     )
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (paper: 50; official code: 100)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the preset's)")
     p.add_argument(
-        "--guidance", type=float, default=2.5, help="classifier-free guidance scale; <= 1 disables it"
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale; <= 1 disables it (default: the preset's)",
     )
     p.add_argument(
         "--scheduler",
-        default="pndm",
+        default=None,
         choices=["pndm", "ddim", "dpm++", "unipc", "euler"],
-        help="sampler (pndm is SD 1.5's and the authors')",
+        help="sampler (default: the preset's, pndm: SD 1.5's and the authors')",
     )
     p.add_argument("--seed", type=int, default=0, help="pair i is drawn from seed + i")
     p.add_argument(
@@ -58,7 +67,24 @@ def register(subparsers) -> None:
     p.add_argument(
         "--foreground", default=None, help="BCM: foreground masks of those images, matched by name"
     )
-    p.add_argument("--background-every", type=int, default=50, help="BCM: switch background every K pairs")
+    p.add_argument(
+        "--background-every",
+        type=int,
+        default=None,
+        help="BCM: switch background every K pairs (default: the preset's)",
+    )
+    p.add_argument(
+        "--background-noise",
+        choices=["shared", "independent"],
+        default=None,
+        help="BCM under guidance: one noise draw per step for a pair's grey and real background rows (shared), or "
+        "one each, as the authors' inference (independent); both seeded per pair (default: the preset's)",
+    )
+    p.add_argument(
+        "--category",
+        default=None,
+        help="the category, for the screw settings of --preset official-code (default: the adapters')",
+    )
     p.add_argument(
         "--anomaly-type",
         default=None,
@@ -86,6 +112,7 @@ def run(args) -> int:
         base=args.base,
         adapters=args.adapters,
         out=args.out,
+        preset=args.preset,
         num_pairs=args.num_pairs,
         batch_size=args.batch_size,
         steps=args.steps,
@@ -97,6 +124,8 @@ def run(args) -> int:
         backgrounds=args.backgrounds,
         foreground=args.foreground,
         background_every=args.background_every,
+        background_noise=args.background_noise,
+        category=args.category,
         mask_method=args.method,
         u2net_weights=args.u2net_weights,
         mask_threshold=args.threshold,
