@@ -248,7 +248,7 @@ def test_bcm_generation_switches_backgrounds_every_k_pairs(tiny_base_dir, tmp_pa
 
 
 def test_backgrounds_black_out_the_object(tmp_path):
-    from dualanodiff.generate import load_backgrounds
+    from dualanodiff.backgrounds import load_backgrounds
 
     (tmp_path / "good").mkdir()
     (tmp_path / "fg").mkdir()
@@ -378,3 +378,32 @@ def test_background_noise_of_the_guidance_rows(tiny_base_dir, monkeypatch, mode)
         num_pairs=1, seeds=[8], backgrounds=backgrounds[1:2], **{**kwargs, "background_noise": "shared"}
     )
     assert (np.abs(other.images[0] - alone.images[0]).max() > 1e-4) == (mode == "independent")
+
+
+def test_bcm_generation_uses_the_adapters_foreground_source(tiny_base_dir, tmp_path, monkeypatch):
+    from dualanodiff.synthetic import synthetic_sample
+
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    adapters = pipe.save_adapters(
+        tmp_path / "ad", extra={"training": {"foreground": "auto", "category": "pill"}}
+    )
+    good, fg = tmp_path / "good", tmp_path / "fg"
+    good.mkdir()
+    fg.mkdir()
+    s = synthetic_sample("pill", "train", "good", 0, resolution=64)
+    Image.fromarray(s.image).save(good / "000.png")
+    Image.fromarray(s.foreground.astype(np.uint8)[:48] * 255).save(fg / "000_mask.png")  # the wrong size
+    run = dict(show_progress=False, process_index=0, num_processes=1)
+    cfg = _config(tiny_base_dir, adapters, tmp_path / "gen", num_pairs=1, max_mask_area=1.0)
+    cfg.backgrounds = str(good)
+    generate_to_folder(cfg, **run)
+    config = json.loads((tmp_path / "gen" / "config.json").read_text())
+    assert config["foreground"] == "auto" and config["foreground_in_training"] == "auto"
+
+    def no_load(*a, **k):
+        raise AssertionError("the backgrounds must be checked before the model is loaded")
+
+    monkeypatch.setattr(DualAnoDiffPipeline, "from_pretrained", no_load)
+    cfg.foreground, cfg.out = str(fg), str(tmp_path / "gen2")
+    with pytest.raises(InputError, match="000_mask.png: foreground mask size 64x48 differs from image"):
+        generate_to_folder(cfg, **run)

@@ -60,6 +60,7 @@ from .evaluate.protocol import (
 )
 from .generate import GenerateConfig, generate_to_folder, preset_settings, resolve_generate_config
 from .io import write_json_atomic, write_text_atomic
+from .masks.foreground import SOURCES as FOREGROUND_SOURCES
 from .train import TrainConfig, train_adapters
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ class BenchmarkConfig:
     train_text_encoder_rank: int = 32
     train_resolution: int | None = None  # None: the base's native size
     bcm: bool = False
+    # BCM foregrounds: "auto" | "u2net" (with u2net_weights) | "none"; None: ROOT/<category>/foreground/ if it
+    # exists, else "auto" (training and generation alike)
+    foreground: str | None = None
     mixed_precision: str = "no"
     # generation (all generators) and masks (dualanodiff); unset sampler settings come from the generation preset
     gen_preset: str | None = None  # "paper" | "official-code" (`generate.preset_settings`)
@@ -189,6 +193,8 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
     if cfg.split not in SPLIT_MODES:
         raise InputError(f"--split {cfg.split!r}: choose one of {', '.join(SPLIT_MODES)}")
     check_quality_images(cfg.quality_images)
+    if cfg.foreground not in (None, *FOREGROUND_SOURCES):
+        raise InputError(f"--foreground {cfg.foreground!r}: choose one of {', '.join(FOREGROUND_SOURCES)}")
     if cfg.select_on not in ("heldout", "test"):
         raise InputError(f"--select-on {cfg.select_on!r}: choose heldout or test")
     for name in (
@@ -325,6 +331,8 @@ class _Benchmark:
             seed=c.seed,
             mixed_precision=c.mixed_precision,
             progress=c.progress,
+            foreground=c.foreground,
+            u2net_weights=c.u2net_weights if c.foreground == "u2net" else None,
         )
 
     def train_key(self, category: str, kind: str) -> dict[str, Any]:
@@ -342,10 +350,12 @@ class _Benchmark:
     def generate_config(self, category: str, kind: str) -> GenerateConfig:
         c = self.cfg
         backgrounds = foreground = None
-        if c.bcm:
+        if c.bcm:  # the same source as training (`TrainConfig.foreground`), on the train/good images
             backgrounds = str(Path(c.data) / category / "train" / "good")
-            fg = Path(c.data) / category / "foreground" / "train" / "good"
-            foreground = str(fg) if fg.is_dir() else None
+            dataset_masks = Path(c.data) / category / "foreground"
+            foreground = c.foreground
+            if foreground is None and dataset_masks.is_dir():
+                foreground = str(dataset_masks / "train" / "good")
         gen = GenerateConfig(
             base=c.base,
             adapters=str(self.train_config(category, kind).output_dir()),

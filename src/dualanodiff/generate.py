@@ -22,12 +22,14 @@ from diffusers import (
 )
 from tqdm.auto import tqdm
 
+from .backgrounds import Backgrounds, generation_foreground
 from .baselines.write import GeneratedWriter
 from .errors import InputError
 from .masks import build_masker, judge_mask
 from .model.dual_unet import read_adapter_config
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
 from .pipeline import BACKGROUND_NOISE, DualAnoDiffPipeline, to_uint8
+from .training.loop import native_resolution
 
 SCHEDULERS = {
     "pndm": (PNDMScheduler, {}),
@@ -93,9 +95,9 @@ class GenerateConfig:
     mixed_precision: str = "no"
     resolution: int | None = None  # default: the base's native size
     backgrounds: str | None = None  # BCM: folder of normal images
-    foreground: str | None = (
-        None  # BCM: their foreground masks (by stem); none: the whole image is background
-    )
+    # BCM: how the object is found in the backgrounds: auto, u2net, none or a folder of masks (matched by stem);
+    # None: the source the adapters were trained with
+    foreground: str | None = None
     background_every: int | None = None  # BCM: switch background every K pairs (official, screw: 10; else 50)
     background_noise: str | None = None  # BCM under guidance: "shared" or "independent" (see the pipeline)
     category: str | None = None  # for the screw settings of official-code; default: the adapters' category
@@ -180,28 +182,6 @@ def adapter_identity(adapter_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_backgrounds(
-    folder: str | Path, foreground: str | Path | None, resolution: int
-) -> list[tuple[str, torch.Tensor]]:
-    """BCM backgrounds, (3, R, R) in [-1, 1]: normal images with the object blacked out, made exactly as
-    the training backgrounds are (`data.pairs.black_out_object`)."""
-    from .data.folder import folder_normals
-    from .data.images import load_mask, load_rgb
-    from .data.pairs import black_out_object, image_to_tensor, mask_to_tensor
-
-    normals = folder_normals(folder, foreground_dir=foreground)
-    if not normals:
-        raise InputError(f"--backgrounds {folder}: no images found")
-    out = []
-    for sample in normals:
-        rgb = load_rgb(sample.image)
-        fg = None
-        if sample.foreground is not None:
-            fg = mask_to_tensor(load_mask(sample.foreground, size=(rgb.shape[1], rgb.shape[0])), resolution)
-        out.append((sample.image.name, black_out_object(image_to_tensor(rgb, resolution), fg)))
-    return out
-
-
 def generate_to_folder(
     config: GenerateConfig,
     pipe=None,
@@ -226,13 +206,22 @@ def generate_to_folder(
 
     meta = read_adapter_config(adapters)
     training = meta.get("training") or {}
-    config = resolve_generate_config(
-        config, bool(meta.get("adapter", {}).get("bcm")), training.get("category")
-    )
+    bcm = bool(meta.get("adapter", {}).get("bcm"))
+    config = resolve_generate_config(config, bcm, training.get("category"))
+    if bcm:
+        if config.backgrounds is None:
+            raise InputError(
+                "these adapters use BCM: give --backgrounds DIR (normal images, e.g. train/good)"
+            )
+        config = replace(
+            config, foreground=generation_foreground(config.foreground, training.get("foreground"))
+        )
 
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     record_config["adapter_identity"] = adapter_identity(adapters)
     record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
+    if bcm:
+        record_config["foreground_in_training"] = training.get("foreground")
     writer = GeneratedWriter(
         config.out, record_config, base_seed=config.seed, resume_ignore=("num_pairs", *SPEED_OPTIONS)
     )
@@ -240,6 +229,24 @@ def generate_to_folder(
     todo = [i for i in range(process_index, config.num_pairs, num_processes) if not writer.is_complete(i)]
     if not todo:
         return writer.summary(config.num_pairs)
+
+    resolution = config.resolution or (
+        pipe.unet.config.sample_size * pipe.vae_scale_factor
+        if pipe is not None
+        else native_resolution(config.base)
+    )
+    backgrounds = None
+    if bcm:  # read (and mask) the backgrounds these pairs use before the diffusion model loads
+        backgrounds = Backgrounds(
+            config.backgrounds,
+            config.foreground,
+            resolution,
+            pairs=todo,
+            every=config.background_every,
+            u2net_weights=config.u2net_weights,
+            category=config.category,
+            device=device,
+        )
 
     if pipe is None:
         pipe = DualAnoDiffPipeline.from_pretrained(
@@ -256,14 +263,6 @@ def generate_to_folder(
         vae_slicing=config.vae_slicing,
         vae_tiling=config.vae_tiling,
     )
-    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    backgrounds = None
-    if pipe.adapter_config.bcm:
-        if config.backgrounds is None:
-            raise InputError(
-                "these adapters use BCM: give --backgrounds DIR (normal images, e.g. train/good)"
-            )
-        backgrounds = load_backgrounds(config.backgrounds, config.foreground, resolution)
     masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
 
     bar = tqdm(total=len(todo), desc="generating pairs", unit="pair", disable=not show_progress)
@@ -272,7 +271,7 @@ def generate_to_folder(
         indices = todo[start : start + config.batch_size]
         bg_names, bg_images = None, None
         if backgrounds is not None:
-            chosen = [backgrounds[(i // config.background_every) % len(backgrounds)] for i in indices]
+            chosen = [backgrounds.for_pair(i) for i in indices]
             bg_names, bg_images = [c[0] for c in chosen], [c[1] for c in chosen]
         out = pipe(
             num_pairs=len(indices),

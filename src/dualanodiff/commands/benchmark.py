@@ -99,6 +99,12 @@ def register(subparsers) -> None:
         "--bcm", action="store_true", help="train and generate with the Background Compensation Module"
     )
     tr.add_argument(
+        "--foreground",
+        choices=["auto", "u2net", "none"],
+        help="BCM: how each image's object is found: auto (weight-free), u2net (--u2net-weights) or none (whole "
+        "image); default: ROOT/<category>/foreground/ when it exists, else auto",
+    )
+    tr.add_argument(
         "--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="precision of the frozen base"
     )
 

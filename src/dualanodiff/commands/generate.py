@@ -65,7 +65,12 @@ def register(subparsers) -> None:
         "--backgrounds", default=None, help="BCM adapters: folder of normal images (e.g. train/good)"
     )
     p.add_argument(
-        "--foreground", default=None, help="BCM: foreground masks of those images, matched by name"
+        "--foreground",
+        default=None,
+        help="BCM: how the object of each --backgrounds image is found (and blacked out): auto, u2net (with "
+        "--u2net-weights), none (whole image: textures) or a folder of masks matched by stem (<stem>.png or "
+        "<stem>_mask.png); default: the source the adapters were trained with (another one is allowed, with a "
+        "warning)",
     )
     p.add_argument(
         "--background-every",

@@ -33,6 +33,15 @@ def _load_matching(
     return mask
 
 
+def load_matching_mask(path: Path, label: str, image_path: Path, image: np.ndarray) -> np.ndarray:
+    """A mask that must have its image's size (never resized); InputError naming both files otherwise."""
+    problems: list[str] = []
+    mask = _load_matching(path, label, image_path, image, problems)
+    if problems:
+        raise InputError(problems[0])
+    return mask
+
+
 def _problems(sample: DefectSample) -> list[str]:
     problems: list[str] = []
     image = None

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import InputError
+from ..masks.foreground import check_foreground_spec, foreground_kind
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 BACKGROUND_SCALING = ("correct", "official")
@@ -59,7 +60,10 @@ class TrainConfig:
     anomaly: str | None = None
     images: str | None = None
     masks: str | None = None
+    # BCM foreground source: "auto", "u2net" (with u2net_weights), "none" or a folder of masks; None: the dataset's
+    # foreground/ folder when there is one, else "auto" (resolved by `resolve_config`, recorded with the adapters)
     foreground: str | None = None
+    u2net_weights: str | None = None
     split: str = "strict"
     preset: str = "paper"
     bcm: bool = False
@@ -111,6 +115,7 @@ _NOT_IDENTITY = {
     "images",
     "masks",
     "foreground",
+    "u2net_weights",
     "epochs",
     "max_steps",
     "mixed_precision",
@@ -124,7 +129,19 @@ _NOT_IDENTITY = {
 
 def identity(config: TrainConfig) -> dict:
     """The options that determine the trained numbers (a resumed run must match them)."""
-    return {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+    out = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+    if config.bcm:  # which source made the backgrounds (its folder may move; its kind may not change)
+        out["foreground_source"] = foreground_kind(config.foreground)
+    return out
+
+
+def default_foreground(config: TrainConfig) -> str:
+    """The BCM foreground source when none is given: the dataset's ``foreground/`` folder, else ``auto``."""
+    if not config.uses_folder and config.data and config.category:
+        folder = Path(config.data) / config.category / "foreground"
+        if folder.is_dir():
+            return str(folder)
+    return "auto"
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> None:
@@ -174,6 +191,11 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     elif not config.category:
         raise InputError("--category is required with --data")
 
+    foreground = config.foreground
+    if config.bcm:
+        foreground = foreground or default_foreground(config)
+        check_foreground_spec(foreground, config.u2net_weights)
+
     preset = PRESETS[config.preset]
     if config.epochs is None and config.max_steps is None:
         epochs = preset.epochs_bcm if config.bcm else preset.epochs
@@ -182,6 +204,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         epochs, max_steps = config.epochs, config.max_steps
     return replace(
         config,
+        foreground=foreground,
         epochs=epochs,
         max_steps=max_steps,
         batch_size=config.batch_size or (preset.batch_size_bcm if config.bcm else preset.batch_size),

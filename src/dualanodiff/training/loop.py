@@ -27,6 +27,7 @@ from ..data.mvtec import DefectSample
 from ..data.pairs import DefectPairDataset, default_flips
 from ..errors import InputError
 from ..io import write_json_atomic
+from ..masks.foreground import foreground_kind
 from ..model.dual_unet import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_state
 from ..model.encode import GLOBAL_PROMPT, PART_PROMPT, encode_latents
 from .checkpoint import (
@@ -38,7 +39,7 @@ from .checkpoint import (
     truncate_loss_log,
 )
 from .config import TrainConfig, identity, resolve_config, steps_per_epoch, total_steps
-from .sources import expand_anomaly_types, training_samples
+from .sources import expand_anomaly_types, training_samples, write_estimated_foregrounds
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,8 @@ def _train_validated(config: TrainConfig, samples: list[DefectSample], on_step: 
         return run_dir
     if list_checkpoints(run_dir):
         _check_same_run(run_dir, config, "checkpoints")
+    if config.bcm and foreground_kind(config.foreground) in ("auto", "u2net"):
+        samples = write_estimated_foregrounds(config, samples, run_dir / "foreground")
     AdapterTrainer(config, samples, run_dir).run(on_step)
     return run_dir
 
