@@ -585,3 +585,38 @@ def test_two_token_attention_equals_softmax_attention():
     q, k, v = (torch.randn(50, 2, 24, generator=gen) * 3 for _ in range(3))
     reference = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
     assert (two_token_attention(q, k, v) - reference).abs().max() <= 1e-5
+
+
+def test_official_import_and_export_commands_round_trip_an_authors_file(
+    tiny_base_dir, tiny_components, tmp_path
+):
+    import json
+
+    from dualanodiff.cli import main
+
+    official = _authors_bcm_checkpoint(tiny_components.unet, tiny_components.text_encoder, rank=4)
+    (tmp_path / "theirs").mkdir()
+    torch.save(official, tmp_path / "theirs" / "pytorch_lora_weights.bin")
+    adapters, exported = tmp_path / "adapters", tmp_path / "exported"
+    argv = ["official", "import", str(tmp_path / "theirs"), "--base", str(tiny_base_dir), "--out", str(adapters),
+            "--category", "screw", "--anomaly", "thread_top"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((adapters / "adapter_config.json").read_text())
+    assert meta["adapter"]["bcm"] and meta["adapter"]["background_latent_scaling"] == "official"
+    assert meta["training"]["foreground"] == "u2net" and meta["training"]["category"] == "screw"
+    argv = [
+        "official",
+        "export",
+        "--adapters",
+        str(adapters),
+        "--base",
+        str(tiny_base_dir),
+        "--out",
+        str(exported),
+    ]
+    assert main(argv) == 0
+    back = torch.load(exported / "pytorch_lora_weights.bin", weights_only=True)
+    assert back.keys() == official.keys()
+    unused = [k for k in official if "attn2.processor.temporal_condition_mlp" in k]  # never used, not kept
+    assert all(torch.equal(back[k], official[k]) for k in official if k not in unused)
+    assert main(["official", "import", str(tmp_path / "nothing"), "--base", "x", "--out", "y"]) == 2
