@@ -7,6 +7,10 @@ import json
 
 from .masks import add_mask_arguments
 
+# Options whose default depends on the preset or the adapters: absent from the parsed arguments unless given
+# (so --help shows the help's own "default: ...", not "None").
+PRESET_DEFAULT = argparse.SUPPRESS
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -37,20 +41,22 @@ def register(subparsers) -> None:
         "inference: 100 steps, guidance 2.5, 500 pairs (BCM: 50 steps, guidance 2.0, 1.2 for screw, background "
         "every 50 pairs, 10 for screw, independent background noise); explicit options below win",
     )
-    p.add_argument("--num-pairs", type=int, default=None, help="pairs to generate (default: the preset's)")
+    p.add_argument(
+        "--num-pairs", type=int, default=PRESET_DEFAULT, help="pairs to generate (default: the preset's)"
+    )
     p.add_argument(
         "--batch-size", type=int, default=8, help="pairs per UNet call (both branches ride together)"
     )
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the preset's)")
+    p.add_argument("--steps", type=int, default=PRESET_DEFAULT, help="sampler steps (default: the preset's)")
     p.add_argument(
         "--guidance",
         type=float,
-        default=None,
+        default=PRESET_DEFAULT,
         help="classifier-free guidance scale; <= 1 disables it (default: the preset's)",
     )
     p.add_argument(
         "--scheduler",
-        default=None,
+        default=PRESET_DEFAULT,
         choices=["pndm", "ddim", "dpm++", "unipc", "euler"],
         help="sampler (default: the preset's, pndm: SD 1.5's and the authors')",
     )
@@ -66,7 +72,7 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--foreground",
-        default=None,
+        default=PRESET_DEFAULT,
         help="BCM: how the object of each --backgrounds image is found (and blacked out): auto, u2net (with "
         "--u2net-weights), none (whole image: textures) or a folder of masks matched by stem (<stem>.png or "
         "<stem>_mask.png); default: the source the adapters were trained with (another one is allowed, with a "
@@ -75,19 +81,19 @@ def register(subparsers) -> None:
     p.add_argument(
         "--background-every",
         type=int,
-        default=None,
+        default=PRESET_DEFAULT,
         help="BCM: switch background every K pairs (default: the preset's)",
     )
     p.add_argument(
         "--background-noise",
         choices=["shared", "independent"],
-        default=None,
+        default=PRESET_DEFAULT,
         help="BCM under guidance: one noise draw per step for a pair's grey and real background rows (shared), or "
         "one each, as the authors' inference (independent); both seeded per pair (default: the preset's)",
     )
     p.add_argument(
         "--category",
-        default=None,
+        default=PRESET_DEFAULT,
         help="the category, for the screw settings of --preset official-code (default: the adapters')",
     )
     p.add_argument(
@@ -118,19 +124,19 @@ def run(args) -> int:
         adapters=args.adapters,
         out=args.out,
         preset=args.preset,
-        num_pairs=args.num_pairs,
+        num_pairs=getattr(args, "num_pairs", None),
         batch_size=args.batch_size,
-        steps=args.steps,
-        guidance=args.guidance,
-        scheduler=args.scheduler,
+        steps=getattr(args, "steps", None),
+        guidance=getattr(args, "guidance", None),
+        scheduler=getattr(args, "scheduler", None),
         seed=args.seed,
         mixed_precision=args.mixed_precision,
         resolution=args.resolution,
         backgrounds=args.backgrounds,
-        foreground=args.foreground,
-        background_every=args.background_every,
-        background_noise=args.background_noise,
-        category=args.category,
+        foreground=getattr(args, "foreground", None),
+        background_every=getattr(args, "background_every", None),
+        background_noise=getattr(args, "background_noise", None),
+        category=getattr(args, "category", None),
         mask_method=args.method,
         u2net_weights=args.u2net_weights,
         mask_threshold=args.threshold,
