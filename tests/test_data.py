@@ -383,6 +383,10 @@ def test_pair_item_values(tmp_path):
     texture = DefectPairDataset([_asymmetric_sample(tmp_path, foreground=False)], 16, False, True)[0]
     assert torch.equal(texture["background"], texture["image"])
     assert "background" not in DefectPairDataset([s], 16, flips=False)[0]
+    # A foreground mask of another size is refused (naming it), never resized.
+    Image.open(s.foreground).resize((8, 8)).save(s.foreground)
+    with pytest.raises(InputError, match="foreground mask size 8x8 differs"):
+        DefectPairDataset([s], 16, flips=False, with_background=True)[0]
 
 
 def test_pair_resize_range_and_mask_threshold(tmp_path):
