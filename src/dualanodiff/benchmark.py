@@ -634,7 +634,18 @@ def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses:
         f"- methods: {', '.join(cfg.methods)}",
         "- categories and anomaly types: " + "; ".join(f"{c}: {', '.join(k)}" for c, k in types.items()),
         f"- generation preset: {cfg.gen_preset}; guidance: "
-        + (str(cfg.guidance) if cfg.guidance is not None else "the preset's (per category)"),
+        + (str(cfg.guidance) if cfg.guidance is not None else "the preset's (per category)")
+        + (
+            f"; BCM foregrounds: {cfg.foreground or 'the dataset foreground/ folder, else auto'}"
+            if cfg.bcm
+            else ""
+        ),
+        "- IS / IC-LPIPS: "
+        + (
+            ("every generated image" if cfg.quality_images == "all" else "kept pairs only")
+            if cfg.quality
+            else "off"
+        ),
         f"- sizes: {cfg.num_pairs} pairs per type, {cfg.sampler_steps} sampler steps; U-Net {cfg.loc_epochs} epochs x "
         f"{cfg.loc_samples_per_epoch} samples at {cfg.loc_resolution} px, best of {cfg.loc_runs} run(s), epoch chosen "
         f"on the {'test set (optimistic)' if cfg.select_on == 'test' else 'held-out data'}",
