@@ -13,6 +13,7 @@ the JSON results, the markdown table of docs/foreground.md, and docs/foreground_
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -213,6 +214,18 @@ def figure(path: Path, res: int = 192) -> None:
     save_image_atomic(path, np.asarray(canvas))
 
 
+def _machine() -> str:
+    """CPU model and core count (timings are single-threaded numpy/scipy)."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
+        ]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores (shared with other jobs), one process, OMP_NUM_THREADS=1"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -235,7 +248,7 @@ def main() -> None:
                 "scipy": scipy.__version__,
                 "python": platform.python_version(),
             },
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, one process",
+            "machine": _machine(),
             "rows": rows,
             "table": markdown,
         },
