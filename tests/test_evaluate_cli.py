@@ -126,14 +126,16 @@ def test_quality_scores_every_generated_image_by_default(data_root, generated, w
     from dualanodiff.data.generated import read_generated
     from dualanodiff.data.images import load_mask, load_rgb
     from dualanodiff.evaluate.quality import inception_score, load_inception
+    from dualanodiff.locking import output_lock
 
     source = read_generated(generated["crack"])
     folder = tmp_path / "gated"
-    writer = GeneratedWriter(folder, {"method": "crop-paste", "anomaly_type": "crack"})
-    for i, pair in enumerate(source):
-        rejected = i in (1, 4, 7)
-        writer.write(i, load_rgb(pair.image), load_mask(pair.mask), kept=not rejected,
-                     reject_reason="mask empty" if rejected else None)  # fmt: skip
+    with output_lock(folder, "test"):
+        writer = GeneratedWriter(folder, {"method": "crop-paste", "anomaly_type": "crack"})
+        for i, pair in enumerate(source):
+            rejected = i in (1, 4, 7)
+            writer.write(i, load_rgb(pair.image), load_mask(pair.mask), kept=not rejected,
+                         reject_reason="mask empty" if rejected else None)  # fmt: skip
     inception, vgg = weights
     inc = load_inception(inception, "cpu")
     everything = [p.image for p in read_generated(folder, include_rejected=True)]

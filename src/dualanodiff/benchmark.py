@@ -60,6 +60,7 @@ from .evaluate.protocol import (
 )
 from .generate import GenerateConfig, generate_to_folder, preset_settings, resolve_generate_config
 from .io import write_json_atomic, write_text_atomic
+from .locking import output_lock
 from .masks.foreground import SOURCES as FOREGROUND_SOURCES
 from .train import TrainConfig, train_adapters
 
@@ -671,6 +672,13 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     bench = _Benchmark(cfg, types)
     steps = bench.steps()
+    with output_lock(out, "benchmark"):
+        return _run_steps(cfg, types, steps, out)
+
+
+def _run_steps(
+    cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path
+) -> dict[str, Any]:
     done = _check_markers(steps, out)
     write_json_atomic(out / "config.json", {"profile": cfg.profile, **cfg.to_dict(), "anomaly_types": types})
     statuses = []

@@ -1,8 +1,9 @@
 """Bulk generation to disk: `OUT/image`, `OUT/part`, `OUT/mask`, `OUT/manifest.jsonl`, `OUT/config.json`.
 
 Resumable (a rerun makes only the missing pairs, with the same seeds: pair i uses seed + i) and shardable
-(under `accelerate launch` each process takes every n-th missing pair). All files are written atomically by
-`GeneratedWriter`, so an interrupted run never leaves a half-written PNG under a final name.
+(``--shard I/N`` takes the pairs i with i % N == I; under ``torchrun`` or ``accelerate launch`` each process
+takes its rank's part of that). All files are written atomically by `GeneratedWriter`, so an interrupted run
+never leaves a half-written PNG under a final name; rejected pairs go to ``OUT/rejected/``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from tqdm.auto import tqdm
 from .backgrounds import Backgrounds, generation_foreground
 from .baselines.write import GeneratedWriter
 from .errors import InputError
+from .locking import output_lock
 from .masks import build_masker, judge_mask
 from .model.dual_unet import read_adapter_config
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
 from .pipeline import BACKGROUND_NOISE, DualAnoDiffPipeline, to_uint8
+from .sharding import Shard, launcher_shard
 from .training.loop import native_resolution
 
 SCHEDULERS = {
@@ -188,16 +191,23 @@ def generate_to_folder(
     process_index: int | None = None,
     num_processes: int | None = None,
     show_progress: bool = True,
+    shard: Shard | str | None = None,
 ) -> dict:
-    """Generate the missing pairs of ``config.out`` (this process's share of them); return the summary."""
-    if process_index is None or num_processes is None:
-        from accelerate import PartialState
+    """Generate the missing pairs of ``config.out`` (this process's share of them); return the summary.
 
-        state = PartialState()
-        process_index, num_processes = state.process_index, state.num_processes
-        device = config.device or str(state.device)
+    The share is ``shard`` (``--shard I/N``, e.g. a Slurm array task) divided between the processes of a
+    launcher (``torchrun``, ``accelerate launch``), whose rank and count come from the environment unless
+    ``process_index`` and ``num_processes`` are given. Each process holds the folder as one shard of that
+    split (:func:`dualanodiff.locking.output_lock`): the shards of one split write side by side, any other
+    writer of the folder is refused with the holder's name.
+    """
+    if process_index is None or num_processes is None:
+        ranks = launcher_shard()
+        device = config.device or (str(_launcher_device()) if not ranks.alone else _default_device())
     else:
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        ranks = Shard(process_index, num_processes)
+        device = config.device or _default_device()
+    share = (Shard.parse(shard) if isinstance(shard, str) else shard or Shard()).split(ranks)
     adapters = Path(config.adapters)
     if not (adapters / "adapters.safetensors").is_file():
         raise InputError(
@@ -222,14 +232,39 @@ def generate_to_folder(
     record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
     if bcm:
         record_config["foreground_in_training"] = training.get("foreground")
-    writer = GeneratedWriter(
-        config.out, record_config, base_seed=config.seed, resume_ignore=("num_pairs", *SPEED_OPTIONS)
-    )
-    # Shard the index range, not the pending list: processes that start at different moments still agree.
-    todo = [i for i in range(process_index, config.num_pairs, num_processes) if not writer.is_complete(i)]
-    if not todo:
+    with output_lock(config.out, "generate", shard=share):
+        writer = GeneratedWriter(
+            config.out, record_config, base_seed=config.seed, resume_ignore=("num_pairs", *SPEED_OPTIONS)
+        )
+        # Shard the index range, not the pending list: processes that start at different moments still agree.
+        todo = writer.pending(config.num_pairs)
+        if todo:
+            _generate_pairs(config, bcm, pipe, writer, todo, device, record_config, show_progress)
         return writer.summary(config.num_pairs)
 
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _launcher_device() -> torch.device:
+    """This rank's device under a launcher (``cuda:<local rank>`` on GPUs), as Accelerate assigns it."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def _generate_pairs(
+    config: GenerateConfig,
+    bcm: bool,
+    pipe: DualAnoDiffPipeline | None,
+    writer: GeneratedWriter,
+    todo: list[int],
+    device: str,
+    record_config: dict,
+    show_progress: bool,
+) -> None:
+    """Make and write the pairs ``todo`` (indices), ``config.batch_size`` per pipeline call."""
     resolution = config.resolution or (
         pipe.unet.config.sample_size * pipe.vae_scale_factor
         if pipe is not None
@@ -252,7 +287,7 @@ def generate_to_folder(
         pipe = DualAnoDiffPipeline.from_pretrained(
             config.base, torch_dtype=PRECISIONS[config.mixed_precision]
         )
-        pipe.load_adapters(adapters)
+        pipe.load_adapters(config.adapters)
         pipe.to(device)
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -264,8 +299,10 @@ def generate_to_folder(
         vae_tiling=config.vae_tiling,
     )
     masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
+    mask_settings = masker.settings(max_area_fraction=config.max_mask_area)
 
-    bar = tqdm(total=len(todo), desc="generating pairs", unit="pair", disable=not show_progress)
+    desc = "generating pairs" if writer.shard.alone else f"generating pairs (shard {writer.shard})"
+    bar = tqdm(total=len(todo), desc=desc, unit="pair", disable=not show_progress)
     started = time.perf_counter()
     for start in range(0, len(todo), config.batch_size):
         indices = todo[start : start + config.batch_size]
@@ -299,6 +336,7 @@ def generate_to_folder(
                 reject_reason=quality.reason,
                 mask_area=quality.area,
                 mask_method=masker.method,
+                mask_settings=mask_settings,
                 prompts=[config.global_prompt, config.part_prompt],
                 steps=config.steps,
                 guidance=config.guidance,
@@ -310,4 +348,3 @@ def generate_to_folder(
         bar.update(len(indices))
         bar.set_postfix(pairs_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
     bar.close()
-    return writer.summary(config.num_pairs)

@@ -157,10 +157,15 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         return params
 
     # ---- adapters on disk -----------------------------------------------------------------------------
-    def save_adapters(self, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
-        """Save adapters as ``adapters.safetensors`` + ``adapter_config.json`` (options and base identity)."""
+    def save_adapters(
+        self, out_dir: str | os.PathLike, extra: dict | None = None, dtype: str = "fp32"
+    ) -> Path:
+        """Save adapters as ``adapters.safetensors`` + ``adapter_config.json`` (options and base identity).
+
+        ``dtype``: "fp32" (default, exact), "bf16" or "fp16" (half the file; `load_adapters` reads any of them).
+        """
         return save_adapters(
-            out_dir, self.unet, self.text_encoder, self.adapter_config, self.base_source, extra
+            out_dir, self.unet, self.text_encoder, self.adapter_config, self.base_source, extra, dtype
         )
 
     def load_adapters(self, adapter_dir: str | os.PathLike) -> dict:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..data.images import load_mask, load_rgb
 from ..data.mvtec import DefectSample
 from ..errors import InputError
+from ..locking import output_lock
 from .common import Size, as_size, load_normal, resize_rgb
 from .write import GeneratedWriter
 
@@ -170,7 +171,6 @@ def crop_paste(
         "num_normals": len(normals),
         **(extra_config or {}),
     }
-    writer = GeneratedWriter(out_dir, config)
     cache: dict[Size, list[Defect]] = {}
 
     def defects_at(at: Size) -> list[Defect]:
@@ -178,7 +178,9 @@ def crop_paste(
             cache[at] = extract_defects(few_shot, at)
         return cache[at]
 
-    for i in tqdm(writer.pending(num_pairs), desc="crop-paste", unit="pair"):
-        image, mask, info = make_pair(np.random.default_rng(writer.seed(i)), defects_at, normals, size)
-        writer.write(i, image, mask, method=METHOD, anomaly_type=config["anomaly_type"], **info)
-    return {"method": METHOD, **writer.summary(num_pairs)}
+    with output_lock(out_dir, f"baseline {METHOD}"):
+        writer = GeneratedWriter(out_dir, config)
+        for i in tqdm(writer.pending(num_pairs), desc="crop-paste", unit="pair"):
+            image, mask, info = make_pair(np.random.default_rng(writer.seed(i)), defects_at, normals, size)
+            writer.write(i, image, mask, method=METHOD, anomaly_type=config["anomaly_type"], **info)
+        return {"method": METHOD, **writer.summary(num_pairs)}

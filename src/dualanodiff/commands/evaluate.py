@@ -211,6 +211,12 @@ def _inputs(args, include_rejected: bool = False):
     return generated, method
 
 
+def _holding(args):
+    from ..locking import output_lock
+
+    return output_lock(args.out, f"evaluate {args.mode}")
+
+
 def _finish(args) -> int:
     from ..evaluate.protocol import write_tables
     from ..io import write_text_atomic
@@ -228,43 +234,46 @@ def run_quality(args) -> int:
 
     generated, method = _inputs(args, include_rejected=True)  # quality_of_category picks the images scored
     models = load_quality_models(args.inception_weights, args.lpips_vgg_weights, args.device)
-    result = quality_of_category(
-        args.data,
-        args.category,
-        generated,
-        models,
-        split=args.split,
-        images=args.quality_images,
-        is_splits=args.is_splits,
-        lpips_size=args.lpips_size,
-        max_per_cluster=args.max_per_cluster,
-        seed=args.seed,
-    )
-    result["generated"] = [str(Path(g).resolve()) for g in args.generated]
-    write_json_atomic(Path(args.out) / QUALITY_DIR / method / f"{args.category}.json", result)
-    return _finish(args)
+    with _holding(args):  # one writer per results folder, taken once the inputs are checked
+        result = quality_of_category(
+            args.data,
+            args.category,
+            generated,
+            models,
+            split=args.split,
+            images=args.quality_images,
+            is_splits=args.is_splits,
+            lpips_size=args.lpips_size,
+            max_per_cluster=args.max_per_cluster,
+            seed=args.seed,
+        )
+        result["generated"] = [str(Path(g).resolve()) for g in args.generated]
+        write_json_atomic(Path(args.out) / QUALITY_DIR / method / f"{args.category}.json", result)
+        return _finish(args)
 
 
 def run_localization(args) -> int:
     from ..evaluate.protocol import LOCALIZATION_DIR, localize_category
 
     generated, method = _inputs(args)
-    if args.select_on == "test":
-        print(
-            "note: --select-on test picks the best epoch on the test set, as the authors did; the figures are "
-            "optimistic (the results say so)",
-            file=sys.stderr,
+    config = localization_config(args)
+    with _holding(args):  # one writer per results folder, taken once the inputs are checked
+        if args.select_on == "test":
+            print(
+                "note: --select-on test picks the best epoch on the test set, as the authors did; the figures are "
+                "optimistic (the results say so)",
+                file=sys.stderr,
+            )
+        localize_category(
+            args.data,
+            args.category,
+            generated,
+            config,
+            Path(args.out) / LOCALIZATION_DIR / method / args.category,
+            split=args.split,
+            anomaly_types=args.test_types,
         )
-    localize_category(
-        args.data,
-        args.category,
-        generated,
-        localization_config(args),
-        Path(args.out) / LOCALIZATION_DIR / method / args.category,
-        split=args.split,
-        anomaly_types=args.test_types,
-    )
-    return _finish(args)
+        return _finish(args)
 
 
 def run_classification(args) -> int:
@@ -281,13 +290,14 @@ def run_classification(args) -> int:
         device=args.device,
         max_per_type=args.max_per_type,
     )
-    classify_category(
-        args.data,
-        args.category,
-        generated,
-        config,
-        Path(args.out) / CLASSIFICATION_DIR / method / args.category,
-        split=args.split,
-        imagenet_weights=args.imagenet_weights,
-    )
-    return _finish(args)
+    with _holding(args):  # one writer per results folder, taken once the inputs are checked
+        classify_category(
+            args.data,
+            args.category,
+            generated,
+            config,
+            Path(args.out) / CLASSIFICATION_DIR / method / args.category,
+            split=args.split,
+            imagenet_weights=args.imagenet_weights,
+        )
+        return _finish(args)

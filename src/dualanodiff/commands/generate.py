@@ -20,9 +20,10 @@ def register(subparsers) -> None:
             "Generate pairs with trained adapters and write OUT/image/NNNNN.png, OUT/part/NNNNN.png, "
             "OUT/mask/NNNNN.png, OUT/manifest.jsonl (seed, prompts, settings, adapter identity, mask area, kept or "
             "rejected and why, one line per pair) and OUT/config.json. Pair i uses seed + i, so a rerun finishes "
-            "only the missing pairs with the same seeds, and `accelerate launch` splits pairs between GPUs. "
-            "Masks are made from the part images (see `dualanodiff masks`); pairs whose mask is empty or too large "
-            "are flagged in the manifest and left out of evaluation."
+            "only the missing pairs with the same seeds, and `accelerate launch`, `torchrun` or --shard split pairs "
+            "between processes. Masks are made from the part images (see `dualanodiff masks`); pairs whose mask is "
+            "empty or too large go to OUT/rejected/{image,part,mask} (still listed in the manifest, with the reason) "
+            "and are left out of evaluation. One writer per --out: a second one is refused, naming the first."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -113,6 +114,14 @@ def register(subparsers) -> None:
     )
     add_mask_arguments(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        default=None,
+        help="make only the pairs i with i %% N == I, so N jobs (e.g. a Slurm array: "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT) fill one --out side by side; under torchrun or "
+        "accelerate launch the processes split their shard again",
+    )
     p.set_defaults(func=run)
 
 
@@ -148,6 +157,6 @@ def run(args) -> int:
         vae_slicing=args.vae_slicing,
         vae_tiling=args.vae_tiling,
     )
-    summary = generate_to_folder(config)
+    summary = generate_to_folder(config, shard=args.shard)
     print(json.dumps(summary, indent=2, default=str))
     return 0

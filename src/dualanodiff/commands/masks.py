@@ -12,8 +12,10 @@ def register(subparsers) -> None:
         help="compute the masks of generated pairs from their anomaly-part images",
         description=(
             "For every pair in a generated folder (OUT/part/<name>.png), compute its mask and write OUT/mask/<name>.png; "
-            "update mask_area, kept and reject_reason in OUT/manifest.jsonl. `generate` already does this; run it "
-            "again to change the method or the thresholds. grey (no weights): the part image is mid-grey outside the "
+            "update mask_area, kept and reject_reason in OUT/manifest.jsonl and the mask settings in OUT/config.json, "
+            "moving pairs between OUT/{image,part,mask} and OUT/rejected/{image,part,mask} as they pass or fail. "
+            "`generate` already does this; run it again to change the method or the thresholds. Each pair changes as "
+            "one step, and an interrupted run resumes. grey (no weights): the part image is mid-grey outside the "
             "defect, so the mask is where it departs from grey. u2net: the paper's U^2-Net, weights from a file you give."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -142,6 +142,13 @@ def register(subparsers) -> None:
         help="recompute UNet activations: less memory, slower",
     )
     opt.add_argument(
+        "--save-dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="precision of the saved adapters: fp32 (exact, default), bf16 or fp16 (half the file; "
+        "benchmarks/results/adapter-dtype.json measures what it changes); checkpoints stay fp32",
+    )
+    opt.add_argument(
         "--checkpoint-every", type=int, default=500, help="steps between checkpoints; 0: none (default 500)"
     )
     opt.add_argument(
@@ -164,7 +171,7 @@ def config_from_args(args):
     names = (
         "base out data category images masks foreground u2net_weights split preset bcm epochs max_steps batch_size "
         "learning_rate rank text_encoder_rank alpha saim saim_zero_init background_latent_scaling resolution "
-        "seed flips mixed_precision gradient_checkpointing checkpoint_every keep_checkpoints resume progress"
+        "seed flips mixed_precision gradient_checkpointing save_dtype checkpoint_every keep_checkpoints resume progress"
     ).split()
     return TrainConfig(**{n: getattr(args, n) for n in names})
 

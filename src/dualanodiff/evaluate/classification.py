@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..io import write_json_atomic
+from ..locking import output_lock
 from .localization import _load_set, _to_input
 
 if TYPE_CHECKING:
@@ -83,9 +84,23 @@ def train_and_evaluate_classification(
     """Train on ``generated`` ({anomaly type: pairs or image files}), return accuracy on the real test images.
 
     Test images of ``good`` or of types without generated images are left out (and listed).
-    Writes ``out_dir/classification.json`` when ``out_dir`` is given.
+    Writes ``out_dir/classification.json`` when ``out_dir`` is given (holding ``out_dir`` from the start, so
+    an output that cannot be written fails before the training).
     """
-    cfg = config or ClassificationConfig()
+    if out_dir is None:
+        return _train_and_test(generated, test_set, config or ClassificationConfig(), imagenet_weights)
+    with output_lock(out_dir, "evaluate classification"):
+        result = _train_and_test(generated, test_set, config or ClassificationConfig(), imagenet_weights)
+        write_json_atomic(Path(out_dir) / "classification.json", result)
+    return result
+
+
+def _train_and_test(
+    generated: Mapping[str, Sequence[GeneratedPair | str | os.PathLike]],
+    test_set: Sequence[DefectSample],
+    cfg: ClassificationConfig,
+    imagenet_weights: str | os.PathLike | None,
+) -> dict[str, Any]:
     classes = sorted(t for t, items in generated.items() if len(items))
     if not classes:
         raise InputError("classification: no generated images were given")
@@ -153,6 +168,4 @@ def train_and_evaluate_classification(
         "loss_per_epoch": losses,
         "config": asdict(cfg),
     }
-    if out_dir is not None:
-        write_json_atomic(Path(out_dir) / "classification.json", result)
     return result

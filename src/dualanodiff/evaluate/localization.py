@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..io import atomic_path, write_json_atomic
+from ..locking import output_lock
 from .metrics import LocalizationMetrics, localization_metrics
 from .unet import DiscriminativeSubNetwork, draem_weights_init, focal_loss
 
@@ -377,21 +378,22 @@ def train_and_evaluate_localization(
     data = _prepare_data(normal_train, generated, test_set, cfg)
     if data.counts["test_anomalous"] == 0 or data.counts["test_anomalous"] == data.counts["test"]:
         raise InputError("the test set needs both normal (good) and anomalous images")
-    runs = [_train_run(r, data, cfg, out_dir / f"run{r}", device) for r in range(cfg.runs)]
-    best = max(runs, key=lambda r: r["selection_score"])
-    results = {
-        "selection": "test (optimistic)" if cfg.select_on == "test" else "heldout",
-        "selection_score": "image_auroc + pixel_auroc + pixel_ap + pixel_aupro"
-        + (
-            ""
-            if data.counts["heldout_generated"] or cfg.select_on == "test"
-            else " (none: -mean normal score)"
-        ),
-        "config": asdict(cfg),
-        "counts": data.counts,
-        "best_run": best["run"],
-        "metrics": best["test"],
-        "runs": [{k: v for k, v in r.items() if k != "key"} for r in runs],
-    }
-    write_json_atomic(out_dir / "results.json", results)
+    with output_lock(out_dir, "evaluate localization"):  # runs resume from their checkpoints: one writer
+        runs = [_train_run(r, data, cfg, out_dir / f"run{r}", device) for r in range(cfg.runs)]
+        best = max(runs, key=lambda r: r["selection_score"])
+        results = {
+            "selection": "test (optimistic)" if cfg.select_on == "test" else "heldout",
+            "selection_score": "image_auroc + pixel_auroc + pixel_ap + pixel_aupro"
+            + (
+                ""
+                if data.counts["heldout_generated"] or cfg.select_on == "test"
+                else " (none: -mean normal score)"
+            ),
+            "config": asdict(cfg),
+            "counts": data.counts,
+            "best_run": best["run"],
+            "metrics": best["test"],
+            "runs": [{k: v for k, v in r.items() if k != "key"} for r in runs],
+        }
+        write_json_atomic(out_dir / "results.json", results)
     return results

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..data.generated import GeneratedPair, read_generated
+from ..data.generated import GeneratedPair, read_generated, read_generated_config
 from ..data.mvtec import (
     GOOD,
     DefectSample,
@@ -32,7 +32,7 @@ from ..data.mvtec import (
     normal_train_samples,
 )
 from ..errors import InputError
-from ..io import write_json_atomic, write_text_atomic
+from ..io import read_json_object, write_json_atomic, write_text_atomic
 from .tables import (
     LOCALIZATION_FIELDS,
     classification_table,
@@ -73,17 +73,14 @@ def infer_anomaly_type(folder: str | os.PathLike, pairs: Sequence[GeneratedPair]
     kinds = {r.record.get("anomaly_type") for r in pairs}
     if len(kinds) == 1 and isinstance(next(iter(kinds)), str):
         return next(iter(kinds))
-    config_path = folder / "config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        for key in ("anomaly_type", "anomaly"):
-            if isinstance(config.get(key), str):
-                return config[key]
-        train_config = Path(str(config.get("adapters", ""))) / "train_config.json"
-        if config.get("adapters") and train_config.is_file():
-            anomaly = json.loads(train_config.read_text(encoding="utf-8")).get("anomaly")
-            if isinstance(anomaly, str):
-                return anomaly
+    config = read_generated_config(folder)
+    for key in ("anomaly_type", "anomaly"):
+        if isinstance(config.get(key), str):
+            return config[key]
+    if config.get("adapters"):  # the adapters' training config names the type they learnt
+        train = read_json_object(Path(str(config["adapters"])) / "train_config.json")
+        if isinstance(train.get("anomaly"), str):
+            return train["anomaly"]
     return folder.resolve().name
 
 
@@ -94,8 +91,7 @@ def infer_method(folders: Sequence[str | os.PathLike]) -> str:
         return "none"
     labels = set()
     for folder in folders:
-        path = Path(folder) / "config.json"
-        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        config = read_generated_config(folder)
         labels.add(config.get("method") or ("dualanodiff" if config.get("adapters") else "generated"))
     return labels.pop() if len(labels) == 1 else "generated"
 

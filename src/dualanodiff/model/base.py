@@ -165,8 +165,14 @@ def write_clip_tokenizer(folder: str | os.PathLike) -> CLIPTokenizer:
     return tokenizer
 
 
-def build_base(preset: str = "tiny", seed: int = 0, resolution: int | None = None) -> BaseComponents:
-    """Build a base with random weights: ``tiny`` (tests, demo) or ``sd15`` (real shapes, for benchmarks)."""
+def build_base(
+    preset: str = "tiny", seed: int = 0, resolution: int | None = None, device: str | torch.device = "cpu"
+) -> BaseComponents:
+    """Build a base with random weights: ``tiny`` (tests, demo) or ``sd15`` (real shapes, for benchmarks).
+
+    ``device``: where the weights are created and initialised (``"cuda"`` builds SD 1.5 in a second instead of
+    a minute of CPU initialisation and a copy); the seed gives the same weights on a given device.
+    """
     if preset not in ("tiny", "sd15"):
         raise InputError(f"unknown base preset {preset!r}: use 'tiny' or 'sd15'")
     unet_cfg, vae_cfg, text_cfg = (
@@ -178,9 +184,10 @@ def build_base(preset: str = "tiny", seed: int = 0, resolution: int | None = Non
     if resolution % 8:
         raise InputError(f"--resolution must be a multiple of 8, got {resolution}")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**{**unet_cfg, "sample_size": resolution // 8})
-    vae = AutoencoderKL(**{**vae_cfg, "sample_size": resolution})
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    with torch.device(device):
+        unet = UNet2DConditionModel(**{**unet_cfg, "sample_size": resolution // 8})
+        vae = AutoencoderKL(**{**vae_cfg, "sample_size": resolution})
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:

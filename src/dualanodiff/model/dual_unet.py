@@ -27,6 +27,8 @@ from .processor import DualBranchAttnProcessor
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# Precisions adapters may be saved in (`save_adapters(dtype=...)`); loading casts to the model's precision.
+SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -136,18 +138,28 @@ def save_adapters(
     config: AdapterConfig,
     base: str,
     extra: dict | None = None,
+    dtype: str = "fp32",
 ) -> Path:
-    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, base identity), atomically."""
+    """Write ``adapters.safetensors`` and ``adapter_config.json`` (config, base identity), atomically.
+
+    ``dtype``: fp32 (exact), or bf16 / fp16 (half the size: at SD 1.5 scale 281 MB instead of 562 MB, mostly
+    SAIM); the loader casts to the model's precision whatever was saved.
+    """
+    if dtype not in SAVE_DTYPES:
+        raise InputError(f"save dtype must be one of {', '.join(SAVE_DTYPES)}, got {dtype!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: v.detach().to("cpu", torch.float32).contiguous()
-        for k, v in adapter_state_dict(unet, text_encoder).items()
-    }
+    state = {}
+    for key, value in adapter_state_dict(unet, text_encoder).items():
+        saved = value.detach().to("cpu", SAVE_DTYPES[dtype]).contiguous()
+        if dtype == "fp16" and not torch.isfinite(saved).all() and torch.isfinite(value).all():
+            raise InputError(f"{key} holds values beyond fp16's range: save the adapters as bf16 or fp32")
+        state[key] = saved
     with atomic_path(out_dir / ADAPTER_WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"format": "dualanodiff"})
+        save_file(state, str(tmp), metadata={"format": "dualanodiff", "dtype": dtype})
     meta = {
         "adapter": config.to_dict(),
+        "saved_dtype": dtype,
         "base": {"source": base, "unet_fingerprint": unet_fingerprint(unet)},
         **(extra or {}),
     }
@@ -190,7 +202,11 @@ def check_adapter_base(meta: dict, unet: UNet2DConditionModel, adapter_dir: str 
 def load_adapter_state(
     state: dict[str, torch.Tensor], unet: UNet2DConditionModel, text_encoder: nn.Module | None, source: str
 ) -> None:
-    """Copy ``state`` into the installed adapters; every key must exist and fit, and none may be missing."""
+    """Copy ``state`` into the installed adapters; every key must exist and fit, and none may be missing.
+
+    Values are cast to the installed adapters' precision (``load_state_dict`` copies), so adapters saved as
+    fp32, bf16 or fp16 load into a model of any precision.
+    """
     procs = dual_processors(unet)
     expected = {f"unet.{k}": v for k, v in unet_adapter_state_dict(unet).items()}
     text_expected = {}

@@ -15,6 +15,7 @@ from ..errors import InputError
 from ..masks.foreground import check_foreground_spec, foreground_kind
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+SAVE_DTYPES = ("fp32", "bf16", "fp16")  # the final adapters' file; checkpoints stay fp32 (exact resume)
 BACKGROUND_SCALING = ("correct", "official")
 SPLITS = ("strict", "paper-compat")
 FOLDER_CATEGORY = "custom"  # output folder name for plain-folder data without --category
@@ -82,6 +83,7 @@ class TrainConfig:
     flips: bool | None = None  # None: on, except for orientation-defined types (`default_flips`)
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    save_dtype: str = "fp32"  # precision of the final adapters.safetensors
     checkpoint_every: int = 500  # optimizer steps between checkpoints; 0: none
     keep_checkpoints: int = 1
     resume: bool = True  # False: discard this type's earlier checkpoints and adapters and start over
@@ -120,6 +122,7 @@ _NOT_IDENTITY = {
     "max_steps",
     "mixed_precision",
     "gradient_checkpointing",
+    "save_dtype",
     "checkpoint_every",
     "keep_checkpoints",
     "resume",
@@ -161,6 +164,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise InputError(
             f"--mixed-precision {config.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION)}"
         )
+    if config.save_dtype not in SAVE_DTYPES:
+        raise InputError(f"--save-dtype {config.save_dtype!r}: choose one of {', '.join(SAVE_DTYPES)}")
     if config.background_latent_scaling not in BACKGROUND_SCALING:
         raise InputError(
             f"--background-scaling {config.background_latent_scaling!r}: choose one of {', '.join(BACKGROUND_SCALING)}"

@@ -26,11 +26,14 @@ from tqdm.auto import tqdm
 from ..data.mvtec import DefectSample
 from ..data.pairs import DefectPairDataset, default_flips
 from ..errors import InputError
-from ..io import write_json_atomic
+from ..io import remove_temporaries, write_json_atomic
+from ..locking import output_lock
 from ..masks.foreground import foreground_kind
 from ..model.dual_unet import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_state
 from ..model.encode import GLOBAL_PROMPT, PART_PROMPT, encode_latents
+from ..sharding import launcher_shard
 from .checkpoint import (
+    CHECKPOINTS,
     LOSS_LOG,
     list_checkpoints,
     load_checkpoint,
@@ -195,6 +198,18 @@ def train_anomaly_types(config: TrainConfig, anomalies: str | list[str] | None =
 def _train_validated(config: TrainConfig, samples: list[DefectSample], on_step: StepCallback | None) -> Path:
     config = complete_config(config)
     run_dir = config.output_dir()
+    # One run per folder; the ranks of one `accelerate launch` join it as shards of one run.
+    ranks = launcher_shard()
+    with output_lock(run_dir, "train", shard=ranks):
+        if ranks.index == 0:  # only the main process writes here
+            remove_temporaries(run_dir)
+            remove_temporaries(run_dir / CHECKPOINTS)
+        return _train_locked(config, samples, run_dir, on_step)
+
+
+def _train_locked(
+    config: TrainConfig, samples: list[DefectSample], run_dir: Path, on_step: StepCallback | None
+) -> Path:
     if not config.resume:
         remove_checkpoints(run_dir)
         for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRAIN_CONFIG, LOSS_LOG):
@@ -216,14 +231,23 @@ def _accelerator(mixed_precision: str):
     from accelerate.state import AcceleratorState
 
     try:
-        return Accelerator(mixed_precision=mixed_precision)
+        accelerator = Accelerator(mixed_precision=mixed_precision)
     except ValueError:
         # Accelerate keeps one global state per process; a single-process caller (a notebook, the tests)
         # training first in fp32 then in bf16 may switch it. Under `accelerate launch` the error stands.
         if PartialState().num_processes != 1:
             raise
         AcceleratorState._reset_state()
-        return Accelerator(mixed_precision=mixed_precision)
+        accelerator = Accelerator(mixed_precision=mixed_precision)
+    launched = launcher_shard().count
+    if accelerator.num_processes != launched:
+        # Each process would train alone and write the same folder: refuse instead.
+        raise InputError(
+            f"started as {launched} processes, but Accelerate sees {accelerator.num_processes}, so each would "
+            "train alone into the same folder; on a machine without GPUs set ACCELERATE_USE_CPU=1 so that "
+            "Accelerate joins them"
+        )
+    return accelerator
 
 
 class AdapterTrainer:
@@ -407,7 +431,9 @@ class AdapterTrainer:
         acc.wait_for_everyone()
         if main:
             self.pipe.save_adapters(
-                self.run_dir, extra={"training": {**cfg.to_dict(), "total_steps": self.total}}
+                self.run_dir,
+                extra={"training": {**cfg.to_dict(), "total_steps": self.total}},
+                dtype=cfg.save_dtype,
             )
             remove_checkpoints(self.run_dir)
 
