@@ -50,6 +50,7 @@ from .evaluate.protocol import (
     LOCALIZATION_DIR,
     QUALITY_DIR,
     check_category,
+    check_quality_images,
     classify_category,
     load_quality_models,
     localize_category,
@@ -58,9 +59,10 @@ from .evaluate.protocol import (
     write_tables,
 )
 from .executors import EXECUTORS, check_ray_options
-from .generate import GenerateConfig, generate_to_folder
+from .generate import GenerateConfig, generate_to_folder, preset_settings, resolve_generate_config
 from .io import write_json_atomic, write_text_atomic
 from .locking import output_lock
+from .masks.foreground import SOURCES as FOREGROUND_SOURCES
 from .progress import progress_shown
 from .train import TrainConfig, train_adapters
 
@@ -74,8 +76,7 @@ GENERATORS = ("dualanodiff", "crop-paste", "perlin")  # methods that write gener
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         "train_preset": "paper",
-        "num_pairs": 1000,
-        "sampler_steps": 50,
+        "gen_preset": "paper",  # pairs and sampler steps come from the generation preset
         "loc_epochs": 200,
         "loc_samples_per_epoch": 500,
         "loc_runs": 3,
@@ -84,6 +85,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "train_preset": "official-code",
         "train_steps": 500,
+        "gen_preset": "paper",
         "num_pairs": 100,
         "sampler_steps": 25,
         "loc_epochs": 20,
@@ -119,12 +121,18 @@ class BenchmarkConfig:
     train_text_encoder_rank: int = 32
     train_resolution: int | None = None  # None: the base's native size
     bcm: bool = False
+    # BCM foregrounds: "auto" | "u2net" (with u2net_weights) | "none"; None: ROOT/<category>/foreground/ if it
+    # exists, else "auto" (training and generation alike)
+    foreground: str | None = None
     mixed_precision: str = "no"
-    # generation (all generators) and masks (dualanodiff)
+    # generation (all generators) and masks (dualanodiff); unset sampler settings come from the generation preset
+    gen_preset: str | None = None  # "paper" | "official-code" (`generate.preset_settings`)
     num_pairs: int | None = None
     sampler_steps: int | None = None
-    guidance: float = 2.5
-    scheduler: str = "pndm"
+    guidance: float | None = None  # None: the preset's, per category (official-code, BCM: 1.2 for screw)
+    scheduler: str | None = None
+    background_every: int | None = None  # BCM
+    background_noise: str | None = None  # BCM: "shared" | "independent"
     gen_batch_size: int = 8
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
     mask_method: str = "auto"
@@ -137,6 +145,9 @@ class BenchmarkConfig:
     lpips_vgg_weights: str | None = None
     is_splits: int = 10
     lpips_size: int = 256
+    quality_images: str = (
+        "all"  # "all": every generated image, as the paper; "kept": pairs the mask gate kept
+    )
     # downstream localization
     loc_epochs: int | None = None
     loc_samples_per_epoch: int | None = None
@@ -175,6 +186,9 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
     if "train_steps" in updates and config.train_epochs is not None:
         del updates["train_steps"]  # an explicit epoch count wins over the profile's step count
     cfg = replace(config, **updates)
+    preset = preset_settings(cfg.gen_preset, cfg.bcm)  # pairs and steps do not depend on the category
+    cfg.num_pairs = preset["num_pairs"] if cfg.num_pairs is None else cfg.num_pairs
+    cfg.sampler_steps = preset["steps"] if cfg.sampler_steps is None else cfg.sampler_steps
     root = Path(cfg.data)
     if not root.is_dir():
         raise InputError(f"--data {root}: dataset root does not exist or is not a folder")
@@ -186,6 +200,9 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
         raise InputError("--base is required for the dualanodiff method (or leave it out of --methods)")
     if cfg.split not in SPLIT_MODES:
         raise InputError(f"--split {cfg.split!r}: choose one of {', '.join(SPLIT_MODES)}")
+    check_quality_images(cfg.quality_images)
+    if cfg.foreground not in (None, *FOREGROUND_SOURCES):
+        raise InputError(f"--foreground {cfg.foreground!r}: choose one of {', '.join(FOREGROUND_SOURCES)}")
     if cfg.executor not in EXECUTORS:
         raise InputError(f"--executor {cfg.executor!r}: choose one of {', '.join(EXECUTORS)}")
     check_ray_options(cfg.ray_retries, cfg.ray_cpus)
@@ -309,13 +326,16 @@ class _Benchmark:
     def generated_dir(self, method: str, category: str, kind: str) -> Path:
         return self.out / "generated" / method / category / kind
 
-    def generated_sets(self, method: str, category: str) -> dict[str, list]:
-        """{type: kept pairs} of a method's generated folders, each record labelled with its type."""
+    def generated_sets(self, method: str, category: str, include_rejected: bool = False) -> dict[str, list]:
+        """{type: kept pairs (and rejected ones if asked)} of a method's generated folders, each record
+        labelled with its type."""
         if method == "none":
             return {}
         out = {}
         for kind in self.types[category]:
-            pairs = read_generated(self.generated_dir(method, category, kind))
+            pairs = read_generated(
+                self.generated_dir(method, category, kind), include_rejected=include_rejected
+            )
             out[kind] = [replace(p, record={**p.record, "anomaly_type": kind}) for p in pairs]
         return out
 
@@ -341,6 +361,8 @@ class _Benchmark:
             seed=c.seed,
             mixed_precision=c.mixed_precision,
             progress=c.progress,
+            foreground=c.foreground,
+            u2net_weights=c.u2net_weights if c.foreground == "u2net" else None,
         )
 
     def train_key(self, category: str, kind: str) -> dict[str, Any]:
@@ -358,19 +380,25 @@ class _Benchmark:
     def generate_config(self, category: str, kind: str) -> GenerateConfig:
         c = self.cfg
         backgrounds = foreground = None
-        if c.bcm:
+        if c.bcm:  # the same source as training (`TrainConfig.foreground`), on the train/good images
             backgrounds = str(Path(c.data) / category / "train" / "good")
-            fg = Path(c.data) / category / "foreground" / "train" / "good"
-            foreground = str(fg) if fg.is_dir() else None
-        return GenerateConfig(
+            dataset_masks = Path(c.data) / category / "foreground"
+            foreground = c.foreground
+            if foreground is None and dataset_masks.is_dir():
+                foreground = str(dataset_masks / "train" / "good")
+        gen = GenerateConfig(
             base=c.base,
             adapters=str(self.train_config(category, kind).output_dir()),
             out=str(self.generated_dir("dualanodiff", category, kind)),
+            preset=c.gen_preset,
             num_pairs=c.num_pairs,
             batch_size=c.gen_batch_size,
             steps=c.sampler_steps,
             guidance=c.guidance,
             scheduler=c.scheduler,
+            background_every=c.background_every,
+            background_noise=c.background_noise,
+            category=category,
             seed=_type_seed(c.seed, category, kind),
             mixed_precision=c.mixed_precision,
             resolution=c.gen_resolution,
@@ -381,6 +409,7 @@ class _Benchmark:
             max_mask_area=c.max_mask_area,
             device=c.device,
         )
+        return resolve_generate_config(gen, bcm=c.bcm, category=category)
 
     def generate_key(self, method: str, category: str, kind: str) -> dict[str, Any]:
         c = self.cfg
@@ -480,9 +509,10 @@ class _Benchmark:
         result = quality_of_category(
             self.cfg.data,
             category,
-            self.generated_sets(method, category),
+            self.generated_sets(method, category, include_rejected=True),
             self._quality_models,
             split=self.cfg.split,
+            images=self.cfg.quality_images,
             is_splits=self.cfg.is_splits,
             lpips_size=self.cfg.lpips_size,
             seed=self.cfg.seed,
@@ -529,6 +559,7 @@ class _Benchmark:
         }
         cls_key["imagenet_weights"] = Path(c.imagenet_weights).name if c.imagenet_weights else None
         q_key = {
+            "images": c.quality_images,
             "is_splits": c.is_splits,
             "lpips_size": c.lpips_size,
             "seed": c.seed,
@@ -644,6 +675,19 @@ def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses:
         + (" (rough look, not comparable with the paper)" if cfg.quick else ""),
         f"- methods: {', '.join(cfg.methods)}",
         "- categories and anomaly types: " + "; ".join(f"{c}: {', '.join(k)}" for c, k in types.items()),
+        f"- generation preset: {cfg.gen_preset}; guidance: "
+        + (str(cfg.guidance) if cfg.guidance is not None else "the preset's (per category)")
+        + (
+            f"; BCM foregrounds: {cfg.foreground or 'the dataset foreground/ folder, else auto'}"
+            if cfg.bcm
+            else ""
+        ),
+        "- IS / IC-LPIPS: "
+        + (
+            ("every generated image" if cfg.quality_images == "all" else "kept pairs only")
+            if cfg.quality
+            else "off"
+        ),
         f"- sizes: {cfg.num_pairs} pairs per type, {cfg.sampler_steps} sampler steps; U-Net {cfg.loc_epochs} epochs x "
         f"{cfg.loc_samples_per_epoch} samples at {cfg.loc_resolution} px, best of {cfg.loc_runs} run(s), epoch chosen "
         f"on the {'test set (optimistic)' if cfg.select_on == 'test' else 'held-out data'}",

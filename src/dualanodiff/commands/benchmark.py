@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..checks import MAX_RESOLUTION, float_arg, int_arg, name_arg, pairs_arg, resolution_arg, seed_arg
 from . import add_progress_argument
+from .evaluate import add_quality_images_argument
 
 _DESCRIPTION = """\
 Run the paper's evaluation protocol end to end on an MVTec-AD-layout root, for every chosen category and anomaly
@@ -107,19 +108,35 @@ def register(subparsers) -> None:
         "--bcm", action="store_true", help="train and generate with the Background Compensation Module"
     )
     tr.add_argument(
+        "--foreground",
+        choices=["auto", "u2net", "none"],
+        help="BCM: how each image's object is found: auto (weight-free), u2net (--u2net-weights) or none (whole "
+        "image); default: ROOT/<category>/foreground/ when it exists, else auto",
+    )
+    tr.add_argument(
         "--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="precision of the frozen base"
     )
 
     ge = p.add_argument_group("generation (all generators; unset: the profile's)")
-    ge.add_argument("--num-pairs", type=pairs_arg, help="pairs per anomaly type (paper 1000, quick 100)")
     ge.add_argument(
-        "--sampler-steps", type=int_arg(1, 1000), help="diffusion sampler steps (paper 50, quick 25)"
+        "--gen-preset",
+        choices=["paper", "official-code"],
+        help="sampler settings of `generate --preset` (default paper): pairs, steps, guidance, background "
+        "switching and noise; the options below win",
     )
     ge.add_argument(
-        "--guidance", type=float_arg(), default=2.5, help="classifier-free guidance (default 2.5)"
+        "--num-pairs",
+        type=pairs_arg,
+        help="pairs per anomaly type (paper 1000, official-code 500, quick 100)",
     )
     ge.add_argument(
-        "--scheduler", choices=["pndm", "ddim", "dpm++", "unipc", "euler"], default="pndm", help="sampler"
+        "--sampler-steps",
+        type=int_arg(1, 1000),
+        help="diffusion sampler steps (paper 50, official-code 100 or 50, quick 25)",
+    )
+    ge.add_argument("--guidance", type=float_arg(), help="classifier-free guidance (default: the preset's)")
+    ge.add_argument(
+        "--scheduler", choices=["pndm", "ddim", "dpm++", "unipc", "euler"], help="sampler (default pndm)"
     )
     ge.add_argument("--gen-batch-size", type=int_arg(1), default=8, help="pairs per UNet call (default 8)")
     ge.add_argument(
@@ -147,6 +164,7 @@ def register(subparsers) -> None:
     qu.add_argument(
         "--lpips-size", type=int_arg(16, 1024), default=256, help="LPIPS input side (default 256)"
     )
+    add_quality_images_argument(qu)
 
     lo = p.add_argument_group("downstream localization (unset: the profile's)")
     lo.add_argument("--loc-epochs", type=int_arg(1), help="U-Net epochs (paper 200, quick 20)")

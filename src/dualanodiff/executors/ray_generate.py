@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from ..data.generated import manifest_records
 from ..errors import InputError
-from ..generate import GenerateConfig, generate_to_folder
+from ..generate import GenerateConfig, generate_to_folder, resolve_generate_config
+from ..model.dual_unet import read_adapter_config
 from ..sharding import Shard
 from . import check_ray_options
 from .progress import ClusterProgress
@@ -58,6 +59,10 @@ def generate_on_ray(
         raise InputError(
             f"--adapters {config.adapters}: no adapters.safetensors there (train first, or check the path)"
         )
+    meta = read_adapter_config(config.adapters)  # the preset's sizes depend on the adapters (BCM, category)
+    bcm = bool((meta.get("adapter") or {}).get("bcm"))
+    config = resolve_generate_config(config, bcm, (meta.get("training") or {}).get("category"))
+    owned = len(range(outer.index, config.num_pairs, outer.count))
     inputs = local_inputs(
         base=config.base,
         adapters=config.adapters,
@@ -66,31 +71,32 @@ def generate_on_ray(
         u2net_weights=config.u2net_weights,
     )
     with checked_cluster(address, config.device, Path(config.out), inputs) as cluster:
-        ray, gpus = cluster.ray, cluster.gpus
-        count = shards or (int(sum(n.gpus for n in cluster.nodes)) if gpus else len(cluster.nodes))
-        count = max(1, min(count, len(range(outer.index, config.num_pairs, outer.count))))
+        count = shards or (int(sum(n.gpus for n in cluster.nodes)) if cluster.gpus else len(cluster.nodes))
+        count = max(1, min(count, owned))
         parts = [str(outer.split(Shard(r, count))) for r in range(count)]
-        log.info("ray: %d shard(s) of %s, each on %s", count, config.out, "a GPU" if gpus else "a CPU")
+        log.info("ray: %d shard(s) of %s, each on %s", count, config.out, "a GPU" if cluster.gpus else "CPUs")
         options = {
-            **task_resources(True, gpus, cpus),
+            **task_resources(True, cluster.gpus, cpus),
             "max_retries": retries,
             "retry_exceptions": retry_exceptions(),
         }
-        results, failed = _run_shards(ray, config, parts, options, outer, show_progress)
-    written = sum(r["written"] for r in results.values())
-    if failed:
-        complete = _complete(config, outer)
-        return {
-            "out_dir": str(config.out),
-            "num_pairs": config.num_pairs,
-            "complete": complete,
-            "written": written,
-            "missing": len(range(outer.index, config.num_pairs, outer.count)) - complete,
-            "failed": failed,
-        }
-    # Every shard finished: nothing is left to make, so this only takes the folder and counts it.
-    summary = generate_to_folder(config, process_index=0, num_processes=1, shard=outer, show_progress=False)
-    return {**summary, "written": written, "ray_shards": count}
+        results, failed = _run_shards(cluster.ray, config, parts, options, outer, show_progress)
+    # The counts of the manifest: each shard that finished checked its own pairs' files as it wrote them.
+    records = _owned_records(config, outer)
+    kept = sum(1 for r in records if r.get("kept", True))
+    summary = {
+        "out_dir": str(config.out),
+        "num_pairs": config.num_pairs,
+        "complete": len(records),
+        "kept": kept,
+        "rejected": len(records) - kept,
+        "written": sum(r["written"] for r in results.values()),
+        "missing": owned - len(records),
+        "ray_shards": count,
+    }
+    if not outer.alone:
+        summary["shard"] = str(outer)
+    return {**summary, "failed": failed} if failed else summary
 
 
 def generate_shard_task(cwd: str, config: GenerateConfig, shard: str, board) -> dict[str, Any]:
@@ -111,7 +117,7 @@ def _run_shards(ray, config, parts, options, outer, show_progress):
     owned = len(range(outer.index, config.num_pairs, outer.count))
     bar = tqdm(
         total=owned,
-        initial=_complete(config, outer),
+        initial=len(_owned_records(config, outer)),
         desc="pairs on Ray",
         unit="pair",
         disable=not show_progress,
@@ -126,13 +132,11 @@ def _run_shards(ray, config, parts, options, outer, show_progress):
                     results[ended.id] = ended.result
                 else:
                     failed[ended.id] = ended.error
-            bar.update(_complete(config, outer) - bar.n)
+            bar.update(len(_owned_records(config, outer)) - bar.n)
     return results, failed
 
 
-def _complete(config: GenerateConfig, outer: Shard) -> int:
-    """Pairs of ``outer`` that the manifest lists (what the bar shows; the writer checks the files too)."""
+def _owned_records(config: GenerateConfig, outer: Shard) -> list[dict[str, Any]]:
+    """The manifest's records of the pairs of ``outer`` (what the bar and the summary count)."""
     records = manifest_records(config.out) if Path(config.out).is_dir() else {}
-    return sum(
-        1 for r in records.values() if r.get("index", -1) < config.num_pairs and outer.owns(r["index"])
-    )
+    return [r for r in records.values() if r.get("index", -1) < config.num_pairs and outer.owns(r["index"])]
