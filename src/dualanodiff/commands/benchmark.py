@@ -211,7 +211,9 @@ def register(subparsers) -> None:
     )
     from ..executors import add_executor_arguments
 
-    add_executor_arguments(p, what="every step (a type's training, generation, a category's evaluation)")
+    add_executor_arguments(
+        p, what="one task per step (a type's training, generation, a category's evaluation)"
+    )
     p.set_defaults(func=run)
 
 

@@ -134,7 +134,7 @@ def register(subparsers) -> None:
     add_progress_argument(p)
     from ..executors import add_executor_arguments
 
-    ray = add_executor_arguments(p, what="shards of the pairs, one task each (by pair index, as --shard)")
+    ray = add_executor_arguments(p, what="one task per shard of the pairs (by pair index, as --shard)")
     ray.add_argument(
         "--ray-shards",
         type=int_arg(1),

@@ -36,7 +36,7 @@ def add_executor_arguments(parser: argparse.ArgumentParser, *, what: str) -> arg
         "--executor",
         choices=EXECUTORS,
         default="local",
-        help=f"local: in this process (default); ray: {what} as tasks on a Ray cluster (pip install "
+        help=f"local: in this process (default); ray: {what}, on a Ray cluster (pip install "
         "'dualanodiff[ray]'); the output folder must be on storage every node sees",
     )
     group.add_argument(
