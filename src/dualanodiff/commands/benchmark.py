@@ -24,6 +24,9 @@ Resumable: every finished step leaves OUT/steps/<step>.json; running the same co
 continues (training, generation and the U-Net also resume inside a step). A folder made with other settings is
 refused before anything runs.
 
+On a cluster: --executor ray runs every step as a Ray task, each started once the steps it reads are done
+(types train in parallel, one GPU each); OUT must be on storage every node sees (docs/ray.md).
+
 Sizes: the paper's by default (days of GPU time for all of MVTec AD); --quick for a rough look (shorter training,
 100 pairs, 25 sampler steps, 20 U-Net epochs, 1 run, 5 classifier epochs). Every size can be set below.
 """
@@ -206,6 +209,11 @@ def register(subparsers) -> None:
         default=256,
         help="ResNet-34 input side (default 256)",
     )
+    from ..executors import add_executor_arguments
+
+    add_executor_arguments(
+        p, what="one task per step (a type's training, generation, a category's evaluation)"
+    )
     p.set_defaults(func=run)
 
 
@@ -219,6 +227,8 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    import sys
+
     from ..benchmark import run_benchmark
     from ..checks import check_device, check_output_dir
 
@@ -226,4 +236,16 @@ def run(args) -> int:
     check_device(args.device)
     result = run_benchmark(config_from_args(args))
     print(result["summary"])
-    return 0
+    unfinished = [s for s in result["steps"] if s["status"] in ("failed", "not run")]
+    for s in unfinished:
+        print(
+            f"dualanodiff benchmark: {s['id']}: {s['status']}: {s.get('error') or s.get('reason')}",
+            file=sys.stderr,
+        )
+    if unfinished:
+        print(
+            f"dualanodiff benchmark: {len(unfinished)} step(s) did not finish; the others are kept, and the same "
+            "command reruns only those",
+            file=sys.stderr,
+        )
+    return 1 if unfinished else 0

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..checks import float_arg, int_arg, name_arg, pairs_arg, resolution_arg, seed_arg
+from ..errors import InputError
 from . import add_progress_argument
 from .masks import add_mask_arguments
 
@@ -130,6 +132,15 @@ def register(subparsers) -> None:
         "accelerate launch the processes split their shard again",
     )
     add_progress_argument(p)
+    from ..executors import add_executor_arguments
+
+    ray = add_executor_arguments(p, what="one task per shard of the pairs (by pair index, as --shard)")
+    ray.add_argument(
+        "--ray-shards",
+        type=int_arg(1),
+        default=None,
+        help="Ray tasks to split the pairs between (default: one per GPU of the cluster; one per node without)",
+    )
     p.set_defaults(func=run)
 
 
@@ -168,6 +179,29 @@ def run(args) -> int:
         vae_slicing=args.vae_slicing,
         vae_tiling=args.vae_tiling,
     )
-    summary = generate_to_folder(config, shard=args.shard, show_progress=args.progress)
+    if args.executor != "ray" and (args.ray_shards is not None or args.ray_address is not None):
+        raise InputError("--ray-shards and --ray-address go with --executor ray")
+    if args.executor == "ray":
+        from ..executors.ray_generate import generate_on_ray
+
+        summary = generate_on_ray(
+            config,
+            address=args.ray_address,
+            shards=args.ray_shards,
+            shard=args.shard,
+            retries=args.ray_retries,
+            cpus=args.ray_cpus,
+            show_progress=args.progress,
+        )
+    else:
+        summary = generate_to_folder(config, shard=args.shard, show_progress=args.progress)
     print(json.dumps(summary, indent=2, default=str))
+    if summary.get("failed"):
+        print(
+            f"dualanodiff generate: {len(summary['failed'])} shard(s) failed: "
+            + "; ".join(f"{shard}: {error}" for shard, error in summary["failed"].items())
+            + f". {summary['missing']} pair(s) are missing; the same command makes only those",
+            file=sys.stderr,
+        )
+        return 1
     return 0
