@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
-from tqdm.auto import tqdm
 
 from ..model.base import BaseComponents
 from ..model.encode import encode_prompts
+from ..progress import progress_bar
 from ..synthetic import CATEGORIES, DEFECT_TYPES, synthetic_sample
 from ..synthetic.common import seed_sequence
 from .marks import add_marks, mark_canvas
@@ -80,7 +80,7 @@ def pretraining_pool(cfg: PretrainConfig, canvas_grey: float) -> tuple[np.ndarra
     images, labels, masks = [], [], []
     jobs = [(ci, c, i, False) for ci, c in enumerate(CATEGORIES) for i in range(cfg.pool_normal)]
     jobs += [(ci, c, i, True) for ci, c in enumerate(CATEGORIES) for i in range(cfg.pool_marked)]
-    for ci, cat, i, marked in tqdm(jobs, desc="rendering pretraining images", leave=False):
+    for ci, cat, i, marked in progress_bar(jobs, desc="rendering pretraining images", leave=False):
         split = "pretrain-marked" if marked else "pretrain"
         image = synthetic_sample(cat, split, "good", i, cfg.seed, cfg.resolution).image
         mask = np.zeros(image.shape[:2], bool)
@@ -155,7 +155,7 @@ def train_vae(base: BaseComponents, cfg: PretrainConfig, log: list[dict]) -> Non
     vae = base.vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    bar = tqdm(range(cfg.vae_steps), desc="pretraining the VAE", mininterval=5)
+    bar = progress_bar(range(cfg.vae_steps), desc="pretraining the VAE", mininterval=5)
     for step in bar:
         idx = torch.randint(0, data.shape[0], (cfg.vae_batch,), generator=gen)
         x, w = _crop(_flip(torch.cat([data[idx], weights[idx]], 1), gen), cfg.vae_crop, gen).split([3, 1], 1)
@@ -188,7 +188,7 @@ def train_unet(
     scale = vae.config.scaling_factor
     with torch.no_grad():
         means, stds = [], []
-        for i in tqdm(range(0, len(data), 64), desc="encoding latents", leave=False):
+        for i in progress_bar(range(0, len(data), 64), desc="encoding latents", leave=False):
             x = data[i : i + 64]
             flips = torch.stack([x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)], 1).flatten(0, 1)
             post = vae.encode(flips).latent_dist
@@ -202,7 +202,7 @@ def train_unet(
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     labels_t = torch.from_numpy(labels)
-    bar = tqdm(range(cfg.unet_steps), desc="pretraining the UNet", mininterval=5)
+    bar = progress_bar(range(cfg.unet_steps), desc="pretraining the UNet", mininterval=5)
     for step in bar:
         idx = torch.randint(0, means.shape[0], (cfg.unet_batch,), generator=gen)
         flip = torch.randint(0, 4, (cfg.unet_batch,), generator=gen)

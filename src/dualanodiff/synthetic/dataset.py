@@ -9,10 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..io import save_image_atomic, write_json_atomic, write_text_atomic
+from ..progress import progress_bar
 from .render import CATEGORIES, DEFECT_TYPES, TEXTURES, synthetic_sample
 
 # Per-type image counts in the range of real MVTec AD types after scaling (few-shot train 4-6).
@@ -108,7 +108,7 @@ def make_synthetic(
         shutil.rmtree(out)
 
     jobs = _plan(categories, n_train_good, n_test_good, counts)
-    for cat, split, kind, i in tqdm(jobs, desc="synthetic dataset", disable=not progress):
+    for cat, split, kind, i in progress_bar(jobs, desc="synthetic dataset", disable=not progress):
         s = synthetic_sample(cat, split, kind, i, seed, resolution)
         name = f"{i:03d}.png"
         rel = Path(split) / kind / name
