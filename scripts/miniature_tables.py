@@ -126,20 +126,29 @@ def times_text(times: dict) -> str:
 
 def base_text(meta: dict) -> str:
     t, c = meta["times"], meta["config"]
-    cpu = sum(v for k, v in t.items() if k.endswith("_cpu_s"))
     segs = "; ".join(
         f"{cat}: " + ", ".join(f"{kind} {iou:.2f}" for kind, iou in s["val_iou_mean"].items())
         for cat, s in meta["segmenters"].items()
     )
     size = (ASSETS / "demo_base.safetensors").stat().st_size / 1e6
+    unet = f"UNet {c['unet_steps']} steps (batch {c['unet_batch']})"
+    if "unet_snapshot_step" in meta:  # a long run stopped early: the shipped UNet is one of its snapshots
+        unet = (
+            f"UNet: the EMA snapshot at step {meta['unet_snapshot_step']} of a {c['unet_steps']}-step run "
+            f"(batch {c['unet_batch']}; the run was stopped there for time)"
+        )
+    cpu = ", ".join(
+        f"{stage} {t[f'{stage}_cpu_s'] / 60:.0f}"
+        for stage in ("vae", "unet", "segmenter")
+        if f"{stage}_cpu_s" in t
+    )
     return (
         f"Shipped: UNet, VAE and reference segmenters as fp16 safetensors ({size:.1f} MB) and `demo_base.json`. "
-        f"Pretraining: VAE {c['vae_steps']} steps, UNet {c['unet_steps']} steps (batch {c['unet_batch']}), "
-        f"segmenters {c['segmenter_steps']} steps each; {cpu / 60:.0f} CPU minutes in all with one torch thread "
-        f"(VAE {t.get('vae_cpu_s', 0) / 60:.0f}, UNet {t.get('unet_cpu_s', 0) / 60:.0f}, segmenters "
-        f"{t.get('segmenter_cpu_s', 0) / 60:.0f}), torch {meta['stack']['torch']}. Final losses: VAE reconstruction "
-        f"{meta['final_losses'].get('vae')}, UNet epsilon MSE {meta['final_losses'].get('unet')}. Reference "
-        f"segmenters, mean IoU on held-out VAE-decoded renders per type: {segs}.\n"
+        f"Pretraining: VAE {c['vae_steps']} steps, {unet}, segmenters {c['segmenter_steps']} steps each; CPU "
+        f"minutes with one torch thread, as recorded: {cpu or 'none recorded'}; torch {meta['stack']['torch']}. "
+        f"Final losses: VAE reconstruction {meta['final_losses'].get('vae')}, UNet epsilon MSE "
+        f"{meta['final_losses'].get('unet', 'not recorded')}. Reference segmenters, mean IoU on held-out "
+        f"VAE-decoded renders per type: {segs}.\n"
     )
 
 
@@ -184,13 +193,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("study", type=Path, help="study.json written by scripts/miniature_study.py")
+    parser.add_argument(
+        "study",
+        type=Path,
+        nargs="?",
+        help="study.json written by scripts/miniature_study.py (none: --base-only)",
+    )
+    parser.add_argument(
+        "--base-only",
+        action="store_true",
+        help="only fill docs/demo.md's demo-base figures from demo_base.json",
+    )
     parser.add_argument("--times", type=Path, default=None, help="JSON written by benchmarks/bench_demo.py")
     parser.add_argument("--print", action="store_true", help="print the tables; write nothing")
     args = parser.parse_args()
+    base_meta = json.loads((ASSETS / META_NAME).read_text())
+    if args.base_only:
+        replace_between(ROOT / "docs" / "demo.md", "demo-base", base_text(base_meta))
+        print("wrote the demo base's figures into docs/demo.md")
+        return
+    if args.study is None:
+        parser.error("give study.json, or --base-only")
     study = json.loads(args.study.read_text())
     times = json.loads(args.times.read_text()) if args.times else None
-    base_meta = json.loads((ASSETS / META_NAME).read_text())
     table = study_table(study)
     if args.print:
         print(table)

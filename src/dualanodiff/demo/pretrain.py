@@ -270,6 +270,11 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, stages: tuple[str, .
             "machine": platform.machine(),
         },
     }
+    if "unet" not in stages and "step" in previous:
+        # The UNet kept from out_dir is a snapshot of a longer run, taken at this step (see `train_unet`).
+        meta["unet_snapshot_step"] = previous["step"]
+    if "unet" not in stages and "unet_snapshot_step" in previous:
+        meta["unet_snapshot_step"] = previous["unet_snapshot_step"]
     if "vae" in stages:
         base = build_demo_structure(seed=cfg.seed)
     else:
