@@ -134,6 +134,9 @@ class BenchmarkConfig:
     scheduler: str | None = None
     background_every: int | None = None  # BCM
     background_noise: str | None = None  # BCM: "shared" | "independent"
+    zero_mean_noise: bool = (
+        False  # centre the initial noise (GenerateConfig; the demo's 16x16 latents need it)
+    )
     gen_batch_size: int = 8
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
     mask_method: str = "auto"
@@ -400,6 +403,7 @@ class _Benchmark:
             scheduler=c.scheduler,
             background_every=c.background_every,
             background_noise=c.background_noise,
+            zero_mean_noise=c.zero_mean_noise,
             category=category,
             seed=_type_seed(c.seed, category, kind),
             mixed_precision=c.mixed_precision,

@@ -66,6 +66,9 @@ class DemoConfig:
     bcm: bool = False
     scheduler: str = "dpm++"
     guidance: float = 2.5
+    # The noise's mean colour tints the part branch's grey canvas on 16x16 latents: 27 of 32 pairs failed the mask
+    # gate without this, 1 of 32 with it (docs/results/demo_alignment/diagnosis.json).
+    zero_mean_noise: bool = True
     # torch CPU threads (None: torch's default). 1 by default: on 2 cores shared with any other work, two
     # OpenMP threads stall each other (measured 2-8 s per training step against 0.25 s with one thread).
     threads: int | None = 1
@@ -120,6 +123,7 @@ def benchmark_config(cfg: DemoConfig, data: Path, base: Path, out: Path, methods
         sampler_steps=cfg.sampler_steps,
         scheduler=cfg.scheduler,
         guidance=cfg.guidance,
+        zero_mean_noise=cfg.zero_mean_noise,
         gen_batch_size=16,
         gen_resolution=cfg.resolution,
         max_mask_area=cfg.max_mask_area,
