@@ -66,6 +66,7 @@ class PretrainConfig:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6
     unet_steps: int = 3000
+    unet_init: str = ""  # a demo base folder whose UNet to continue from (its EMA weights); "": seeded random
     unet_batch: int = 32
     unet_lr: float = 6e-4
     ema_decay: float = 0.999
@@ -176,7 +177,7 @@ def train_vae(base: BaseComponents, cfg: PretrainConfig, log: list[dict]) -> Non
 
 
 def train_unet(
-    base: BaseComponents, cfg: PretrainConfig, log: list[dict], snapshot=None, snapshot_every: int = 500
+    base: BaseComponents, cfg: PretrainConfig, log: list[dict], snapshot=None, snapshot_every: int = 250
 ) -> torch.nn.Module:
     """Epsilon MSE with SD 1.5's DDPM schedule on latents of the pool (four flips each); returns the EMA UNet.
 
@@ -280,7 +281,9 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, stages: tuple[str, .
     else:
         base = load_demo_base(out_dir)
         if "unet" in stages:
-            base.unet = build_demo_structure(seed=cfg.seed).unet
+            base.unet = (
+                load_demo_base(cfg.unet_init) if cfg.unet_init else build_demo_structure(seed=cfg.seed)
+            ).unet
     segmenters = {}
     if "segmenter" not in stages and previous.get("segmenters"):
         segmenters = {f"segmenter.{c}": load_segmenter(c, out_dir) for c in previous["segmenters"]}
