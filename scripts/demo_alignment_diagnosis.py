@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualanodiff.demo.alignment import iou, load_segmenter, segment, through_vae
+from dualanodiff.demo.alignment import cut_out, iou, load_segmenter, part_match_rank, segment, through_vae
 from dualanodiff.demo.base import demo_base_folder, load_demo_base
 from dualanodiff.demo.pretrain import PROMPTS
 from dualanodiff.demo.run import stack
@@ -123,7 +123,7 @@ def ceiling(base, seg, data: Path, category: str, anomaly: str) -> dict:
     masks = [load_mask(s.mask) > 0 for s in test]
     result = {"ground-truth area": spread([m.mean() for m in masks])}
     # The part-match measure on perfectly aligned pairs: each real test image with its defect cut onto mid-grey.
-    parts = [np.where(m[..., None], im, np.uint8(128)) for im, m in zip(images, masks)]
+    parts = [cut_out(im, m) for im, m in zip(images, masks)]
     ranks = [part_match_rank(im, part, grey_mask(part)) for im, part in zip(images, parts)]
     result["part match rank, real test images and their cut-out defects"] = spread(
         [r for r in ranks if r is not None]
@@ -138,25 +138,6 @@ def ceiling(base, seg, data: Path, category: str, anomaly: str) -> dict:
             "area": spread(pred.mean((1, 2))),
         }
     return result
-
-
-SHIFTS = [(dy, dx) for dy in (-16, 0, 16) for dx in (-16, 0, 16) if (dy, dx) != (0, 0)]
-
-
-def part_match_rank(image: np.ndarray, part: np.ndarray, mask: np.ndarray) -> float | None:
-    """Segmenter-free alignment: does the whole image look like the part's defect where the mask is, more than
-    at the same mask moved by 16 px in each of 8 directions? The share of those moves that match worse (1: the
-    mask's place matches best; 0.5: no better than elsewhere, as for unrelated image and part)."""
-    if not mask.any():
-        return None
-    image, part = image.astype(float), part.astype(float)
-
-    def distance(dy: int, dx: int) -> float:
-        moved = np.roll(image, (-dy, -dx), axis=(0, 1))  # the image content at the moved mask's place
-        return float(np.abs(moved[mask] - part[mask]).mean())
-
-    here = distance(0, 0)
-    return float(np.mean([distance(dy, dx) > here for dy, dx in SHIFTS]))
 
 
 def pair_rows(seg, images: np.ndarray, parts: np.ndarray) -> list[dict]:

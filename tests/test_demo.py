@@ -307,3 +307,19 @@ def test_study_tables_are_the_json_mean_sd_and_paired_differences(tmp_path):
     doc.write_text("a\n<!-- miniature-table:start -->\nold\n<!-- miniature-table:end -->\nb\n")
     tables.replace_between(doc, "miniature-table", table)
     assert doc.read_text() == f"a\n<!-- miniature-table:start -->\n{table}<!-- miniature-table:end -->\nb\n"
+
+
+def test_part_match_is_best_where_the_part_was_cut_and_not_for_a_defect_elsewhere():
+    from dualanodiff.demo.alignment import cut_out, part_match_rank
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(90, 110, (64, 64, 3)).astype(np.uint8)
+    image[10:16, 10:16] = (200, 40, 40)  # the defect
+    here = np.zeros((64, 64), bool)
+    here[10:16, 10:16] = True
+    assert part_match_rank(image, cut_out(image, here), here) == 1.0
+    elsewhere = np.roll(here, (30, 30), axis=(0, 1))  # a part whose defect is where the image has none
+    part = np.full_like(image, 128)
+    part[elsewhere] = (200, 40, 40)
+    assert part_match_rank(image, part, elsewhere) < 0.5
+    assert part_match_rank(image, part, np.zeros((64, 64), bool)) is None
