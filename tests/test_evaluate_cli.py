@@ -123,6 +123,46 @@ def test_quality_equals_library_metrics(data_root, generated, weights, tmp_path)
     assert f"| crop-paste | {res['is']:.2f} | {res['ic_lpips']:.2f} |" in (out / "results.md").read_text()
 
 
+def test_quality_scores_every_generated_image_by_default(data_root, generated, weights, tmp_path):
+    """IS and IC-LPIPS over kept and rejected pairs, as the paper; --quality-images kept for the kept only."""
+    from dualanodiff.baselines.write import GeneratedWriter
+    from dualanodiff.data.generated import read_generated
+    from dualanodiff.data.images import load_mask, load_rgb
+    from dualanodiff.evaluate.quality import inception_score, load_inception
+    from dualanodiff.locking import output_lock
+
+    source = read_generated(generated["crack"])
+    folder = tmp_path / "gated"
+    with output_lock(folder, "test"):
+        writer = GeneratedWriter(folder, {"method": "crop-paste", "anomaly_type": "crack"})
+        for i, pair in enumerate(source):
+            rejected = i in (1, 4, 7)
+            writer.write(i, load_rgb(pair.image), load_mask(pair.mask), kept=not rejected,
+                         reject_reason="mask empty" if rejected else None)  # fmt: skip
+    inception, vgg = weights
+    inc = load_inception(inception, "cpu")
+    everything = [p.image for p in read_generated(folder, include_rejected=True)]
+    kept = [p.image for p in read_generated(folder)]
+    assert (len(everything), len(kept)) == (10, 7)
+    for option, images in ((None, everything), ("kept", kept)):
+        out = tmp_path / f"eval-{option}"
+        argv = ["evaluate", "quality", "--data", str(data_root), "--category", "pill", "--out", str(out),
+                "--generated", str(folder), "--inception-weights", str(inception), "--lpips-vgg-weights",
+                str(vgg), "--is-splits", "2", "--lpips-size", "64", "--device", "cpu"]  # fmt: skip
+        assert main(argv + (["--quality-images", option] if option else [])) == 0
+        res = json.loads((out / "quality" / "crop-paste" / "pill.json").read_text())
+        assert res["images"] == (option or "all")
+        assert res["types"]["crack"]["n_images"] == len(images)
+        assert res["types"]["crack"]["n_rejected"] == (3 if option is None else 0)
+        ref = inception_score(images, splits=2, model=inc)["is_mean"]
+        assert res["types"]["crack"]["is"] == pytest.approx(ref, rel=1e-9)
+        md = (out / "results.md").read_text()
+        assert ("kept and rejected" in md) == (option is None) and ("kept pairs only" in md) == (
+            option == "kept"
+        )
+        assert _csv(out / "quality.csv")[0]["images"] == (option or "all")
+
+
 def test_classification_writes_accuracy(data_root, generated, tmp_path):
     out = tmp_path / "eval"
     argv = ["evaluate", "classification", "--data", str(data_root), "--category", "pill", "--out", str(out),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,13 +22,15 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from .backgrounds import Backgrounds, generation_foreground
 from .baselines.write import GeneratedWriter
 from .checks import MAX_PAIRS, MAX_RESOLUTION, check_device, check_float, check_int, check_name, check_seed
 from .errors import InputError
 from .locking import output_lock
 from .masks import PartMasker, build_masker, judge_mask
+from .model.dual_unet import read_adapter_config
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
-from .pipeline import DualAnoDiffPipeline, to_uint8
+from .pipeline import BACKGROUND_NOISE, DualAnoDiffPipeline, to_uint8
 from .progress import progress_bar
 from .sharding import Shard, launcher_shard
 
@@ -40,28 +42,68 @@ SCHEDULERS = {
     "euler": (EulerDiscreteScheduler, {}),
 }
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GENERATION_PRESETS = ("paper", "official-code")
+# Settings a preset fills when left unset (None).
+PRESET_FIELDS = ("num_pairs", "steps", "guidance", "scheduler", "background_every", "background_noise")
+
+
+def preset_settings(preset: str, bcm: bool, category: str | None = None) -> dict:
+    """The sampler settings of METHOD section 7 for adapters without or with BCM.
+
+    paper: 50 steps, guidance 2.5, 1,000 pairs (the scheduler is not stated: SD 1.5's PNDM). official-code, the
+    authors' inference scripts: without BCM PNDM 100 steps, guidance 2.5, 500 pairs; with BCM 50 steps, guidance
+    2.0 (1.2 for screw), 500 pairs, background switched every 50 pairs (10 for screw). Background noise: the
+    authors noise the unconditional and conditional background rows independently ("independent"); the paper
+    preset keeps one draw for both ("shared"), this project's default before presets existed.
+    """
+    if preset not in GENERATION_PRESETS:
+        raise InputError(f"--preset {preset!r}: choose one of {', '.join(GENERATION_PRESETS)}")
+    if preset == "paper":
+        return dict(
+            num_pairs=1000,
+            steps=50,
+            guidance=2.5,
+            scheduler="pndm",
+            background_every=50,
+            background_noise="shared",
+        )
+    screw = category == "screw"
+    return dict(
+        num_pairs=500,
+        steps=50 if bcm else 100,
+        guidance=(1.2 if screw else 2.0) if bcm else 2.5,
+        scheduler="pndm",
+        background_every=10 if screw else 50,
+        background_noise="independent",
+    )
 
 
 @dataclass
 class GenerateConfig:
-    """Everything that decides the generated data; written to OUT/config.json."""
+    """Everything that decides the generated data; written (resolved) to OUT/config.json.
+
+    Settings left None are filled by the preset (`resolve_generate_config`); explicit values win.
+    """
 
     base: str
     adapters: str
     out: str
-    num_pairs: int = 1000  # paper: 1,000 pairs per anomaly type (official code: 500)
+    preset: str = "paper"
+    num_pairs: int | None = None  # paper: 1,000 pairs per anomaly type (official code: 500)
     batch_size: int = 8
-    steps: int = 50
-    guidance: float = 2.5
-    scheduler: str = "pndm"
+    steps: int | None = None  # paper: 50 (official code: 100; 50 with BCM)
+    guidance: float | None = None  # paper: 2.5 (official code with BCM: 2.0, 1.2 for screw)
+    scheduler: str | None = None  # paper and official code: pndm
     seed: int = 0
     mixed_precision: str = "no"
     resolution: int | None = None  # default: the base's native size
     backgrounds: str | None = None  # BCM: folder of normal images
-    foreground: str | None = (
-        None  # BCM: their foreground masks (by stem); none: the whole image is background
-    )
-    background_every: int = 50  # BCM: switch background every K pairs (10 for screw in the official setting)
+    # BCM: how the object is found in the backgrounds: auto, u2net, none or a folder of masks (matched by stem);
+    # None: the source the adapters were trained with
+    foreground: str | None = None
+    background_every: int | None = None  # BCM: switch background every K pairs (official, screw: 10; else 50)
+    background_noise: str | None = None  # BCM under guidance: "shared" or "independent" (see the pipeline)
+    category: str | None = None  # for the screw settings of official-code; default: the adapters' category
     mask_method: str = "auto"
     u2net_weights: str | None = None
     mask_threshold: float | None = None
@@ -79,11 +121,17 @@ class GenerateConfig:
     vae_tiling: bool = False
 
     def __post_init__(self):
-        """Check every option that needs no file (the resolution's multiple needs the base: `generate_to_folder`)."""
-        check_int(self.num_pairs, "--num-pairs", 1, MAX_PAIRS)
+        """Check every option that needs no file (the resolution's multiple needs the base: `generate_to_folder`).
+        Options left unset (None) are filled from the preset by `resolve_generate_config`."""
+        if self.preset not in GENERATION_PRESETS:
+            raise InputError(f"--preset {self.preset!r}: choose one of {', '.join(GENERATION_PRESETS)}")
+        if self.num_pairs is not None:
+            check_int(self.num_pairs, "--num-pairs", 1, MAX_PAIRS)
         check_int(self.batch_size, "--batch-size", 1)
-        check_int(self.steps, "--steps", 1, 1000)  # SD's scheduler has 1000 training timesteps
-        check_float(self.guidance, "--guidance")
+        if self.steps is not None:
+            check_int(self.steps, "--steps", 1, 1000)  # SD's scheduler has 1000 training timesteps
+        if self.guidance is not None:
+            check_float(self.guidance, "--guidance")
         check_seed(self.seed)
         if self.resolution is not None:
             check_int(self.resolution, "--resolution", 8, MAX_RESOLUTION)
@@ -92,11 +140,22 @@ class GenerateConfig:
             check_float(self.mask_threshold, "--threshold", minimum=0)
         if self.anomaly_type is not None:
             check_name(self.anomaly_type, "--anomaly-type")
-        if self.scheduler not in SCHEDULERS:
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InputError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.mixed_precision not in PRECISIONS:
             raise InputError(f"--mixed-precision must be one of {', '.join(PRECISIONS)}")
-        check_int(self.background_every, "--background-every", 1)
+        if self.background_every is not None:
+            check_int(self.background_every, "--background-every", 1)
+        if self.background_noise is not None and self.background_noise not in BACKGROUND_NOISE:
+            raise InputError(f"--background-noise must be one of {', '.join(BACKGROUND_NOISE)}")
+
+
+def resolve_generate_config(config: GenerateConfig, bcm: bool, category: str | None = None) -> GenerateConfig:
+    """Fill the settings left unset from the preset, for adapters with or without BCM (of ``category``)."""
+    category = config.category or category
+    preset = preset_settings(config.preset, bcm, category)
+    filled = {k: preset[k] for k in PRESET_FIELDS if getattr(config, k) is None}
+    return replace(config, category=category, **filled)
 
 
 # Settings that change speed and memory but not the pairs (to float rounding): a resume may change them.
@@ -137,35 +196,6 @@ def adapter_identity(adapter_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def adapter_anomaly_type(adapter_dir: str | Path) -> str | None:
-    """The anomaly type recorded by `dualanodiff train` in the adapters' metadata, if any."""
-    from .model.dual_unet import read_adapter_config
-
-    return (read_adapter_config(adapter_dir).get("training") or {}).get("anomaly")
-
-
-def load_backgrounds(
-    folder: str | Path, foreground: str | Path | None, resolution: int
-) -> list[tuple[str, torch.Tensor]]:
-    """BCM backgrounds, (3, R, R) in [-1, 1]: normal images with the object blacked out, made exactly as
-    the training backgrounds are (`data.pairs.black_out_object`)."""
-    from .data.folder import folder_normals
-    from .data.images import load_mask, load_rgb
-    from .data.pairs import black_out_object, image_to_tensor, mask_to_tensor
-
-    normals = folder_normals(folder, foreground_dir=foreground)
-    if not normals:
-        raise InputError(f"--backgrounds {folder}: no images found")
-    out = []
-    for sample in normals:
-        rgb = load_rgb(sample.image)
-        fg = None
-        if sample.foreground is not None:
-            fg = mask_to_tensor(load_mask(sample.foreground, size=(rgb.shape[1], rgb.shape[0])), resolution)
-        out.append((sample.image.name, black_out_object(image_to_tensor(rgb, resolution), fg)))
-    return out
-
-
 def generate_to_folder(
     config: GenerateConfig,
     pipe=None,
@@ -190,7 +220,6 @@ def generate_to_folder(
         device = config.device or _default_device()
     share = (Shard.parse(shard) if isinstance(shard, str) else shard or Shard()).split(ranks)
     from .model.base import check_resolution, read_base_shape
-    from .model.dual_unet import read_adapter_config
 
     # Everything that can be checked without the model is checked before anything is written or loaded.
     check_device(config.device)
@@ -199,26 +228,43 @@ def generate_to_folder(
         raise InputError(
             f"--adapters {adapters}: no adapters.safetensors there (train first, or check the path)"
         )
+    meta = read_adapter_config(adapters)
+    training = meta.get("training") or {}
+    bcm = bool((meta.get("adapter") or {}).get("bcm"))
+    config = resolve_generate_config(config, bcm, training.get("category"))
     if pipe is None:
         resolution = check_resolution(config.resolution, read_base_shape(config.base))
-        bcm = bool((read_adapter_config(adapters).get("adapter") or {}).get("bcm"))
     else:
         resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         if resolution % pipe.vae_scale_factor:
             raise InputError(f"--resolution: must be a multiple of {pipe.vae_scale_factor}, got {resolution}")
-        bcm = pipe.adapter_config.bcm
     backgrounds = None
     if bcm:
         if config.backgrounds is None:
             raise InputError(
                 "these adapters use BCM: give --backgrounds DIR (normal images, e.g. train/good)"
             )
-        backgrounds = load_backgrounds(config.backgrounds, config.foreground, resolution)
+        config = replace(
+            config, foreground=generation_foreground(config.foreground, training.get("foreground"))
+        )
+        # Read (and mask) the backgrounds this process's pairs use, before the diffusion model loads.
+        backgrounds = Backgrounds(
+            config.backgrounds,
+            config.foreground,
+            resolution,
+            pairs=[i for i in range(config.num_pairs) if share.owns(i)],
+            every=config.background_every,
+            u2net_weights=config.u2net_weights,
+            category=config.category,
+            device=device,
+        )
     masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
 
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     record_config["adapter_identity"] = adapter_identity(adapters)
-    record_config["anomaly_type"] = config.anomaly_type or adapter_anomaly_type(adapters)
+    record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
+    if bcm:
+        record_config["foreground_in_training"] = training.get("foreground")
     with output_lock(config.out, "generate", shard=share):
         writer = GeneratedWriter(
             config.out, record_config, base_seed=config.seed, resume_ignore=("num_pairs", *SPEED_OPTIONS)
@@ -261,7 +307,7 @@ def _generate_pairs(
     record_config: dict,
     show_progress: bool,
     resolution: int,
-    backgrounds: list[tuple[str, torch.Tensor]] | None,
+    backgrounds: Backgrounds | None,
     masker: PartMasker,
 ) -> None:
     """Make and write the pairs ``todo`` (indices), ``config.batch_size`` per pipeline call."""
@@ -289,7 +335,7 @@ def _generate_pairs(
         indices = todo[start : start + config.batch_size]
         bg_names, bg_images = None, None
         if backgrounds is not None:
-            chosen = [backgrounds[(i // config.background_every) % len(backgrounds)] for i in indices]
+            chosen = [backgrounds.for_pair(i) for i in indices]
             bg_names, bg_images = [c[0] for c in chosen], [c[1] for c in chosen]
         out = pipe(
             num_pairs=len(indices),
@@ -302,6 +348,7 @@ def _generate_pairs(
             global_prompt=config.global_prompt,
             part_prompt=config.part_prompt,
             output_type="np",
+            background_noise=config.background_noise,
         )
         for k, index in enumerate(indices):
             image, part = to_uint8(out.images[k]), to_uint8(out.parts[k])

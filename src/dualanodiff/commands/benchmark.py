@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..checks import MAX_RESOLUTION, float_arg, int_arg, name_arg, pairs_arg, resolution_arg, seed_arg
 from . import add_progress_argument
+from .evaluate import add_quality_images_argument
 
 _DESCRIPTION = """\
 Run the paper's evaluation protocol end to end on an MVTec-AD-layout root, for every chosen category and anomaly
@@ -22,6 +23,9 @@ OUT/localization.csv, OUT/quality.csv, OUT/classification.csv; the resolved sett
 Resumable: every finished step leaves OUT/steps/<step>.json; running the same command again skips those and
 continues (training, generation and the U-Net also resume inside a step). A folder made with other settings is
 refused before anything runs.
+
+On a cluster: --executor ray runs every step as a Ray task, each started once the steps it reads are done
+(types train in parallel, one GPU each); OUT must be on storage every node sees (docs/ray.md).
 
 Sizes: the paper's by default (days of GPU time for all of MVTec AD); --quick for a rough look (shorter training,
 100 pairs, 25 sampler steps, 20 U-Net epochs, 1 run, 5 classifier epochs). Every size can be set below.
@@ -104,19 +108,35 @@ def register(subparsers) -> None:
         "--bcm", action="store_true", help="train and generate with the Background Compensation Module"
     )
     tr.add_argument(
+        "--foreground",
+        choices=["auto", "u2net", "none"],
+        help="BCM: how each image's object is found: auto (weight-free), u2net (--u2net-weights) or none (whole "
+        "image); default: ROOT/<category>/foreground/ when it exists, else auto",
+    )
+    tr.add_argument(
         "--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="precision of the frozen base"
     )
 
     ge = p.add_argument_group("generation (all generators; unset: the profile's)")
-    ge.add_argument("--num-pairs", type=pairs_arg, help="pairs per anomaly type (paper 1000, quick 100)")
     ge.add_argument(
-        "--sampler-steps", type=int_arg(1, 1000), help="diffusion sampler steps (paper 50, quick 25)"
+        "--gen-preset",
+        choices=["paper", "official-code"],
+        help="sampler settings of `generate --preset` (default paper): pairs, steps, guidance, background "
+        "switching and noise; the options below win",
     )
     ge.add_argument(
-        "--guidance", type=float_arg(), default=2.5, help="classifier-free guidance (default 2.5)"
+        "--num-pairs",
+        type=pairs_arg,
+        help="pairs per anomaly type (paper 1000, official-code 500, quick 100)",
     )
     ge.add_argument(
-        "--scheduler", choices=["pndm", "ddim", "dpm++", "unipc", "euler"], default="pndm", help="sampler"
+        "--sampler-steps",
+        type=int_arg(1, 1000),
+        help="diffusion sampler steps (paper 50, official-code 100 or 50, quick 25)",
+    )
+    ge.add_argument("--guidance", type=float_arg(), help="classifier-free guidance (default: the preset's)")
+    ge.add_argument(
+        "--scheduler", choices=["pndm", "ddim", "dpm++", "unipc", "euler"], help="sampler (default pndm)"
     )
     ge.add_argument("--gen-batch-size", type=int_arg(1), default=8, help="pairs per UNet call (default 8)")
     ge.add_argument(
@@ -144,6 +164,7 @@ def register(subparsers) -> None:
     qu.add_argument(
         "--lpips-size", type=int_arg(16, 1024), default=256, help="LPIPS input side (default 256)"
     )
+    add_quality_images_argument(qu)
 
     lo = p.add_argument_group("downstream localization (unset: the profile's)")
     lo.add_argument("--loc-epochs", type=int_arg(1), help="U-Net epochs (paper 200, quick 20)")
@@ -188,6 +209,11 @@ def register(subparsers) -> None:
         default=256,
         help="ResNet-34 input side (default 256)",
     )
+    from ..executors import add_executor_arguments
+
+    add_executor_arguments(
+        p, what="one task per step (a type's training, generation, a category's evaluation)"
+    )
     p.set_defaults(func=run)
 
 
@@ -201,6 +227,8 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    import sys
+
     from ..benchmark import run_benchmark
     from ..checks import check_device, check_output_dir
 
@@ -208,4 +236,16 @@ def run(args) -> int:
     check_device(args.device)
     result = run_benchmark(config_from_args(args))
     print(result["summary"])
-    return 0
+    unfinished = [s for s in result["steps"] if s["status"] in ("failed", "not run")]
+    for s in unfinished:
+        print(
+            f"dualanodiff benchmark: {s['id']}: {s['status']}: {s.get('error') or s.get('reason')}",
+            file=sys.stderr,
+        )
+    if unfinished:
+        print(
+            f"dualanodiff benchmark: {len(unfinished)} step(s) did not finish; the others are kept, and the same "
+            "command reruns only those",
+            file=sys.stderr,
+        )
+    return 1 if unfinished else 0

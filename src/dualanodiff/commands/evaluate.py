@@ -61,6 +61,7 @@ def register(subparsers) -> None:
     q.add_argument(
         "--max-per-cluster", type=int_arg(2), default=50, help="IC-LPIPS members sampled per cluster"
     )
+    add_quality_images_argument(q)
     q.set_defaults(func=run_quality)
 
     loc = modes.add_parser(
@@ -132,6 +133,17 @@ def _common(p, generated_required: bool) -> None:
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of every random draw")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_progress_argument(p)
+
+
+def add_quality_images_argument(p) -> None:
+    """Which generated images IS and IC-LPIPS score; shared with `benchmark`."""
+    p.add_argument(
+        "--quality-images",
+        choices=["all", "kept"],
+        default="all",
+        help="score every generated image, kept and rejected by the mask gate, as the paper does (all), or only "
+        "the kept pairs the detectors train on (kept); the tables say which",
+    )
 
 
 def add_localization_arguments(p) -> None:
@@ -209,7 +221,7 @@ def localization_config(args, **overrides):
     )
 
 
-def _inputs(args):
+def _inputs(args, include_rejected: bool = False):
     """Check the options that need the file system or torch, then read the generated folders: all of it
     before any model is loaded or anything is written."""
     from ..checks import check_device, check_name, check_output_dir
@@ -219,7 +231,9 @@ def _inputs(args):
     check_device(args.device)
     check_category(args.data, args.category)
     folders = args.generated or []
-    generated = load_generated_sets(folders, args.anomaly_types) if folders else {}
+    generated = {}
+    if folders:
+        generated = load_generated_sets(folders, args.anomaly_types, include_rejected=include_rejected)
     # The label becomes a folder name under --out: one read from a folder's config.json is checked like --method.
     method = args.method or check_name(
         infer_method(folders), "the method in the generated folders' config.json"
@@ -248,7 +262,7 @@ def run_quality(args) -> int:
     from ..evaluate.protocol import QUALITY_DIR, load_quality_models, quality_of_category
     from ..io import write_json_atomic
 
-    generated, method = _inputs(args)
+    generated, method = _inputs(args, include_rejected=True)  # quality_of_category picks the images scored
     models = load_quality_models(args.inception_weights, args.lpips_vgg_weights, args.device)
     with _holding(args):  # one writer per results folder, taken once the inputs are checked
         result = quality_of_category(
@@ -257,6 +271,7 @@ def run_quality(args) -> int:
             generated,
             models,
             split=args.split,
+            images=args.quality_images,
             is_splits=args.is_splits,
             lpips_size=args.lpips_size,
             max_per_cluster=args.max_per_cluster,

@@ -15,8 +15,8 @@ OUT/<category>/<anomaly>/ (adapters.safetensors, adapter_config.json, train_conf
 settings, loss_log.csv). Every input file is checked before the model is loaded.
 
 Data: --data ROOT --category C (MVTec AD layout; the first third of each type's test images, sorted by name,
-are the training images; BCM foreground masks from ROOT/C/foreground/) or --images DIR --masks DIR (your own
-images and masks matched by file stem; optional --foreground DIR for BCM).
+are the training images; BCM foreground masks from ROOT/C/foreground/ or --foreground) or --images DIR --masks DIR
+(your own images and masks matched by file stem).
 
 Resuming: checkpoints are written every --checkpoint-every steps; running the same command again continues
 from the last one and gives the same adapters as an uninterrupted run. Types already finished are skipped.
@@ -65,8 +65,14 @@ def register(subparsers) -> None:
     data.add_argument("--masks", help="their masks, matched by stem: <stem>.png or <stem>_mask.png")
     data.add_argument(
         "--foreground",
-        help="object foreground masks matched by stem, for --bcm (without them the whole image is background, "
-        "right for textures)",
+        help="where --bcm finds each image's object, to black it out of the background: auto (weight-free "
+        "estimate for objects on plain backgrounds), u2net (the paper's saliency network, with --u2net-weights), "
+        "none (the whole image is background: textures), or a folder of masks matched by stem (<stem>.png or "
+        "<stem>_mask.png). Default: ROOT/C/foreground/ if it exists, else auto; MVTec AD textures always use the "
+        "whole image. Recorded with the adapters; generate uses the same",
+    )
+    data.add_argument(
+        "--u2net-weights", help="U^2-Net weights (u2net.pth or u2netp.pth) for --foreground u2net"
     )
 
     run = p.add_argument_group("model and output")
@@ -176,7 +182,7 @@ def config_from_args(args):
     from ..training.config import TrainConfig
 
     names = (
-        "base out data category images masks foreground split preset bcm epochs max_steps batch_size "
+        "base out data category images masks foreground u2net_weights split preset bcm epochs max_steps batch_size "
         "learning_rate rank text_encoder_rank alpha saim saim_zero_init background_latent_scaling resolution "
         "seed flips mixed_precision gradient_checkpointing save_dtype checkpoint_every keep_checkpoints resume progress"
     ).split()

@@ -44,6 +44,12 @@ from .tables import (
 )
 
 METHOD_ORDER = ("dualanodiff", "crop-paste", "perlin", "none")
+# Which generated images IS and IC-LPIPS score: every one, as the paper (its generator has no mask gate), or
+# only the pairs whose mask passed the gate (those the detectors train on).
+QUALITY_IMAGES = {
+    "all": "every generated image (kept and rejected pairs), as the paper",
+    "kept": "kept pairs only",
+}
 QUALITY_DIR, LOCALIZATION_DIR, CLASSIFICATION_DIR = "quality", "localization", "classification"
 
 
@@ -91,9 +97,12 @@ def infer_method(folders: Sequence[str | os.PathLike]) -> str:
 
 
 def load_generated_sets(
-    folders: Sequence[str | os.PathLike], anomaly_types: Sequence[str] | None = None
+    folders: Sequence[str | os.PathLike],
+    anomaly_types: Sequence[str] | None = None,
+    include_rejected: bool = False,
 ) -> dict[str, list[GeneratedPair]]:
-    """{anomaly type: kept pairs} from generated folders (one per type; two folders of a type are merged).
+    """{anomaly type: kept pairs} from generated folders (one per type; two folders of a type are merged);
+    with ``include_rejected`` the pairs the mask gate rejected too (their records say ``kept: false``).
 
     Each pair's record gets its ``anomaly_type`` set, so the U-Net's sampler draws types uniformly.
     Missing masks, empty folders etc. raise :class:`InputError` naming the file (``read_generated``).
@@ -104,7 +113,7 @@ def load_generated_sets(
         )
     out: dict[str, list[GeneratedPair]] = {}
     for i, folder in enumerate(folders):
-        pairs = read_generated(folder)
+        pairs = read_generated(folder, include_rejected=include_rejected)
         kind = anomaly_types[i] if anomaly_types is not None else infer_anomaly_type(folder, pairs)
         out.setdefault(kind, []).extend(replace(p, record={**p.record, "anomaly_type": kind}) for p in pairs)
     return out
@@ -206,22 +215,36 @@ def quality_of_type(
     return out
 
 
+def check_quality_images(images: str) -> str:
+    if images not in QUALITY_IMAGES:
+        raise InputError(f"--quality-images {images!r}: choose one of {', '.join(QUALITY_IMAGES)}")
+    return images
+
+
 def quality_of_category(
     root: str | os.PathLike,
     category: str,
     generated: Mapping[str, Sequence[GeneratedPair]],
     models: tuple,
     split: str = "strict",
+    images: str = "all",
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Per-type IS / IC-LPIPS and their averages over the types (the paper's per-category figures)."""
+    """Per-type IS / IC-LPIPS and their averages over the types (the paper's per-category figures).
+
+    ``generated`` should hold every pair (`read_generated(..., include_rejected=True)`); ``images="kept"``
+    scores only those whose record says kept. The result names the image set it scored.
+    """
+    check_quality_images(images)
     per_type = {}
     for kind in sorted(generated):
         centres = few_shot_images(root, category, kind, split)
-        images = [p.image for p in generated[kind]]
-        per_type[kind] = quality_of_type(images, centres, *models, **kwargs)
+        pairs = [p for p in generated[kind] if images == "all" or p.record.get("kept", True)]
+        per_type[kind] = quality_of_type([p.image for p in pairs], centres, *models, **kwargs)
+        per_type[kind]["n_rejected"] = sum(not p.record.get("kept", True) for p in pairs)
     return {
         "category": category,
+        "images": images,
         "types": per_type,
         "is": mean_or_none(t["is"] for t in per_type.values()),
         "ic_lpips": mean_or_none(t["ic_lpips"] for t in per_type.values()),
@@ -348,6 +371,7 @@ def write_tables(
                 "method": m,
                 "category": c,
                 "anomaly_type": t,
+                "images": r.get("images", "kept"),
                 **{k: v for k, v in q.items() if k != "notes"},
                 "notes": "; ".join(q.get("notes", [])),
             }
@@ -355,9 +379,11 @@ def write_tables(
             for c, r in sorted(per.items())
             for t, q in sorted(r["types"].items())
         ]
-        cols = ["method", "category", "anomaly_type", "is", "is_std", "ic_lpips", "n_images", "notes"]
-        write_text_atomic(out_dir / "quality.csv", to_csv(rows, cols))
+        cols = ["method", "category", "anomaly_type", "images", "is", "is_std", "ic_lpips", "n_images"]
+        write_text_atomic(out_dir / "quality.csv", to_csv(rows, [*cols, "n_rejected", "notes"]))
         parts.append("\n## Generation quality: Inception Score / IC-LPIPS (higher is better)\n")
+        scored = sorted({r.get("images", "kept") for per in qual.values() for r in per.values()})
+        parts.append("Images scored: " + "; ".join(QUALITY_IMAGES[s] for s in scored) + ".\n")
         parts.append(quality_table(qual, with_paper=paper))
     cls = res["classification"]
     if cls:

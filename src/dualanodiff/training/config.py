@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..checks import MAX_RESOLUTION, check_float, check_int, check_name, check_seed
 from ..errors import InputError
+from ..masks.foreground import check_foreground_spec, foreground_kind
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 SAVE_DTYPES = ("fp32", "bf16", "fp16")  # the final adapters' file; checkpoints stay fp32 (exact resume)
@@ -61,7 +62,10 @@ class TrainConfig:
     anomaly: str | None = None
     images: str | None = None
     masks: str | None = None
+    # BCM foreground source: "auto", "u2net" (with u2net_weights), "none" or a folder of masks; None: the dataset's
+    # foreground/ folder when there is one, else "auto" (resolved by `resolve_config`, recorded with the adapters)
     foreground: str | None = None
+    u2net_weights: str | None = None
     split: str = "strict"
     preset: str = "paper"
     bcm: bool = False
@@ -117,6 +121,7 @@ _NOT_IDENTITY = {
     "images",
     "masks",
     "foreground",
+    "u2net_weights",
     "epochs",
     "max_steps",
     "gradient_checkpointing",
@@ -134,7 +139,18 @@ def identity(config: TrainConfig, data_hash: str | None = None) -> dict:
     out = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
     if data_hash is not None:
         out["data"] = data_hash
+    if config.bcm:  # which source made the backgrounds (its folder may move; its kind may not change)
+        out["foreground_source"] = foreground_kind(config.foreground)
     return out
+
+
+def default_foreground(config: TrainConfig) -> str:
+    """The BCM foreground source when none is given: the dataset's ``foreground/`` folder, else ``auto``."""
+    if not config.uses_folder and config.data and config.category:
+        folder = Path(config.data) / config.category / "foreground"
+        if folder.is_dir():
+            return str(folder)
+    return "auto"
 
 
 # The command-line flag of each checked option (the error names what the user typed).
@@ -188,6 +204,11 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     elif not config.category:
         raise InputError("--category is required with --data")
 
+    foreground = config.foreground
+    if config.bcm:
+        foreground = foreground or default_foreground(config)
+        check_foreground_spec(foreground, config.u2net_weights)
+
     preset = PRESETS[config.preset]
     if config.epochs is None and config.max_steps is None:
         epochs = preset.epochs_bcm if config.bcm else preset.epochs
@@ -196,6 +217,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         epochs, max_steps = config.epochs, config.max_steps
     return replace(
         config,
+        foreground=foreground,
         epochs=epochs,
         max_steps=max_steps,
         batch_size=config.batch_size or (preset.batch_size_bcm if config.bcm else preset.batch_size),

@@ -28,6 +28,7 @@ from ..data.pairs import DefectPairDataset, default_flips
 from ..errors import InputError
 from ..io import remove_temporaries, write_json_atomic
 from ..locking import output_lock
+from ..masks.foreground import foreground_kind
 from ..model.base import check_resolution, read_base_shape
 from ..model.dual_unet import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_state
 from ..model.encode import GLOBAL_PROMPT, PART_PROMPT, encode_latents
@@ -43,7 +44,7 @@ from .checkpoint import (
     truncate_loss_log,
 )
 from .config import TrainConfig, identity, resolve_config, steps_per_epoch, total_steps
-from .sources import data_hash, expand_anomaly_types, training_samples
+from .sources import data_hash, expand_anomaly_types, training_samples, write_estimated_foregrounds
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,8 @@ def _train_locked(
                 f"{found[-1][1]}: a checkpoint at step {found[-1][0]}, beyond this run's {total} steps; give at "
                 "least that many (--max-steps/--epochs), or --no-resume to start over"
             )
+    if config.bcm and foreground_kind(config.foreground) in ("auto", "u2net"):
+        samples = write_estimated_foregrounds(config, samples, run_dir / "foreground")
     AdapterTrainer(config, samples, run_dir, data).run(on_step)
     return run_dir
 
