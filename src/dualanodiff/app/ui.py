@@ -267,7 +267,9 @@ def _train_tab(h: AppHandlers):
     message = gr.HTML(elem_id="train-message")
     status = gr.HTML(elem_id="train-status")
     with gr.Row():
-        plot = gr.Image(label="Training loss", type="pil", interactive=False, elem_id="train-loss")
+        plot = gr.Image(
+            label="Training loss", show_label=False, type="pil", interactive=False, elem_id="train-loss"
+        )
         where = gr.Markdown(elem_id="train-adapters")
 
     @_guard
@@ -295,7 +297,8 @@ def _train_tab(h: AppHandlers):
 
         def curve():
             steps_, losses = [r["step"] for r in log], [r["loss"] for r in log]
-            return loss_curve_png(steps_, losses, title="epsilon MSE") if len(log) >= 2 else None
+            title = "training loss (epsilon MSE per step)"
+            return loss_curve_png(steps_, losses, title=title) if len(log) >= 2 else None
 
         return (
             _send(last, "status", html_status, lambda: html_status),
@@ -339,8 +342,9 @@ def _generate_tab(h: AppHandlers):
     status = gr.HTML(elem_id="gen-status")
     gallery = gr.Gallery(
         label="Pairs: whole image | anomaly part | mask overlay",
-        columns=4,
+        columns=3,
         height="auto",
+        object_fit="contain",  # a triple is three times as wide as high: show all of it
         format="png",
         elem_id="gen-gallery",
     )
