@@ -146,6 +146,9 @@ def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, 
 
     gen = handlers.generate_config("", "", 4, 0, "ddim", 2, 2.5, 1.0, 4)
     handlers.start_generation(gen, discard=False)
+    # Another tab, or another app on the same folder, sees it running and is refused.
+    with pytest.raises(InputError, match="a generate job is already running .* maybe from another tab"):
+        AppHandlers(tmp_path / "work").start_generation(gen, discard=False)
     status = handlers.jobs.wait("generate", timeout=300)
     assert status.state == "done", handlers.jobs.log("generate")
     assert status.result["complete"] == 4

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import IMAGE_EXTENSIONS, is_image_file, load_mask
-from ..data.mvtec import DefectSample, _sorted_images
+from ..data.mvtec import DefectSample
 from ..data.validate import sample_problems
 from ..errors import InputError
 from ..io import atomic_path, save_image_atomic
@@ -98,7 +98,7 @@ def add_masks(project: Project, uploads: Iterable[str | os.PathLike]) -> list[st
     by stem. A mask is decoded by the one mask policy of every reader (`data.images.load_mask`)."""
     notes = []
     with _writing(project):
-        images = {p.stem: p for p in _sorted_images(project.defect_dir)}
+        images = {p.stem: p for p in list_images(project.defect_dir)}
         for upload in map(Path, uploads):
             stem = mask_stem(upload.name)
             if stem not in images:
@@ -145,7 +145,7 @@ def defect_image(project: Project, image_name: str) -> Path:
 def defect_entries(project: Project) -> list[DefectEntry]:
     """Every defect image of the project, by name, with its mask and the training data checks' verdict."""
     entries = []
-    for image in _sorted_images(project.defect_dir):
+    for image in list_images(project.defect_dir):
         mask = project.mask_path(image)
         found = mask if mask.is_file() else None
         problems = sample_problems(DefectSample(image, found, project.anomaly))
@@ -156,5 +156,6 @@ def defect_entries(project: Project) -> list[DefectEntry]:
     return entries
 
 
-def normal_images(folder: Path) -> list[Path]:
-    return _sorted_images(folder)
+def list_images(folder: Path) -> list[Path]:
+    """The image files of a folder (none when it does not exist), by name."""
+    return sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []

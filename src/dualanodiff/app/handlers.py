@@ -8,7 +8,7 @@ Every piece of work is a call to the library the CLI uses: `TrainConfig` + `trai
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +108,8 @@ class AppHandlers:
                 f"{entry.name}: ok" if entry.ok else "; ".join(_relative(p, project) for p in entry.problems)
             )
             items.append((image, caption))
-        good_train = dataset.normal_images(project.normal_train_dir)
-        good_test = dataset.normal_images(project.normal_test_dir)
+        good_train = dataset.list_images(project.normal_train_dir)
+        good_test = dataset.list_images(project.normal_test_dir)
         usable = sum(e.ok for e in entries)
         where = "uploaded data" if project.uploaded else f"MVTec AD folder {project.root}"
         summary = (
@@ -207,8 +207,7 @@ class AppHandlers:
 
     def start_training(self, config: TrainConfig) -> JobStatus:
         """Check everything the CLI checks before loading a model, then train in the background."""
-        if self.jobs.status("train").running:
-            return self.jobs.status("train")
+        self.jobs.check_idle("train")
         resolved = resolve_config(config)
         samples = training_samples(resolved)  # the data first: no model is touched for a broken file
         if config.base == DEMO_BASE:
@@ -302,14 +301,11 @@ class AppHandlers:
         )
 
     def start_generation(self, config: GenerateConfig, discard: bool) -> JobStatus:
-        if self.jobs.status("generate").running:
-            return self.jobs.status("generate")
+        self.jobs.check_idle("generate")
         if not (Path(config.adapters) / "adapters.safetensors").is_file():
             raise InputError(
                 f"{config.adapters}: no adapters.safetensors there (train first, or check the path)"
             )
-        from dataclasses import asdict
-
         return self.jobs.start(
             "generate", {"config": asdict(config), "discard": bool(discard)}, self.workspace.folder
         )
@@ -364,11 +360,11 @@ class AppHandlers:
         """Export the kept pairs with the project's normal images for anomalib; (zip, the Folder call)."""
         project = self.project
         normal = project.normal_train_dir
-        if not dataset.normal_images(normal):
+        if not dataset.list_images(normal):
             raise InputError(
                 f"{normal}: no normal images; an anomalib dataset needs defect-free images (add some on the Data page)"
             )
-        test = project.normal_test_dir if dataset.normal_images(project.normal_test_dir) else None
+        test = project.normal_test_dir if dataset.list_images(project.normal_test_dir) else None
         out = self.workspace.export_dir(project)
         summary = export_anomalib([self.generated_folder()], normal, out, normal_test=test)
         target = self.workspace.downloads_dir / f"{project.category}-anomalib.zip"
@@ -405,8 +401,7 @@ class AppHandlers:
         return [getattr(request, n) for n in names]
 
     def start_study(self, request: StudyRequest) -> JobStatus:
-        if self.jobs.status("evaluate").running:
-            return self.jobs.status("evaluate")
+        self.jobs.check_idle("evaluate")
         check_study(request)
         return self.jobs.start("evaluate", request.to_dict(), self.workspace.folder)
 

@@ -105,12 +105,7 @@ class Jobs:
     def start(self, kind: str, params: dict[str, Any], workspace: str | os.PathLike) -> JobStatus:
         """Start a job of ``kind`` with ``params`` (read by `worker`); InputError if one is running."""
         with self._start_lock:
-            current = self.status(kind)
-            if current.running:
-                raise InputError(
-                    f"a {kind} job is already running (started {current.started}, maybe from another tab); "
-                    "stop it or wait for it to finish"
-                )
+            self.check_idle(kind)
             folder = self.folder(kind)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / STATUS_FILE).unlink(missing_ok=True)
@@ -134,6 +129,15 @@ class Jobs:
             self._procs[kind] = proc
             write_json_atomic(folder / JOB_FILE, {**job, "pid": proc.pid})
             return self.status(kind)
+
+    def check_idle(self, kind: str) -> None:
+        """InputError when a job of ``kind`` runs (started here, from another tab, or by another app)."""
+        current = self.status(kind)
+        if current.running:
+            raise InputError(
+                f"a {kind} job is already running (started {current.started}, maybe from another tab); "
+                "stop it or wait for it to finish"
+            )
 
     def stop(self, kind: str) -> JobStatus:
         """SIGINT (keeps everything written, a restart resumes); a second stop while stopping: SIGKILL."""
@@ -217,4 +221,3 @@ def _worker_env() -> dict[str, str]:
     src = str(Path(dualanodiff.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
     return env
-

@@ -63,9 +63,6 @@ def run_train(params: dict[str, Any], workspace: Workspace, status: StatusFile) 
     from ..training import TrainConfig, train_adapters
 
     config = TrainConfig.from_dict(params["config"])
-    if params.get("demo_base"):
-        status.stage("writing the built-in demo base")
-        config.base = str(workspace.demo_base())
     status.stage("training")
     return {"adapters": str(train_adapters(config)), "base": config.base}
 
