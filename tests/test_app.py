@@ -50,7 +50,7 @@ def test_an_upload_with_a_hostile_name_lands_inside_the_project(tmp_path):
     handlers = AppHandlers(tmp_path / "work")
     handlers.workspace.set_project(project)
     notes = handlers.add_uploads("part", "defect", [str(evil)], None, None, None)
-    assert notes == ["added upload.png"]
+    assert notes == ["added test/defect/upload.png"]
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.png") if "uploads" not in p.parts)
     assert written == [Path("work/data/part/test/defect/upload.png")]
 
@@ -73,7 +73,7 @@ def test_data_checks_show_beside_each_image(synthetic_pill_root, tmp_path):
     notes = handlers.add_uploads(
         "pill", "crack", [str(a), str(b), str(c), str(broken)], [str(a_mask), str(small)], None, None
     )
-    assert any(n.startswith("added broken.png") for n in notes)
+    assert any(n.startswith("added test/crack/broken.png") for n in notes)
     entries = {e.name: e for e in defect_entries(handlers.project)}
     assert entries[a.name].ok and entries[a.name].mask is not None
     assert entries[b.name].problems == (f"{b.name}: no mask yet (upload {b.stem}_mask.png or paint one)",)
@@ -110,6 +110,9 @@ def test_painted_mask_is_scaled_back_to_the_image(synthetic_pill_root, tmp_path)
     np.testing.assert_array_equal(saved, expected)
     with pytest.raises(InputError, match="nothing painted"):
         handlers.save_painting(image.name, {"layers": []})
+    with pytest.raises(InputError, match="nothing painted"):  # a cleared layer keeps the saved mask
+        handlers.save_painting(image.name, {"layers": [np.zeros_like(layer)]})
+    np.testing.assert_array_equal(np.asarray(Image.open(path)) > 0, expected)
     # Reopened, the editor shows the saved mask as the painted layer.
     again = handlers.paint_background(image.name)["layers"][0][..., 3] > 0
     np.testing.assert_array_equal(_shrink(again, (64, 64)), expected)

@@ -186,6 +186,8 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
         _wait_for(page, "#data-gallery", f"{defects[0].name}: no mask yet")
         assert sorted(p.name for p in (data / "test" / "crack").iterdir()) == [p.name for p in defects]
         sync_api.expect(page.locator("#paint-image input")).to_have_value(defects[0].name)
+        # The editor has its image when the note says so (a stroke made before would be wiped by its arrival).
+        _wait_for(page, "#paint-note", f"{defects[0].name}: paint the defect white")
         _paint(page)
         page.click("#save-mask")
         _wait_for(page, "#paint-note", f"mask saved: {defects[0].stem}_mask.png")

@@ -72,12 +72,14 @@ def _copy_in(upload: Path, folder: Path) -> Path:
 
 
 def add_images(project: Project, uploads: Iterable[str | os.PathLike], folder: Path) -> list[str]:
-    """Copy uploaded image files into ``folder`` (one of the project's); returns one note per file."""
+    """Copy uploaded image files into ``folder`` (one of the project's); returns one note per file, naming
+    where it went (``test/crack/000.png``, ``train/good/000.png``: the folders' file names may repeat)."""
     notes = []
     with _writing(project):
         for upload in map(Path, uploads):
             try:
-                notes.append(f"added {_copy_in(upload, folder).name}")
+                target = _copy_in(upload, folder)
+                notes.append(f"added {target.relative_to(project.category_dir).as_posix()}")
             except InputError as err:
                 notes.append(str(err))
     return notes

@@ -142,15 +142,18 @@ class AppHandlers:
         self._no_training("change the data")
         if not image_name:
             raise InputError("choose the image to paint a mask for")
+        nothing = InputError(f"{image_name}: nothing painted; paint the defect with the brush first")
         layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
         if not layers:
-            raise InputError(f"{image_name}: nothing painted; paint the defect with the brush first")
+            raise nothing
         painted = np.zeros(layers[0].shape[:2], bool)
         for layer in layers:
             painted |= (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer.max(-1) > 0)
         project = self.project
         image = load_rgb(dataset.defect_image(project, image_name))
         mask = _shrink(painted, image.shape[:2])
+        if not mask.any():  # an empty mask is no mask: keep the saved one rather than break the image
+            raise nothing
         return dataset.save_painted_mask(project, image_name, mask)
 
     def remove_image(self, image_name: str) -> None:

@@ -26,6 +26,7 @@ CSS = """
 .dad-status, .dad-progress { min-height: 1.6em; }
 .dad-progress progress { width: 100%; height: 1.1em; }
 .dad-error { color: #c62828; }
+#gen-gallery .thumbnail-item { aspect-ratio: 5 / 2; }  /* a triple is 3:1 (Gradio's tiles are square) */
 """
 
 
@@ -193,7 +194,7 @@ def _data_tab(h: AppHandlers):
         if not name:
             return None, ""
         try:
-            return h.paint_background(name), ""
+            return h.paint_background(name), _note(f"{name}: paint the defect white, then save the mask")
         except InputError as err:
             return None, _error(err)
 
@@ -342,9 +343,9 @@ def _generate_tab(h: AppHandlers):
     status = gr.HTML(elem_id="gen-status")
     gallery = gr.Gallery(
         label="Pairs: whole image | anomaly part | mask overlay",
-        columns=3,
+        columns=2,
         height="auto",
-        object_fit="contain",  # a triple is three times as wide as high: show all of it
+        object_fit="contain",  # with the CSS's 5:2 tiles, the whole triple, a little room for its caption
         format="png",
         elem_id="gen-gallery",
     )
