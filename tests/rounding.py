@@ -1,0 +1,88 @@
+"""How far apart two float computations of one value may be: a bound derived from the computation, not a guess.
+
+Equal in exact arithmetic is not equal in floating point once a kernel sums in another order, and kernels do: a
+BLAS blocks a matrix product by its shape (one pair against a batch of three), by the memory alignment of its
+operands (MKL's sgemm takes another path for a weight that is not 64-byte aligned, as a safetensors-loaded one is
+not: the stock UNet and its own deep copy differ by about 1e-6, and agree bit for bit under MKL_CBWR=COMPATIBLE),
+by thread count, by CPU and by library version. So a comparison is bitwise (``torch.equal``) only where both sides
+run the same kernels on the same buffers; anywhere else it allows
+
+    steps x eps(dtype) x magnitude
+
+``magnitude`` is the size of the compared values (of the terms, where a sum cancels); ``steps`` is the number of
+reductions whose order a kernel may choose (matrix products, convolutions, sums) in sequence from the inputs to
+the compared value, each allowed one unit in the last place at that magnitude, the errors adding up with no
+cancellation (Higham's bounds grow linearly with the number of operations; the typical error grows like its
+square root). A real bug (a weight, a row's routing, a seed wrong) moves the result by orders of magnitude
+more than this bound.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def eps(dtype) -> float:
+    """Machine epsilon of a torch or numpy float dtype."""
+    return float(torch.finfo(dtype).eps if isinstance(dtype, torch.dtype) else np.finfo(dtype).eps)
+
+
+def rounding_tolerance(magnitude: float, steps: int, dtype=torch.float32) -> float:
+    """The largest difference rounding can explain: ``steps`` reductions at ``magnitude``, each one ulp."""
+    return steps * eps(dtype) * float(magnitude)
+
+
+def reduction_depth(*modules: nn.Module) -> int:
+    """Reductions in sequence through the modules, counted from above.
+
+    Every linear and convolution layer, plus two matrix products (scores, then the weighted sum) per attention
+    layer. Parallel layers (to_q, to_k, to_v; a ResNet's shortcut) are counted too, which only overestimates.
+    Normalisation layers reduce per sample along one axis, the same way whatever the batch: not counted.
+    """
+    from diffusers.models.attention_processor import Attention
+
+    layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ConvTranspose2d)
+    return sum(isinstance(m, layers) + 2 * isinstance(m, Attention) for mod in modules for m in mod.modules())
+
+
+def pipeline_depth(pipe, num_inference_steps: int) -> int:
+    """Reductions in sequence from the prompt to a decoded pair: text encoder, one UNet call per step, VAE."""
+    unet = reduction_depth(pipe.unet)
+    return reduction_depth(pipe.text_encoder) + num_inference_steps * unet + reduction_depth(pipe.vae.decoder)
+
+
+def _as_array(x) -> np.ndarray:
+    return x.detach().double().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float64)
+
+
+def max_abs_diff(actual, expected) -> float:
+    """max |actual - expected| over tensors, arrays or numbers, in float64."""
+    a, b = _as_array(actual), _as_array(expected)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+def assert_equal_up_to_rounding(actual, expected, steps: int, dtype=torch.float32, magnitude=None) -> None:
+    """max |actual - expected| <= rounding_tolerance(magnitude, steps, dtype); magnitude: max |expected|.
+
+    The message gives the difference and the bound with its three factors.
+    """
+    if magnitude is None:
+        magnitude = float(np.abs(_as_array(expected)).max())
+    tol = rounding_tolerance(magnitude, steps, dtype)
+    diff = max_abs_diff(actual, expected)
+    assert diff <= tol, (
+        f"max |actual - expected| = {diff:.3g} > {tol:.3g} = {steps} steps x eps {eps(dtype):.3g} "
+        f"x magnitude {magnitude:.3g}: more than rounding explains"
+    )
+
+
+def assert_masks_equal_up_to_rounding(actual, expected, probability, threshold: float, tol: float) -> None:
+    """Two masks thresholded from probabilities that agree up to ``tol``: they may differ only at pixels whose
+    probability lies within ``tol`` of the threshold (rounding may put those on either side)."""
+    differ = np.asarray(actual) != np.asarray(expected)
+    near = np.abs(np.asarray(probability, np.float64) - threshold) <= tol
+    far = differ & ~near
+    assert not far.any(), f"{int(far.sum())} pixels differ more than {tol:.3g} away from the threshold"
