@@ -116,7 +116,7 @@ def test_benchmark_end_to_end_resumes_and_skips_finished_steps(
     assert set(quality) == {
         (m, k) for m in ("dualanodiff", "crop-paste", "perlin") for k in ("crack", "scratch")
     }
-    # IS = exp(mean KL) >= 1; the float64 KL over 4 images x 1008 classes may round below 0, one ulp a term.
+    # IS = exp(mean KL) >= 1; the float64 KL over 4 images x 1008 classes may round below 0, a rounding a term.
     floor = 1.0 - rounding_tolerance(1.0, 4 * 1008, np.float64)
     assert all(float(r["is"]) >= floor and r["n_images"] == "4" for r in quality.values())
     cls = {r["method"]: float(r["accuracy"]) for r in _csv(out / "classification.csv")}
