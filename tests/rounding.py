@@ -74,7 +74,7 @@ def max_abs_diff(actual, expected) -> float:
 def assert_equal_up_to_rounding(actual, expected, steps: int, dtype=torch.float32, magnitude=None) -> None:
     """max |actual - expected| <= rounding_tolerance(magnitude, steps, dtype); magnitude: max |expected|.
 
-    The message gives the difference and the bound with its three factors.
+    The message gives the difference and the bound with its factors.
     """
     if magnitude is None:
         magnitude = float(np.abs(_as_array(expected)).max())
