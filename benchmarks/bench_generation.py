@@ -69,7 +69,8 @@ def measure(task: dict) -> dict:
             parts.append(out.parts.float().cpu())
         return torch.cat(images), torch.cat(parts)
 
-    seconds, peak, _, (images, parts) = timed(generate, task["device"], task["repeats"])
+    timing = timed(generate, task["device"], task["repeats"])
+    seconds, peak, (images, parts) = timing.seconds, timing.peak_memory_mb, timing.last
     stats = {"s_per_pair": seconds / num_pairs, "pairs_per_s": num_pairs / seconds}
     stats |= memory_stats(task["device"], peak, rss_before)
     return {"stats": stats, "images": images, "parts": parts}
@@ -147,7 +148,7 @@ def sampler_study(args) -> list[dict]:
     base_config = pipe.scheduler.config
     kwargs = dict(num_pairs=args.batch_size[0], seeds=list(range(args.batch_size[0])), output_type="pt")
     pipe.scheduler = make_scheduler("pndm", base_config)
-    t_ref, _, _, ref = timed(lambda: pipe(num_inference_steps=50, **kwargs), args.device, 1)
+    t_ref, _, _, ref, _ = timed(lambda: pipe(num_inference_steps=50, **kwargs), args.device, 1)
     rows = [{"scheduler": "pndm", "steps": 50, "s_per_pair": t_ref / kwargs["num_pairs"], "reference": True}]
     for name, steps in (
         ("pndm", 25),
@@ -158,7 +159,7 @@ def sampler_study(args) -> list[dict]:
         ("unipc", 25),
     ):
         pipe.scheduler = make_scheduler(name, base_config)
-        t, _, _, out = timed(lambda s=steps: pipe(num_inference_steps=s, **kwargs), args.device, 1)
+        t, _, _, out, _ = timed(lambda s=steps: pipe(num_inference_steps=s, **kwargs), args.device, 1)
         d_img, d_part = (out.images - ref.images).abs(), (out.parts - ref.parts).abs()
         rows.append(
             {

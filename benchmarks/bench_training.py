@@ -97,7 +97,7 @@ def measure(task: dict) -> dict:
     rss_before = resident_mb()
     step = make_step(pipe, task["batch_size"], task["bcm"], task["precision"], task["device"], reference)
     # The warm-up step is the first step from the shared weights: its loss and gradient norm are compared.
-    seconds, peak, (loss, grad_norm), _ = timed(step, task["device"], task["repeats"])
+    seconds, peak, (loss, grad_norm), _, _ = timed(step, task["device"], task["repeats"])
     stats = {"s_per_step": seconds, "steps_per_s": 1 / seconds} | memory_stats(
         task["device"], peak, rss_before
     )

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -36,13 +36,13 @@ REFERENCE_STRUCTURE = (
 )
 
 
-def build_pipe(base: str, bcm: bool, precision: str, device: str, seed: int = 0) -> DualAnoDiffPipeline:
-    """A pipeline with random, non-zero adapters (so LoRA, SAIM and BCM all contribute), the same in every process."""
-    components = build_base(base, seed=seed) if base in ("tiny", "sd15") else load_base(base)
-    torch.manual_seed(seed)  # SAIM's linears use PyTorch's default initialisation (METHOD section 4)
-    pipe = DualAnoDiffPipeline.from_components(
-        components, AdapterConfig(rank=32 if base != "tiny" else 4, bcm=bcm)
-    )
+def adapter_config(base: str, bcm: bool) -> AdapterConfig:
+    """The adapters every benchmark measures: rank 32 (the paper's) on real shapes, 4 on the tiny base."""
+    return AdapterConfig(rank=32 if base != "tiny" else 4, bcm=bcm)
+
+
+def randomize_adapters(pipe: DualAnoDiffPipeline, seed: int = 0) -> None:
+    """Non-zero LoRA up-projections and BCM gates, so LoRA, SAIM and BCM all contribute to every output."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for proc in dual_processors(pipe.unet).values():
@@ -51,6 +51,31 @@ def build_pipe(base: str, bcm: bool, precision: str, device: str, seed: int = 0)
                     param.copy_(torch.randn(param.shape, generator=gen) * 0.01)
                 elif name == "bcm.alpha":
                     param.fill_(0.3)
+
+
+def install_random_adapters(pipe: DualAnoDiffPipeline, base: str, bcm: bool, seed: int = 0) -> None:
+    """Replace the installed adapters by the random ones `build_pipe` makes for ``seed`` (on the model's device)."""
+    torch.manual_seed(seed)  # SAIM's linears use PyTorch's default initialisation (METHOD section 4)
+    with torch.device(pipe.unet.device):
+        pipe.configure_adapters(adapter_config(base, bcm))
+    randomize_adapters(pipe, seed)
+
+
+def build_pipe(
+    base: str, bcm: bool, precision: str, device: str, seed: int = 0, resolution: int | None = None
+) -> DualAnoDiffPipeline:
+    """A pipeline with random, non-zero adapters, the same in every process on one device.
+
+    The random bases are built on ``device`` directly (SD 1.5 on a GPU in about a second, no CPU copy).
+    """
+    if base in ("tiny", "sd15"):
+        components = build_base(base, seed=seed, resolution=resolution, device=device)
+    else:
+        components = load_base(base)
+    torch.manual_seed(seed)  # SAIM's linears use PyTorch's default initialisation (METHOD section 4)
+    with torch.device(components.unet.device):
+        pipe = DualAnoDiffPipeline.from_components(components, adapter_config(base, bcm))
+    randomize_adapters(pipe, seed)
     pipe.to(device, PRECISIONS[precision])
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -99,12 +124,23 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
-def timed(fn: Callable[[], Any], device: str, repeats: int) -> tuple[float, float, Any, Any]:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up; peak memory; warm-up and last result."""
+class Timing(NamedTuple):
+    seconds: float  # median wall time of the measured runs
+    peak_memory_mb: float  # over the measured runs (GPU); the process's peak RSS (CPU)
+    first: Any  # the warm-up run's result
+    last: Any  # the last measured run's result
+    warmup_seconds: float  # the warm-up run alone: allocations, autotuning, `torch.compile`'s compilation
+
+
+def timed(fn: Callable[[], Any], device: str, repeats: int) -> Timing:
+    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up (timed apart), and peak memory."""
     cuda = device.startswith("cuda")
+    start = time.perf_counter()
     first = fn()  # warm-up: allocations, autotuning, compilation
     if cuda:
         torch.cuda.synchronize()
+    warmup = time.perf_counter() - start
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     times, result = [], None
     for _ in range(repeats):
@@ -113,7 +149,7 @@ def timed(fn: Callable[[], Any], device: str, repeats: int) -> tuple[float, floa
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), peak_memory_mb(device), first, result
+    return Timing(statistics.median(times), peak_memory_mb(device), first, result, warmup)
 
 
 def run_isolated(fn: Callable[..., dict], *args) -> dict:

@@ -68,3 +68,19 @@ def random_quality_weights(tmp_path_factory):
     features = torchvision.models.vgg16().features
     torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, folder / "vgg16.pth")
     return folder / "inception.pth", folder / "vgg16.pth"
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_base_dir, tmp_path_factory):
+    """Adapters for the tiny base, saved to disk, with non-zero LoRA-up weights (so the branches differ)."""
+    import torch
+
+    from dualanodiff.pipeline import DualAnoDiffPipeline
+
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4)
+    with torch.no_grad():
+        for proc in pipe.adapter_modules():
+            for name, param in proc.named_parameters():
+                if name.endswith("up") or name.startswith("lora_B"):
+                    param.normal_(0, 0.02)
+    return pipe.save_adapters(tmp_path_factory.mktemp("tiny_adapters") / "adapters")

@@ -19,6 +19,7 @@ from dualanodiff.data.generated import read_generated
 from dualanodiff.data.images import load_mask, load_rgb
 from dualanodiff.data.mvtec import DefectSample
 from dualanodiff.errors import InputError
+from dualanodiff.locking import output_lock
 
 from rounding import assert_equal_up_to_rounding
 
@@ -134,16 +135,19 @@ def test_interrupted_run_resumes_with_exactly_the_missing_pairs(tmp_path: Path, 
 
 
 def test_writer_refuses_other_settings_and_checks_shapes(tmp_path: Path) -> None:
-    GeneratedWriter(tmp_path, {"seed": 1, "method": "perlin", "num_pairs": 4})
-    GeneratedWriter(tmp_path, {"seed": 1, "method": "perlin", "num_pairs": 9})
-    with pytest.raises(
-        InputError, match=r"config\.json: this folder was made with other settings \(seed: 1 -> 2"
-    ):
-        GeneratedWriter(tmp_path, {"seed": 2, "method": "perlin", "num_pairs": 9})
-    w = GeneratedWriter(tmp_path, {"seed": 1, "method": "perlin", "num_pairs": 9})
-    with pytest.raises(ValueError, match="mask shape"):
-        w.write(0, np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), bool))
-    rec = w.write(0, np.zeros((4, 4, 3), np.uint8), np.eye(4, dtype=bool), mask_area=0.5, prompt="sks")
+    with pytest.raises(RuntimeError, match="hold output_lock"):
+        GeneratedWriter(tmp_path, {"seed": 1})  # a writer works inside the folder's lock
+    with output_lock(tmp_path, "test"):
+        GeneratedWriter(tmp_path, {"seed": 1, "method": "perlin", "num_pairs": 4})
+        GeneratedWriter(tmp_path, {"seed": 1, "method": "perlin", "num_pairs": 9})
+        with pytest.raises(
+            InputError, match=r"config\.json: this folder was made with other settings \(seed: 1 -> 2"
+        ):
+            GeneratedWriter(tmp_path, {"seed": 2, "method": "perlin", "num_pairs": 9})
+        w = GeneratedWriter(tmp_path, {"seed": 1, "method": "perlin", "num_pairs": 9})
+        with pytest.raises(ValueError, match="mask shape"):
+            w.write(0, np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5), bool))
+        rec = w.write(0, np.zeros((4, 4, 3), np.uint8), np.eye(4, dtype=bool), mask_area=0.5, prompt="sks")
     assert rec["seed"] == 1 and rec["mask_area"] == 0.5 and rec["prompt"] == "sks"  # fields override
     assert np.array_equal(load_mask(w.path("mask", 0)), np.eye(4, dtype=bool))
     assert json.loads((tmp_path / "config.json").read_text())["num_pairs"] == 9

@@ -16,6 +16,7 @@ import dualanodiff.benchmark as bm
 from dualanodiff.benchmark import BenchmarkConfig, run_benchmark
 from dualanodiff.cli import main
 from dualanodiff.errors import InputError
+from dualanodiff.training import resolve_config
 
 from rounding import rounding_tolerance
 
@@ -197,11 +198,30 @@ def test_profiles_fill_only_unset_sizes(data_root, tmp_path, capsys):
     assert quick.train_preset == "official-code"
     by_epochs = bm.resolve_benchmark_config(BenchmarkConfig(**base, quick=True, train_epochs=3))
     assert (by_epochs.train_epochs, by_epochs.train_steps) == (3, None)
+    # The generation preset fills pairs and steps, and per category the guidance and background switching.
+    official = bm.resolve_benchmark_config(BenchmarkConfig(**base, gen_preset="official-code", bcm=True))
+    assert (official.num_pairs, official.sampler_steps, official.guidance) == (500, 50, None)
+    bench = bm._Benchmark(official, {"pill": ["crack"]})
+    screw, pill = bench.generate_config("screw", "tip"), bench.generate_config("pill", "crack")
+    assert (screw.guidance, screw.background_every, screw.background_noise) == (1.2, 10, "independent")
+    assert (pill.guidance, pill.background_every, pill.steps) == (2.0, 50, 50)
+    # BCM foregrounds: the dataset's foreground/ folder for training and, on train/good, for generation.
+    assert resolve_config(bench.train_config("pill", "crack")).foreground == str(
+        data_root / "pill" / "foreground"
+    )
+    assert pill.foreground == str(data_root / "pill" / "foreground" / "train" / "good")
+    auto = bm._Benchmark(replace(official, foreground="auto"), {"pill": ["crack"]})
+    assert resolve_config(auto.train_config("pill", "crack")).foreground == "auto"
+    assert auto.generate_config("pill", "crack").foreground == "auto"
+    plain = bm.resolve_benchmark_config(BenchmarkConfig(**base, gen_preset="official-code", sampler_steps=7))
+    assert (plain.num_pairs, plain.sampler_steps) == (500, 7)
+    assert bm._Benchmark(plain, {"pill": ["crack"]}).generate_config("pill", "crack").guidance == 2.5
     with pytest.raises(SystemExit) as exc:
         main(["benchmark", "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--data", "--base", "--out", "--categories", "--anomalies", "--methods", "--quick", "--num-pairs",
                  "--sampler-steps", "--train-steps", "--loc-epochs", "--loc-samples-per-epoch", "--runs",
-                 "--select-on", "--cls-epochs", "--no-quality", "--no-classification"):  # fmt: skip
+                 "--select-on", "--cls-epochs", "--no-quality", "--no-classification", "--gen-preset",
+                 "--quality-images"):  # fmt: skip
         assert flag in text, flag

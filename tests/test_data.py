@@ -253,6 +253,10 @@ def test_foreground_masks_are_picked_up(tmp_path):
         == tmp_path / "pill/foreground/train/good/000.png"
     )
     assert anomaly_samples(tmp_path, "carpet", "hole")[0].foreground is None
+    # Named like the ground-truth masks, <stem>_mask.png, they are found too.
+    old = tmp_path / "pill/foreground/test/crack/001.png"
+    old.rename(old.with_name("001_mask.png"))
+    assert anomaly_samples(tmp_path, "pill", "crack")[1].foreground == old.with_name("001_mask.png")
 
 
 # ------------------------------------------------------------------------------------ folder layout
@@ -265,7 +269,7 @@ def test_folder_layout_matches_by_stem(tmp_path):
     _png(d / "masks/a.png", _mask())
     _png(d / "masks/b_mask.png", _mask())
     _png(d / "foreground/b.png", _mask())
-    _png(d / "foreground/g1.png", _mask())
+    _png(d / "foreground/g1_mask.png", _mask())  # named like a defect mask: matched all the same
     _png(d / "good/g1.png", _rgb())
     _png(d / "good/g2.png", _rgb())
 
@@ -277,7 +281,7 @@ def test_folder_layout_matches_by_stem(tmp_path):
     assert samples[0].foreground is None and samples[1].foreground == d / "foreground/b.png"
     normals = folder_normals(d / "good", d / "foreground")
     assert [(s.image.name, s.mask, s.foreground) for s in normals] == [
-        ("g1.png", None, d / "foreground/g1.png"),
+        ("g1.png", None, d / "foreground/g1_mask.png"),
         ("g2.png", None, None),
     ]
     ds = load_folder(d)
@@ -319,7 +323,7 @@ def test_validate_lists_every_problem(tmp_path):
     with pytest.raises(InputError) as e:
         validate_training_samples([ok, *bad])
     msg = str(e.value)
-    assert msg.startswith("6 problem(s)")
+    assert msg.startswith("6 problems")
     assert (
         "fg_foreground.png: foreground mask size 6x8 differs from image" in msg and "fg.png size 8x8" in msg
     )
@@ -379,6 +383,10 @@ def test_pair_item_values(tmp_path):
     texture = DefectPairDataset([_asymmetric_sample(tmp_path, foreground=False)], 16, False, True)[0]
     assert torch.equal(texture["background"], texture["image"])
     assert "background" not in DefectPairDataset([s], 16, flips=False)[0]
+    # A foreground mask of another size is refused (naming it), never resized.
+    Image.open(s.foreground).resize((8, 8)).save(s.foreground)
+    with pytest.raises(InputError, match="foreground mask size 8x8 differs"):
+        DefectPairDataset([s], 16, flips=False, with_background=True)[0]
 
 
 def test_pair_resize_range_and_mask_threshold(tmp_path):

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dualanodiff.errors import InputError
 from dualanodiff.model.dual_unet import (
     AdapterConfig,
     adapter_state_dict,
     dual_processors,
-    export_official_state_dict,
     install_dual_processors,
 )
+from dualanodiff.model.official import export_official_state_dict
 from dualanodiff.pipeline import DualAnoDiffPipeline
 
 from rounding import assert_equal_up_to_rounding, reduction_depth
@@ -45,11 +47,19 @@ def batch(pairs: int, cross_dim: int = 64, res: int = 8, seed: int = 0):
 
 
 class LoopReference:
-    """Reads the parameters of a dual processor and recomputes its layer with explicit per-branch loops."""
+    """Reads the parameters of a dual processor and recomputes its layer with explicit per-branch loops.
 
-    def __init__(self, dual):
+    ``fusion``: BCM tensors (mlp0 weight, mlp0 bias, mlp1 weight, mlp1 bias, gate) to use instead of the
+    processor's own (e.g. read straight from a checkpoint file).
+    """
+
+    def __init__(self, dual, fusion=None):
         self.dual = dual
         self.name = dual.name
+        self.fusion = fusion
+        if fusion is None and dual.bcm is not None:
+            mlp = dual.bcm.mlp
+            self.fusion = (mlp[0].weight, mlp[0].bias, mlp[1].weight, mlp[1].bias, dual.bcm.alpha)
 
     def __call__(
         self,
@@ -83,10 +93,10 @@ class LoopReference:
             x = hidden_states[row : row + 1]
             branch = 0 if row >= pairs else row % 2
             kv = x if encoder_hidden_states is None else encoder_hidden_states[row : row + 1]
-            if d.bcm is not None and background_rows and row < pairs and branch == 0:
+            if self.fusion is not None and background_rows and row < pairs and branch == 0:
                 bg = hidden_states[pairs + row // 2 : pairs + row // 2 + 1]
-                a = d.bcm.alpha
-                kv = (1 - a) * x + a * d.bcm.mlp[1](d.bcm.mlp[0](bg))
+                w0, b0, w1, b1, a = self.fusion
+                kv = (1 - a) * x + a * F.linear(F.linear(bg, w0, b0), w1, b1)
             outs[row] = attend(x, kv, branch)
         if d.saim is not None:
             s = d.saim
@@ -101,9 +111,10 @@ class LoopReference:
         return torch.cat(outs)
 
 
-def reference_unet(unet):
+def reference_unet(unet, fusions=None):
     ref = copy.deepcopy(unet)
-    ref.set_attn_processor({n: LoopReference(p) for n, p in dual_processors(ref).items()})
+    fusions = fusions or {}
+    ref.set_attn_processor({n: LoopReference(p, fusions.get(n)) for n, p in dual_processors(ref).items()})
     return ref
 
 
@@ -310,7 +321,7 @@ def test_official_checkpoint_import(tiny_components, tiny_base_dir, tmp_path, bc
     assert "text_encoder.text_model.encoder.layers.0.self_attn.to_out_lora.down.weight" in official
     if bcm:
         assert f"{proc}.attn1.processor.chained_proc.to_k_lora.0.down.weight" in official
-        assert official[f"{proc}.attn1.processor.temporal_a"].shape == (1,)
+        assert official[f"{proc}.attn1.processor.chained_proc.temporal_a"].shape == (1,)
     torch.save(official, tmp_path / "official.bin")
 
     fresh = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=32)
@@ -351,6 +362,215 @@ def test_official_checkpoint_that_does_not_fit_is_refused(tiny_components, tmp_p
         pipe.load_official_checkpoint(tmp_path / "missing.bin")
 
 
+# --- the authors' BCM layout, written from METHOD section 10's key list (not from our exporter) ---------------
+
+_BCM_TENSORS = ("temporal_condition_mlp.", "temporal_a")
+
+
+def _layers(unet):
+    """(processor name, is attn1, hidden size, key/value input size) of every attention layer."""
+    for name in unet.attn_processors:
+        attn = unet.get_submodule(name.removesuffix(".processor"))
+        yield name, name.endswith("attn1.processor"), attn.to_q.out_features, attn.to_k.in_features
+
+
+def _authors_bcm_checkpoint(unet, text_encoder, rank: int, seed: int = 0) -> dict:
+    """A BCM state dict as their `save_lora_weights` writes it: attn1 under `chained_proc.` with its MLP and
+    gate; attn2 at `processor.` with an unused MLP and a gate of 0; the text-encoder LoRA."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.05):
+        return torch.randn(shape, generator=gen) * scale
+
+    state = {}
+    for name, is_attn1, c, kv in _layers(unet):
+        prefix = f"unet.{name}.chained_proc." if is_attn1 else f"unet.{name}."
+        for proj, fan_in in (("q", c), ("k", kv), ("v", kv), ("out", c)):
+            for b in (0, 1):
+                state[f"{prefix}to_{proj}_lora.{b}.down.weight"] = rand(rank, fan_in)
+                state[f"{prefix}to_{proj}_lora.{b}.up.weight"] = rand(c, rank)
+        state[f"{prefix}temporal_n.weight"] = 1 + rand(c)
+        state[f"{prefix}temporal_n.bias"] = rand(c)
+        for k in "iqkvo":
+            state[f"{prefix}temporal_{k}.weight"] = rand(c, c, scale=0.2)
+            state[f"{prefix}temporal_{k}.bias"] = rand(c)
+        state[f"{prefix}temporal_condition_mlp.0.weight"] = rand(320, c, scale=0.1)
+        state[f"{prefix}temporal_condition_mlp.0.bias"] = rand(320)
+        state[f"{prefix}temporal_condition_mlp.1.weight"] = rand(c, 320, scale=0.1)
+        state[f"{prefix}temporal_condition_mlp.1.bias"] = rand(c)
+        state[f"{prefix}temporal_a"] = torch.tensor([0.3]) + rand(1) if is_attn1 else torch.zeros(1)
+    d = text_encoder.config.hidden_size
+    for i in range(text_encoder.config.num_hidden_layers):
+        for proj in ("q", "k", "v", "out"):
+            key = f"text_encoder.text_model.encoder.layers.{i}.self_attn.to_{proj}_lora"
+            state[f"{key}.down.weight"], state[f"{key}.up.weight"] = rand(rank, d), rand(d, rank)
+    return state
+
+
+def test_authors_bcm_checkpoint_is_its_non_bcm_parts_plus_the_fusion(tiny_base_dir, tmp_path):
+    from dualanodiff.model.base import load_base
+
+    components = load_base(tiny_base_dir)
+    official = _authors_bcm_checkpoint(components.unet, components.text_encoder, rank=4)
+    (tmp_path / "ckpt").mkdir()
+    torch.save(official, tmp_path / "ckpt" / "pytorch_lora_weights.bin")  # their scripts pass the directory
+
+    with_bcm = _pipe(components, rank=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # attn2's gates are 0: dropped without a word
+        config = with_bcm.load_official_checkpoint(tmp_path / "ckpt")
+    assert (config.rank, config.bcm, config.saim, config.text_encoder_rank) == (4, True, True, 4)
+
+    # The same file without any BCM tensor and without the wrapper's prefix: a plain dual checkpoint.
+    plain = {
+        k.replace(".chained_proc.", "."): v for k, v in official.items() if not k.rpartition(".processor.")[2]
+        .removeprefix("chained_proc.").startswith(_BCM_TENSORS)
+    }  # fmt: skip
+    torch.save(plain, tmp_path / "plain.bin")
+    without_bcm = _pipe(load_base(tiny_base_dir), rank=32)
+    assert not without_bcm.load_official_checkpoint(tmp_path / "plain.bin").bcm
+
+    # ...plus the fusion of METHOD section 5, with the MLP and gate read straight from the file.
+    fusions = {}
+    for name, is_attn1, *_ in _layers(components.unet):
+        if is_attn1:
+            p = f"unet.{name}.chained_proc.temporal_"
+            fusions[name] = tuple(
+                official[p + k]
+                for k in ("condition_mlp.0.weight", "condition_mlp.0.bias", "condition_mlp.1.weight")
+            ) + (official[p + "condition_mlp.1.bias"], official[p + "a"])
+    pairs = 2
+    sample, t, text = batch(pairs)
+    sample, t = torch.cat([sample, sample[:pairs] * 0.5]), torch.cat([t, t[::2]])
+    text, kwargs = torch.cat([text, text[::2]]), {"cross_attention_kwargs": {"background_rows": pairs}}
+    with torch.no_grad():
+        ours = with_bcm.unet(sample, t, text, **kwargs).sample
+        expected = reference_unet(without_bcm.unet, fusions)(sample, t, text, **kwargs).sample
+        no_fusion = reference_unet(without_bcm.unet)(sample, t, text, **kwargs).sample
+    # Other kernels (one row at a time, explicit softmax) on the same weights: up to rounding through the UNet.
+    assert_equal_up_to_rounding(ours, expected, steps=reduction_depth(with_bcm.unet))
+    assert (ours - no_fusion).abs().max() > 1e-3  # the fusion matters, so the comparison can fail
+
+
+def test_unused_attn2_gate_that_is_not_zero_warns(tiny_components, tmp_path):
+    official = _authors_bcm_checkpoint(tiny_components.unet, tiny_components.text_encoder, rank=4)
+    key = next(k for k in official if k.endswith("attn2.processor.temporal_a"))
+    official[key] = torch.tensor([0.25])
+    torch.save(official, tmp_path / "pytorch_lora_weights.bin")
+    pipe = _pipe(tiny_components, rank=4)
+    with pytest.warns(UserWarning, match="never uses them"):
+        assert pipe.load_official_checkpoint(tmp_path / "pytorch_lora_weights.bin").bcm
+
+
+def test_checkpoint_directory_without_weights_is_refused(tiny_components, tmp_path):
+    with pytest.raises(InputError, match="no pytorch_lora_weights"):
+        _pipe(tiny_components, rank=4).load_official_checkpoint(tmp_path)
+
+
+# Their processor's modules, named as in their code (METHOD section 10), and their loader's strict loading.
+class _TheirLoRALayer(nn.Module):
+    def __init__(self, fan_in: int, fan_out: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(fan_in, rank, bias=False)
+        self.up = nn.Linear(rank, fan_out, bias=False)
+
+
+class _TheirProcessor(nn.Module):
+    def __init__(self, hidden: int, kv: int, rank: int, bcm: bool):
+        super().__init__()
+        self.to_q_lora = nn.ModuleList(_TheirLoRALayer(hidden, hidden, rank) for _ in range(2))
+        self.to_k_lora = nn.ModuleList(_TheirLoRALayer(kv, hidden, rank) for _ in range(2))
+        self.to_v_lora = nn.ModuleList(_TheirLoRALayer(kv, hidden, rank) for _ in range(2))
+        self.to_out_lora = nn.ModuleList(_TheirLoRALayer(hidden, hidden, rank) for _ in range(2))
+        self.temporal_n = nn.LayerNorm(hidden)
+        for k in "iqkvo":
+            setattr(self, f"temporal_{k}", nn.Linear(hidden, hidden))
+        if bcm:  # every processor of their BCM code has these; only attn1's (wrapped) are used
+            self.temporal_condition_mlp = nn.Sequential(nn.Linear(hidden, 320), nn.Linear(320, hidden))
+            self.temporal_a = nn.Parameter(torch.zeros(1))
+
+
+class _TheirReferenceOnly(nn.Module):
+    def __init__(self, chained_proc: nn.Module):
+        super().__init__()
+        self.chained_proc = chained_proc
+
+
+def _load_as_the_authors_do(official, unet, text_encoder, rank: int, bcm: bool) -> dict:
+    """Group the keys per processor and `load_state_dict` each strictly, as their loader does; every key of the
+    file must land somewhere. Returns the loaded modules."""
+    modules, used = {}, 0
+    for name, is_attn1, hidden, kv in _layers(unet):
+        proc = _TheirProcessor(hidden, kv, rank, bcm)
+        module = _TheirReferenceOnly(proc) if bcm and is_attn1 else proc
+        prefix = f"unet.{name}."
+        part = {k[len(prefix) :]: v for k, v in official.items() if k.startswith(prefix)}
+        module.load_state_dict(part, strict=True)
+        modules[name], used = module, used + len(part)
+    d = text_encoder.config.hidden_size
+    text_layers = text_encoder.config.num_hidden_layers if any(k.startswith("text_") for k in official) else 0
+    for i in range(text_layers):
+        layer = nn.Module()
+        for proj in ("q", "k", "v", "out"):
+            setattr(layer, f"to_{proj}_lora", _TheirLoRALayer(d, d, rank))
+        prefix = f"text_encoder.text_model.encoder.layers.{i}.self_attn."
+        part = {k[len(prefix) :]: v for k, v in official.items() if k.startswith(prefix)}
+        layer.load_state_dict(part, strict=True)
+        used += len(part)
+    assert used == len(official)
+    return modules
+
+
+@pytest.mark.parametrize("bcm", [False, True])
+def test_our_export_loads_in_their_strict_loader(tiny_components, tiny_base_dir, tmp_path, bcm):
+    from dualanodiff.model.base import load_base
+
+    pipe = _pipe(tiny_components, rank=4, bcm=bcm, text_encoder_rank=4, background_latent_scaling="official")
+    randomize_adapters(pipe.unet)
+    path = pipe.save_official_checkpoint(tmp_path / "export")
+    assert path.name == "pytorch_lora_weights.bin"
+    official = torch.load(path, weights_only=True)
+    modules = _load_as_the_authors_do(official, pipe.unet, pipe.text_encoder, rank=4, bcm=bcm)
+
+    ours = dual_processors(pipe.unet)
+    name1 = next(n for n in ours if n.endswith("attn1.processor"))
+    name2 = name1.replace("attn1", "attn2")
+    attn1 = modules[name1].chained_proc if bcm else modules[name1]
+    assert torch.equal(attn1.to_q_lora[1].up.weight, ours[name1].to_q_lora.up[1])
+    assert torch.equal(attn1.temporal_o.bias, ours[name1].saim.proj_out.bias)
+    if bcm:
+        assert torch.equal(attn1.temporal_condition_mlp[1].weight, ours[name1].bcm.mlp[1].weight)
+        assert torch.equal(attn1.temporal_a, ours[name1].bcm.alpha)
+        assert modules[name2].temporal_a.item() == 0.0  # attn2's unused gate at its initial value
+    # And back: the export imports to the same adapters.
+    fresh = _pipe(load_base(tiny_base_dir), rank=8)
+    fresh.load_official_checkpoint(tmp_path / "export")
+    exported = adapter_state_dict(pipe.unet, pipe.text_encoder)
+    imported = adapter_state_dict(fresh.unet, fresh.text_encoder)
+    assert exported.keys() == imported.keys()
+    assert all(torch.equal(exported[k], imported[k]) for k in exported)
+
+
+def test_export_without_saim_is_the_identity_in_their_layout(tiny_components, tiny_base_dir, tmp_path):
+    """Their processor always runs SAIM; an adapter set without it is written with a zero output projection."""
+    from dualanodiff.model.base import load_base
+
+    pipe = _pipe(tiny_components, rank=4, saim=False, text_encoder_rank=0)
+    randomize_adapters(pipe.unet)
+    official = torch.load(pipe.save_official_checkpoint(tmp_path), weights_only=True)
+    _load_as_the_authors_do(official, pipe.unet, pipe.text_encoder, rank=4, bcm=False)
+    assert all(not v.any() for k, v in official.items() if "temporal_o" in k)
+    fresh = _pipe(load_base(tiny_base_dir), rank=4)
+    fresh.load_official_checkpoint(tmp_path)
+    assert fresh.adapter_config.saim
+    sample, t, text = batch(2)
+    with torch.no_grad():
+        ours, theirs = fresh.unet(sample, t, text).sample, pipe.unet(sample, t, text).sample
+    # SAIM's zero projection adds exact zeros, but the two UNets hold their weights in other buffers (MKL may
+    # block their products differently): up to rounding through the UNet.
+    assert_equal_up_to_rounding(ours, theirs, steps=reduction_depth(pipe.unet))
+
+
 def test_parameter_counts_at_sd15_shape():
     from diffusers import UNet2DConditionModel
 
@@ -387,3 +607,38 @@ def test_two_token_attention_equals_softmax_attention():
     # Each output is a convex combination of v decided by one C-term dot product (q . (k0 - k1) against two
     # dot products and a softmax): C roundings in another order, at the output's magnitude.
     assert_equal_up_to_rounding(two_token_attention(q, k, v), reference, steps=q.shape[-1])
+
+
+def test_official_import_and_export_commands_round_trip_an_authors_file(
+    tiny_base_dir, tiny_components, tmp_path
+):
+    import json
+
+    from dualanodiff.cli import main
+
+    official = _authors_bcm_checkpoint(tiny_components.unet, tiny_components.text_encoder, rank=4)
+    (tmp_path / "theirs").mkdir()
+    torch.save(official, tmp_path / "theirs" / "pytorch_lora_weights.bin")
+    adapters, exported = tmp_path / "adapters", tmp_path / "exported"
+    argv = ["official", "import", str(tmp_path / "theirs"), "--base", str(tiny_base_dir), "--out", str(adapters),
+            "--category", "screw", "--anomaly", "thread_top"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((adapters / "adapter_config.json").read_text())
+    assert meta["adapter"]["bcm"] and meta["adapter"]["background_latent_scaling"] == "official"
+    assert meta["training"]["foreground"] == "u2net" and meta["training"]["category"] == "screw"
+    argv = [
+        "official",
+        "export",
+        "--adapters",
+        str(adapters),
+        "--base",
+        str(tiny_base_dir),
+        "--out",
+        str(exported),
+    ]
+    assert main(argv) == 0
+    back = torch.load(exported / "pytorch_lora_weights.bin", weights_only=True)
+    assert back.keys() == official.keys()
+    unused = [k for k in official if "attn2.processor.temporal_condition_mlp" in k]  # never used, not kept
+    assert all(torch.equal(back[k], official[k]) for k in official if k not in unused)
+    assert main(["official", "import", str(tmp_path / "nothing"), "--base", "x", "--out", "y"]) == 2

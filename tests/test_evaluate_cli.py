@@ -63,7 +63,10 @@ def test_localization_writes_json_csv_markdown_and_aggregates_methods(data_root,
     assert res["counts"]["test"] == 4 * 4 + 3 and res["counts"]["test_anomalous"] == 16
     assert res["config"]["lr_milestones"] == [1]  # 80 % / 90 % of 2 epochs, no milestone at epoch 0
 
-    assert main([*args, *TINY_LOC]) == 0  # no --generated: the normal-only baseline, same folder
+    with pytest.raises(SystemExit):  # neither --generated nor --no-generated: never the long default run
+        main([*args, *TINY_LOC])
+    assert "one of the arguments --generated --no-generated is required" in capsys.readouterr().err
+    assert main([*args, "--no-generated", *TINY_LOC]) == 0  # the normal-only floor, same folder
     rows = {r["method"]: r for r in _csv(out / "localization.csv")}
     assert set(rows) == {"crop-paste", "none"}
     none = json.loads((out / "localization" / "none" / "pill" / "results.json").read_text())
@@ -125,6 +128,46 @@ def test_quality_equals_library_metrics(data_root, generated, weights, tmp_path)
     assert f"| crop-paste | {res['is']:.2f} | {res['ic_lpips']:.2f} |" in (out / "results.md").read_text()
 
 
+def test_quality_scores_every_generated_image_by_default(data_root, generated, weights, tmp_path):
+    """IS and IC-LPIPS over kept and rejected pairs, as the paper; --quality-images kept for the kept only."""
+    from dualanodiff.baselines.write import GeneratedWriter
+    from dualanodiff.data.generated import read_generated
+    from dualanodiff.data.images import load_mask, load_rgb
+    from dualanodiff.evaluate.quality import inception_score, load_inception
+    from dualanodiff.locking import output_lock
+
+    source = read_generated(generated["crack"])
+    folder = tmp_path / "gated"
+    with output_lock(folder, "test"):
+        writer = GeneratedWriter(folder, {"method": "crop-paste", "anomaly_type": "crack"})
+        for i, pair in enumerate(source):
+            rejected = i in (1, 4, 7)
+            writer.write(i, load_rgb(pair.image), load_mask(pair.mask), kept=not rejected,
+                         reject_reason="mask empty" if rejected else None)  # fmt: skip
+    inception, vgg = weights
+    inc = load_inception(inception, "cpu")
+    everything = [p.image for p in read_generated(folder, include_rejected=True)]
+    kept = [p.image for p in read_generated(folder)]
+    assert (len(everything), len(kept)) == (10, 7)
+    for option, images in ((None, everything), ("kept", kept)):
+        out = tmp_path / f"eval-{option}"
+        argv = ["evaluate", "quality", "--data", str(data_root), "--category", "pill", "--out", str(out),
+                "--generated", str(folder), "--inception-weights", str(inception), "--lpips-vgg-weights",
+                str(vgg), "--is-splits", "2", "--lpips-size", "64", "--device", "cpu"]  # fmt: skip
+        assert main(argv + (["--quality-images", option] if option else [])) == 0
+        res = json.loads((out / "quality" / "crop-paste" / "pill.json").read_text())
+        assert res["images"] == (option or "all")
+        assert res["types"]["crack"]["n_images"] == len(images)
+        assert res["types"]["crack"]["n_rejected"] == (3 if option is None else 0)
+        ref = inception_score(images, splits=2, model=inc)["is_mean"]
+        assert res["types"]["crack"]["is"] == pytest.approx(ref, rel=1e-9)
+        md = (out / "results.md").read_text()
+        assert ("kept and rejected" in md) == (option is None) and ("kept pairs only" in md) == (
+            option == "kept"
+        )
+        assert _csv(out / "quality.csv")[0]["images"] == (option or "all")
+
+
 def test_classification_writes_accuracy(data_root, generated, tmp_path):
     out = tmp_path / "eval"
     argv = ["evaluate", "classification", "--data", str(data_root), "--category", "pill", "--out", str(out),
@@ -156,7 +199,9 @@ def test_bad_inputs_are_one_line_errors(data_root, generated, tmp_path, capsys):
         ["evaluate", "localization", *base, "--category", "pill", "--generated", str(broken)], capsys
     )
     assert "00003.png" in err and "mask" in err
-    err = _error(["evaluate", "localization", *base, "--category", "carpet", *TINY_LOC], capsys)
+    err = _error(
+        ["evaluate", "localization", *base, "--category", "carpet", "--no-generated", *TINY_LOC], capsys
+    )
     assert "'carpet' not found" in err and "pill" in err
     err = _error(
         ["evaluate", "classification", *base, "--category", "pill", "--generated", *map(str, generated.values()),
@@ -168,8 +213,8 @@ def test_bad_inputs_are_one_line_errors(data_root, generated, tmp_path, capsys):
     )
     assert "at least two anomaly types" in err
     err = _error(
-        ["evaluate", "localization", *base, "--category", "pill", "--test-types", "dent", *TINY_LOC], capsys
-    )
+        ["evaluate", "localization", *base, "--category", "pill", "--test-types", "dent", "--no-generated",
+         *TINY_LOC], capsys)  # fmt: skip
     assert "dent" in err and "crack" in err
 
 

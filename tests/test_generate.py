@@ -218,8 +218,9 @@ def test_cli_errors_for_missing_and_foreign_adapters(tiny_base_dir, tmp_path, ca
     DualAnoDiffPipeline.from_pretrained(tmp_path / "other_base", rank=4).save_adapters(tmp_path / "foreign")
     code, err = generate(tmp_path / "foreign", "--num-pairs", "1", "--steps", "1")
     assert code == 2 and "trained for another base" in err
-    code, err = generate(tmp_path / "foreign", "--num-pairs", "0")
-    assert code == 2 and "--num-pairs must be at least 1" in err
+    with pytest.raises(SystemExit) as stop:  # refused while parsing, before anything is read
+        generate(tmp_path / "foreign", "--num-pairs", "0")
+    assert stop.value.code == 2 and "argument --num-pairs: must be at least 1" in capsys.readouterr().err
 
 
 def test_every_listed_scheduler_builds():
@@ -255,7 +256,7 @@ def test_bcm_generation_switches_backgrounds_every_k_pairs(tiny_base_dir, tmp_pa
 
 
 def test_backgrounds_black_out_the_object(tmp_path):
-    from dualanodiff.generate import load_backgrounds
+    from dualanodiff.backgrounds import load_backgrounds
 
     (tmp_path / "good").mkdir()
     (tmp_path / "fg").mkdir()
@@ -320,3 +321,101 @@ def test_vae_tiling_decodes_in_tiles_above_the_native_size(pipe, monkeypatch):
     assert not tiled and out.images.shape == (1, 64, 64, 3)  # the tiny VAE's native size: no tiles
     out = pipe(num_pairs=1, num_inference_steps=2, seeds=[3], height=128, width=128, output_type="np")
     assert tiled and out.images.shape == (1, 128, 128, 3) and np.isfinite(out.images).all()
+
+
+def test_presets_follow_the_paper_and_the_authors_inference():
+    """METHOD section 7's table."""
+    from dualanodiff.generate import preset_settings
+
+    def sampler(preset, bcm, category=None):
+        s = preset_settings(preset, bcm, category)
+        return s["scheduler"], s["steps"], s["guidance"], s["num_pairs"], s["background_every"]
+
+    assert sampler("paper", False) == sampler("paper", True, "screw") == ("pndm", 50, 2.5, 1000, 50)
+    assert sampler("official-code", False) == ("pndm", 100, 2.5, 500, 50)
+    assert sampler("official-code", True, "hazelnut") == ("pndm", 50, 2.0, 500, 50)
+    assert sampler("official-code", True, "screw") == ("pndm", 50, 1.2, 500, 10)
+    assert preset_settings("paper", True)["background_noise"] == "shared"
+    assert preset_settings("official-code", True)["background_noise"] == "independent"
+    with pytest.raises(InputError, match="--preset"):
+        GenerateConfig(base="b", adapters="a", out="o", preset="fast")
+
+
+def test_preset_fills_unset_settings_and_config_records_the_resolved_values(tiny_base_dir, tmp_path):
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    adapters = pipe.save_adapters(
+        tmp_path / "bcm", extra={"training": {"category": "screw", "anomaly": "tip"}}
+    )
+    good = tmp_path / "good"
+    good.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(good / "000.png")
+    out = tmp_path / "gen"
+    argv = ["generate", "--base", str(tiny_base_dir), "--adapters", str(adapters), "--out", str(out),
+            "--preset", "official-code", "--num-pairs", "2", "--steps", "2", "--backgrounds", str(good),
+            "--foreground", "none", "--max-area", "1", "--device", "cpu"]  # fmt: skip
+    assert cli(argv) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["preset"] == "official-code" and config["category"] == "screw"
+    assert (config["num_pairs"], config["steps"]) == (2, 2)  # explicit options win
+    assert (config["guidance"], config["background_every"], config["scheduler"]) == (1.2, 10, "pndm")
+    assert config["background_noise"] == "independent"
+    records = read_jsonl(out / "manifest.jsonl")
+    assert {r["guidance"] for r in records} == {1.2} and {r["steps"] for r in records} == {2}
+
+
+@pytest.mark.parametrize("mode", ["shared", "independent"])
+def test_background_noise_of_the_guidance_rows(tiny_base_dir, monkeypatch, mode):
+    """independent: the grey and the real background row of a pair get their own draws; shared: one. Both seeded
+    per pair, so a pair still does not depend on its batch."""
+    from diffusers import DDPMScheduler
+
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    pipe.set_progress_bar_config(disable=True)
+    for proc in pipe.adapter_modules():
+        if getattr(proc, "bcm", None) is not None:
+            proc.bcm.alpha.data.fill_(0.8)
+    noises = []
+    add_noise = DDPMScheduler.add_noise
+    monkeypatch.setattr(
+        DDPMScheduler, "add_noise", lambda self, x, n, t: noises.append(n) or add_noise(self, x, n, t)
+    )
+    backgrounds = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    kwargs = dict(num_inference_steps=2, guidance_scale=2.0, output_type="np", background_noise=mode)
+    together = pipe(num_pairs=3, seeds=[7, 8, 9], backgrounds=backgrounds, **kwargs)
+    uncond, cond = noises[0].chunk(2)
+    assert torch.equal(uncond, cond) == (mode == "shared")
+    alone = pipe(num_pairs=1, seeds=[8], backgrounds=backgrounds[1:2], **kwargs)
+    assert np.abs(together.images[1] - alone.images[0]).max() <= 1e-5
+    other = pipe(
+        num_pairs=1, seeds=[8], backgrounds=backgrounds[1:2], **{**kwargs, "background_noise": "shared"}
+    )
+    assert (np.abs(other.images[0] - alone.images[0]).max() > 1e-4) == (mode == "independent")
+
+
+def test_bcm_generation_uses_the_adapters_foreground_source(tiny_base_dir, tmp_path, monkeypatch):
+    from dualanodiff.synthetic import synthetic_sample
+
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    adapters = pipe.save_adapters(
+        tmp_path / "ad", extra={"training": {"foreground": "auto", "category": "pill"}}
+    )
+    good, fg = tmp_path / "good", tmp_path / "fg"
+    good.mkdir()
+    fg.mkdir()
+    s = synthetic_sample("pill", "train", "good", 0, resolution=64)
+    Image.fromarray(s.image).save(good / "000.png")
+    Image.fromarray(s.foreground.astype(np.uint8)[:48] * 255).save(fg / "000_mask.png")  # the wrong size
+    run = dict(show_progress=False, process_index=0, num_processes=1)
+    cfg = _config(tiny_base_dir, adapters, tmp_path / "gen", num_pairs=1, max_mask_area=1.0)
+    cfg.backgrounds = str(good)
+    generate_to_folder(cfg, **run)
+    config = json.loads((tmp_path / "gen" / "config.json").read_text())
+    assert config["foreground"] == "auto" and config["foreground_in_training"] == "auto"
+
+    def no_load(*a, **k):
+        raise AssertionError("the backgrounds must be checked before the model is loaded")
+
+    monkeypatch.setattr(DualAnoDiffPipeline, "from_pretrained", no_load)
+    cfg.foreground, cfg.out = str(fg), str(tmp_path / "gen2")
+    with pytest.raises(InputError, match="000_mask.png: foreground mask size 64x48 differs from image"):
+        generate_to_folder(cfg, **run)

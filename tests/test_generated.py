@@ -12,6 +12,7 @@ from PIL import Image
 from dualanodiff.baselines.write import GeneratedWriter
 from dualanodiff.data.generated import read_generated
 from dualanodiff.errors import InputError
+from dualanodiff.locking import output_lock
 
 
 def _image(seed: int, size: tuple[int, int] = (16, 12)) -> np.ndarray:
@@ -35,10 +36,11 @@ def _plain_folder(root: Path, names: list[str], size: tuple[int, int] = (16, 12)
 
 
 def test_manifest_decides_kept_and_rejected(tmp_path: Path) -> None:
-    w = GeneratedWriter(tmp_path, {"seed": 3})
-    w.write(0, _image(0), _mask(), part=_image(10), prompt="a vfx with sks")
-    w.write(1, _image(1), _mask(), part=_image(11), kept=False, reject_reason="empty mask")
-    w.write(2, _image(2), _mask(), part=_image(12))
+    with output_lock(tmp_path, "test"):
+        w = GeneratedWriter(tmp_path, {"seed": 3})
+        w.write(0, _image(0), _mask(), part=_image(10), prompt="a vfx with sks")
+        w.write(1, _image(1), _mask(), part=_image(11), kept=False, reject_reason="empty mask")
+        w.write(2, _image(2), _mask(), part=_image(12))
     kept = read_generated(tmp_path)
     assert [p.name for p in kept] == ["00000", "00002"]
     assert kept[0].part == tmp_path / "part" / "00000.png"
@@ -55,8 +57,8 @@ def test_manifest_decides_kept_and_rejected(tmp_path: Path) -> None:
 
 
 def test_image_without_record_is_an_unfinished_pair(tmp_path: Path) -> None:
-    w = GeneratedWriter(tmp_path, {"seed": 0})
-    w.write(0, _image(0), _mask())
+    with output_lock(tmp_path, "test"):
+        GeneratedWriter(tmp_path, {"seed": 0}).write(0, _image(0), _mask())
     # Files of pair 1 written, then the run died before its manifest record.
     Image.fromarray(_image(1)).save(tmp_path / "image" / "00001.png")
     assert [p.name for p in read_generated(tmp_path, include_rejected=True)] == ["00000"]
@@ -107,8 +109,8 @@ def test_mask_size_mismatch_names_mask_and_sizes(tmp_path: Path) -> None:
 
 
 def test_all_rejected_is_an_error_unless_included(tmp_path: Path) -> None:
-    w = GeneratedWriter(tmp_path, {"seed": 0})
-    w.write(0, _image(0), _mask(), kept=False, reject_reason="mask covers the image")
+    with output_lock(tmp_path, "test"):
+        GeneratedWriter(tmp_path, {"seed": 0}).write(0, _image(0), _mask(), kept=False, reject_reason="x")
     with pytest.raises(InputError, match="no kept pairs"):
         read_generated(tmp_path)
     assert len(read_generated(tmp_path, include_rejected=True)) == 1

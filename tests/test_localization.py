@@ -117,6 +117,7 @@ def _cfg(**kw) -> LocalizationConfig:
         lr_milestones=(5,),
         resolution=SIZE,
         base_channels=4,
+        runs=1,
         seed=0,
         device="cpu",
         num_workers=0,
@@ -231,3 +232,12 @@ def test_classification_separates_synthetic_types(tmp_path):
     torch.save({"fc.weight": torch.zeros(1)}, bad)
     with pytest.raises(InputError, match="imagenet_weights"):
         train_and_evaluate_classification(generated, test, cfg, imagenet_weights=bad)
+
+
+def test_api_default_runs_is_the_papers_best_of_three_like_the_cli():
+    from dualanodiff.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["evaluate", "localization", "--data", "d", "--category", "c", "--no-generated", "--out", "o"]
+    )
+    assert LocalizationConfig().runs == args.runs == 3

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dualanodiff.data.generated import read_generated
+from dualanodiff.data.generated import pair_path, read_generated
 from dualanodiff.data.images import load_mask
 from dualanodiff.errors import InputError
 from dualanodiff.io import save_image_atomic
@@ -404,9 +404,9 @@ def test_make_masks_for_folder_grey(tmp_path) -> None:
     by_name = {r["name"]: r for r in records}
     assert by_name["00003"]["seed"] == 999 and by_name["00003"]["note"] == "later wins"
     for name, (region, part, _) in regions.items():
-        on_disk = load_mask(out / "mask" / f"{name}.png")
-        np.testing.assert_array_equal(on_disk, grey_mask(part))
         rec = by_name[name]
+        on_disk = load_mask(pair_path(out, "mask", name, rec["kept"]))  # rejected pairs under rejected/
+        np.testing.assert_array_equal(on_disk, grey_mask(part))
         assert rec["mask_method"] == "grey"
         assert rec["mask_area"] == on_disk.mean()  # the same mean of the same mask; JSON keeps floats exactly
         if region.any():
@@ -414,8 +414,10 @@ def test_make_masks_for_folder_grey(tmp_path) -> None:
     assert by_name["00000"]["kept"] and by_name["00000"]["reject_reason"] is None
     assert by_name["00001"]["reject_reason"] == "empty mask" and not by_name["00001"]["kept"]
     assert by_name["00002"]["reject_reason"] == "mask covers 75% of the image (> 50%)"
-    # the data reader sees exactly the kept pairs
+    # the data reader sees exactly the kept pairs, and so does a reader of image/ alone
     assert [p.name for p in read_generated(out)] == ["00000", "00003"]
+    assert sorted(p.stem for p in (out / "image").glob("*.png")) == ["00000", "00003"]
+    assert sorted(p.stem for p in (out / "rejected" / "image").glob("*.png")) == ["00001", "00002"]
 
     # a looser area limit keeps the large one; nothing is left behind under temporary names
     assert make_masks_for_folder(out, max_area_fraction=0.9, show_progress=False)["kept"] == 3
@@ -433,7 +435,7 @@ def test_make_masks_for_folder_u2net_and_errors(tmp_path) -> None:
     assert summary["method"] == "u2net" and summary["pairs"] == 4
     records = {r["name"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
     for name in regions:
-        on_disk = load_mask(out / "mask" / f"{name}.png")
+        on_disk = load_mask(pair_path(out, "mask", name, records[name]["kept"]))
         assert records[name]["mask_method"] == "u2net"
         assert records[name]["mask_area"] == on_disk.mean()  # as for the grey masks: exact
         assert records[name]["kept"] == judge_mask(on_disk).kept
@@ -442,16 +444,19 @@ def test_make_masks_for_folder_u2net_and_errors(tmp_path) -> None:
     masker = U2NetMasker(load_u2net(weights, device="cpu"), threshold=0.5)
     part = regions["00000"][1]
     tol = rounding_tolerance(1.0, reduction_depth(masker.model))
-    written = load_mask(out / "mask" / "00000.png")
+    written = load_mask(pair_path(out, "mask", "00000", records["00000"]["kept"]))
     assert_masks_equal_up_to_rounding(written, masker(part), masker.probabilities([part])[0], 0.5, tol)
 
     with pytest.raises(InputError, match="u2net-weights"):
         make_masks_for_folder(out, method="u2net", show_progress=False)
     with pytest.raises(InputError, match="--method"):
         make_masks_for_folder(out, method="otsu", show_progress=False)  # type: ignore[arg-type]
-    (out / "part" / "00002.png").unlink()
+    pair_path(out, "part", "00002", records["00002"]["kept"]).unlink()
     with pytest.raises(InputError, match=r"part[/\\]00002.png.*missing"):
         make_masks_for_folder(out, method="grey", show_progress=False)
+    with pytest.raises(InputError, match="nowhere: generated-data folder not found"):
+        make_masks_for_folder(tmp_path / "nowhere", show_progress=False)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="manifest.jsonl.*not found"):
         make_masks_for_folder(tmp_path / "empty", show_progress=False)
 

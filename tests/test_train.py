@@ -49,7 +49,7 @@ def weights(run_dir):
 # --- configuration ------------------------------------------------------------------------------------------
 
 
-def test_presets_resolve_to_method_numbers():
+def test_presets_resolve_to_method_numbers(tiny_base_dir):
     base = dict(base="b", out="o", data="d", category="c", anomaly="a")
     paper = resolve_config(TrainConfig(**base))
     assert (paper.learning_rate, paper.epochs, paper.max_steps, paper.batch_size) == (5e-6, 5000, None, 4)
@@ -69,9 +69,9 @@ def test_presets_resolve_to_method_numbers():
     assert total_steps(code, num_samples=5) == 5000
     with pytest.raises(InputError, match="either --epochs or --max-steps"):
         resolve_config(TrainConfig(**base, epochs=1, max_steps=1))
-    with pytest.raises(InputError, match="multiple of 8"):
-        resolve_config(TrainConfig(**base, resolution=60))
-    with pytest.raises(InputError, match="--lr|learning-rate"):
+    with pytest.raises(InputError, match="multiple of 8"):  # the VAE's factor, read from the base's config
+        complete_config(resolve_config(TrainConfig(**{**base, "base": str(tiny_base_dir)}, resolution=60)))
+    with pytest.raises(InputError, match="^--lr: must be greater than 0"):
         resolve_config(TrainConfig(**base, learning_rate=-1.0))
 
 
@@ -290,12 +290,16 @@ def test_cli_bad_data_fails_before_loading_the_model(
     "anomaly, extra, message",
     [
         ("dent", [], "--anomaly dent: not an anomaly type of 'pill'"),
-        ("crack", ["--resolution", "60"], "--resolution must be a multiple of 8"),
-        ("crack", ["--lr", "0"], "must be > 0"),
+        ("crack", ["--resolution", "60"], "--resolution: must be a multiple of 8"),
+        ("crack", ["--lr", "0"], "argument --lr: must be greater than 0"),
     ],
 )
 def test_cli_bad_options(mvtec_root, tiny_base_dir, tmp_path, capsys, anomaly, extra, message):
-    assert main(cli_args(mvtec_root, tiny_base_dir, tmp_path, anomaly, *extra)) == 2
+    try:
+        code = main(cli_args(mvtec_root, tiny_base_dir, tmp_path, anomaly, *extra))
+    except SystemExit as stop:  # options refused while parsing
+        code = stop.code
+    assert code == 2
     assert message in capsys.readouterr().err
 
 
@@ -316,3 +320,57 @@ def test_cli_missing_base_and_folder_masks(mvtec_root, tmp_path, capsys):
     argv = ["train", "--images", str(images), "--masks", str(tmp_path / "mine" / "masks"), "--base", "x"]
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     assert "a.png: mask not found" in capsys.readouterr().err
+
+
+# --- BCM foregrounds -----------------------------------------------------------------------------------------
+
+
+def test_bcm_foreground_source_defaults_to_the_dataset_folder_and_is_part_of_the_identity(
+    mvtec_root, tmp_path
+):
+    from dualanodiff.training import identity
+
+    resolved = resolve_config(bcm_config(mvtec_root, "b", tmp_path))
+    assert resolved.foreground == str(mvtec_root / "pill" / "foreground")  # the synthetic data ships masks
+    assert identity(resolved)["foreground_source"] == "folder"
+    auto = resolve_config(bcm_config(mvtec_root, "b", tmp_path, foreground="auto"))
+    assert auto.foreground == "auto" and identity(auto)["foreground_source"] == "auto"
+    no_bcm = resolve_config(bcm_config(mvtec_root, "b", tmp_path, bcm=False))
+    assert no_bcm.foreground is None and "foreground_source" not in identity(no_bcm)
+    with pytest.raises(InputError, match="--u2net-weights"):
+        resolve_config(bcm_config(mvtec_root, "b", tmp_path, foreground="u2net"))
+
+
+def test_bcm_training_with_estimated_foregrounds_records_the_source(mvtec_root, tiny_base_dir, tmp_path):
+    import json
+
+    from dualanodiff.data.images import load_mask
+
+    run_dir = train_adapters(
+        bcm_config(mvtec_root, tiny_base_dir, tmp_path, foreground="auto", max_steps=1, checkpoint_every=0)
+    )
+    meta = json.loads((run_dir / "adapter_config.json").read_text())
+    assert meta["training"]["foreground"] == "auto"
+    for name in ("000.png", "001.png"):  # the two few-shot images of crack, against their exact foregrounds
+        estimated = load_mask(run_dir / "foreground" / name)
+        exact = load_mask(mvtec_root / "pill" / "foreground" / "test" / "crack" / name)
+        assert (estimated & exact).sum() / (estimated | exact).sum() >= 0.95
+
+
+def test_bcm_folder_foregrounds_match_stem_mask_names_and_none_may_be_missing(mvtec_root, tmp_path):
+    mine = tmp_path / "mine"
+    for sub in ("images", "masks", "fg"):
+        (mine / sub).mkdir(parents=True)
+    for name in ("000", "001"):
+        shutil.copy(mvtec_root / f"pill/test/crack/{name}.png", mine / "images" / f"{name}.png")
+        shutil.copy(
+            mvtec_root / f"pill/ground_truth/crack/{name}_mask.png", mine / "masks" / f"{name}_mask.png"
+        )
+        shutil.copy(mvtec_root / f"pill/foreground/test/crack/{name}.png", mine / "fg" / f"{name}_mask.png")
+    config = TrainConfig(base="b", out=str(tmp_path / "o"), images=str(mine / "images"), masks=str(mine / "masks"),
+                         foreground=str(mine / "fg"), bcm=True, anomaly="crack")  # fmt: skip
+    samples = training_samples(resolve_config(config))
+    assert [s.foreground.name for s in samples] == ["000_mask.png", "001_mask.png"]
+    (mine / "fg" / "001_mask.png").unlink()
+    with pytest.raises(InputError, match="1 training image.s. have no foreground mask"):
+        training_samples(resolve_config(config))

@@ -50,6 +50,7 @@ from .evaluate.protocol import (
     LOCALIZATION_DIR,
     QUALITY_DIR,
     check_category,
+    check_quality_images,
     classify_category,
     load_quality_models,
     localize_category,
@@ -57,8 +58,12 @@ from .evaluate.protocol import (
     quality_of_category,
     write_tables,
 )
-from .generate import GenerateConfig, generate_to_folder
+from .executors import EXECUTORS, check_ray_options
+from .generate import GenerateConfig, generate_to_folder, preset_settings, resolve_generate_config
 from .io import write_json_atomic, write_text_atomic
+from .locking import output_lock
+from .masks.foreground import SOURCES as FOREGROUND_SOURCES
+from .progress import progress_shown
 from .train import TrainConfig, train_adapters
 
 log = logging.getLogger(__name__)
@@ -71,8 +76,7 @@ GENERATORS = ("dualanodiff", "crop-paste", "perlin")  # methods that write gener
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         "train_preset": "paper",
-        "num_pairs": 1000,
-        "sampler_steps": 50,
+        "gen_preset": "paper",  # pairs and sampler steps come from the generation preset
         "loc_epochs": 200,
         "loc_samples_per_epoch": 500,
         "loc_runs": 3,
@@ -81,6 +85,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "train_preset": "official-code",
         "train_steps": 500,
+        "gen_preset": "paper",
         "num_pairs": 100,
         "sampler_steps": 25,
         "loc_epochs": 20,
@@ -116,12 +121,18 @@ class BenchmarkConfig:
     train_text_encoder_rank: int = 32
     train_resolution: int | None = None  # None: the base's native size
     bcm: bool = False
+    # BCM foregrounds: "auto" | "u2net" (with u2net_weights) | "none"; None: ROOT/<category>/foreground/ if it
+    # exists, else "auto" (training and generation alike)
+    foreground: str | None = None
     mixed_precision: str = "no"
-    # generation (all generators) and masks (dualanodiff)
+    # generation (all generators) and masks (dualanodiff); unset sampler settings come from the generation preset
+    gen_preset: str | None = None  # "paper" | "official-code" (`generate.preset_settings`)
     num_pairs: int | None = None
     sampler_steps: int | None = None
-    guidance: float = 2.5
-    scheduler: str = "pndm"
+    guidance: float | None = None  # None: the preset's, per category (official-code, BCM: 1.2 for screw)
+    scheduler: str | None = None
+    background_every: int | None = None  # BCM
+    background_noise: str | None = None  # BCM: "shared" | "independent"
     gen_batch_size: int = 8
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
     mask_method: str = "auto"
@@ -134,6 +145,9 @@ class BenchmarkConfig:
     lpips_vgg_weights: str | None = None
     is_splits: int = 10
     lpips_size: int = 256
+    quality_images: str = (
+        "all"  # "all": every generated image, as the paper; "kept": pairs the mask gate kept
+    )
     # downstream localization
     loc_epochs: int | None = None
     loc_samples_per_epoch: int | None = None
@@ -152,6 +166,11 @@ class BenchmarkConfig:
     cls_lr: float = 1e-4
     cls_resolution: int = 256
     cls_repeats_per_epoch: int = 5
+    # where the steps run (not part of any step's key: a run resumes with either executor)
+    executor: str = "local"
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a Ray started for this run on this machine
+    ray_retries: int = 3  # times a step's task is rerun after its worker died (lost node, out of memory)
+    ray_cpus: int = 1  # CPUs each step's task asks for (and its threads)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +186,9 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
     if "train_steps" in updates and config.train_epochs is not None:
         del updates["train_steps"]  # an explicit epoch count wins over the profile's step count
     cfg = replace(config, **updates)
+    preset = preset_settings(cfg.gen_preset, cfg.bcm)  # pairs and steps do not depend on the category
+    cfg.num_pairs = preset["num_pairs"] if cfg.num_pairs is None else cfg.num_pairs
+    cfg.sampler_steps = preset["steps"] if cfg.sampler_steps is None else cfg.sampler_steps
     root = Path(cfg.data)
     if not root.is_dir():
         raise InputError(f"--data {root}: dataset root does not exist or is not a folder")
@@ -178,6 +200,16 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
         raise InputError("--base is required for the dualanodiff method (or leave it out of --methods)")
     if cfg.split not in SPLIT_MODES:
         raise InputError(f"--split {cfg.split!r}: choose one of {', '.join(SPLIT_MODES)}")
+    check_quality_images(cfg.quality_images)
+    if cfg.foreground not in (None, *FOREGROUND_SOURCES):
+        raise InputError(f"--foreground {cfg.foreground!r}: choose one of {', '.join(FOREGROUND_SOURCES)}")
+    if cfg.executor not in EXECUTORS:
+        raise InputError(f"--executor {cfg.executor!r}: choose one of {', '.join(EXECUTORS)}")
+    check_ray_options(cfg.ray_retries, cfg.ray_cpus)
+    if cfg.executor == "ray":
+        from .executors.ray_cluster import import_ray
+
+        import_ray()  # installed? (fail now, with the pip command)
     if cfg.select_on not in ("heldout", "test"):
         raise InputError(f"--select-on {cfg.select_on!r}: choose heldout or test")
     for name in (
@@ -253,14 +285,29 @@ def _validate_data(cfg: BenchmarkConfig, types: dict[str, list[str]]) -> None:
 
 @dataclass
 class Step:
-    """One unit of work: its id (``kind/method/category[/type]``), its key, and the function that runs it."""
+    """One unit of work: its id (``kind/method/category[/type]``), its key, the function that runs it, the
+    steps whose outputs it reads (an executor starts it once those are done), and whether it computes on
+    the torch device (a GPU where there is one) or on CPUs only."""
 
     id: str
     key: dict[str, Any]
     run: Callable[[], dict[str, Any]]
+    needs: tuple[str, ...] = ()
+    gpu: bool = True
 
     def marker(self, out: Path) -> Path:
         return out / "steps" / (self.id.replace("/", "--") + ".json")
+
+
+def run_step(step: Step, out: Path) -> dict[str, Any]:
+    """Run one step and record it as done (its marker, written atomically); return its status."""
+    started = time.perf_counter()
+    result = step.run()
+    seconds = round(time.perf_counter() - started, 3)
+    write_json_atomic(
+        step.marker(out), {"id": step.id, "key": step.key, "result": result, "seconds": seconds}
+    )
+    return {"id": step.id, "status": "done", "seconds": seconds}
 
 
 def _type_seed(seed: int, category: str, kind: str) -> int:
@@ -279,13 +326,16 @@ class _Benchmark:
     def generated_dir(self, method: str, category: str, kind: str) -> Path:
         return self.out / "generated" / method / category / kind
 
-    def generated_sets(self, method: str, category: str) -> dict[str, list]:
-        """{type: kept pairs} of a method's generated folders, each record labelled with its type."""
+    def generated_sets(self, method: str, category: str, include_rejected: bool = False) -> dict[str, list]:
+        """{type: kept pairs (and rejected ones if asked)} of a method's generated folders, each record
+        labelled with its type."""
         if method == "none":
             return {}
         out = {}
         for kind in self.types[category]:
-            pairs = read_generated(self.generated_dir(method, category, kind))
+            pairs = read_generated(
+                self.generated_dir(method, category, kind), include_rejected=include_rejected
+            )
             out[kind] = [replace(p, record={**p.record, "anomaly_type": kind}) for p in pairs]
         return out
 
@@ -311,6 +361,8 @@ class _Benchmark:
             seed=c.seed,
             mixed_precision=c.mixed_precision,
             progress=c.progress,
+            foreground=c.foreground,
+            u2net_weights=c.u2net_weights if c.foreground == "u2net" else None,
         )
 
     def train_key(self, category: str, kind: str) -> dict[str, Any]:
@@ -328,19 +380,25 @@ class _Benchmark:
     def generate_config(self, category: str, kind: str) -> GenerateConfig:
         c = self.cfg
         backgrounds = foreground = None
-        if c.bcm:
+        if c.bcm:  # the same source as training (`TrainConfig.foreground`), on the train/good images
             backgrounds = str(Path(c.data) / category / "train" / "good")
-            fg = Path(c.data) / category / "foreground" / "train" / "good"
-            foreground = str(fg) if fg.is_dir() else None
-        return GenerateConfig(
+            dataset_masks = Path(c.data) / category / "foreground"
+            foreground = c.foreground
+            if foreground is None and dataset_masks.is_dir():
+                foreground = str(dataset_masks / "train" / "good")
+        gen = GenerateConfig(
             base=c.base,
             adapters=str(self.train_config(category, kind).output_dir()),
             out=str(self.generated_dir("dualanodiff", category, kind)),
+            preset=c.gen_preset,
             num_pairs=c.num_pairs,
             batch_size=c.gen_batch_size,
             steps=c.sampler_steps,
             guidance=c.guidance,
             scheduler=c.scheduler,
+            background_every=c.background_every,
+            background_noise=c.background_noise,
+            category=category,
             seed=_type_seed(c.seed, category, kind),
             mixed_precision=c.mixed_precision,
             resolution=c.gen_resolution,
@@ -351,6 +409,7 @@ class _Benchmark:
             max_mask_area=c.max_mask_area,
             device=c.device,
         )
+        return resolve_generate_config(gen, bcm=c.bcm, category=category)
 
     def generate_key(self, method: str, category: str, kind: str) -> dict[str, Any]:
         c = self.cfg
@@ -450,9 +509,10 @@ class _Benchmark:
         result = quality_of_category(
             self.cfg.data,
             category,
-            self.generated_sets(method, category),
+            self.generated_sets(method, category, include_rejected=True),
             self._quality_models,
             split=self.cfg.split,
+            images=self.cfg.quality_images,
             is_splits=self.cfg.is_splits,
             lpips_size=self.cfg.lpips_size,
             seed=self.cfg.seed,
@@ -499,6 +559,7 @@ class _Benchmark:
         }
         cls_key["imagenet_weights"] = Path(c.imagenet_weights).name if c.imagenet_weights else None
         q_key = {
+            "images": c.quality_images,
             "is_splits": c.is_splits,
             "lpips_size": c.lpips_size,
             "seed": c.seed,
@@ -522,15 +583,23 @@ class _Benchmark:
                             f"generate/{method}/{category}/{kind}",
                             self.generate_key(method, category, kind),
                             lambda m=method, ca=category, k=kind: self._generate(m, ca, k),
+                            needs=(f"train/{category}/{kind}",) if method == "dualanodiff" else (),
+                            gpu=method == "dualanodiff",  # the baselines cut, paste and draw on CPUs
                         )
                     )
             base = {"split": c.split, "types": kinds}
+
+            def reads(method: str, category: str = category, kinds: list[str] = kinds) -> tuple[str, ...]:
+                """The generation steps a category-level step of ``method`` reads."""
+                return () if method == "none" else tuple(f"generate/{method}/{category}/{k}" for k in kinds)
+
             for method in (m for m in GENERATORS if m in c.methods and c.quality):
                 out.append(
                     Step(
                         f"quality/{method}/{category}",
                         {**base, **q_key, "data": self.upstream(method, category)},
                         lambda m=method, ca=category: self._quality(m, ca),
+                        needs=reads(method),
                     )
                 )
             for method in c.methods:
@@ -539,6 +608,7 @@ class _Benchmark:
                         f"localization/{method}/{category}",
                         {**base, **loc_key, "data": self.upstream(method, category)},
                         lambda m=method, ca=category: self._localization(m, ca),
+                        needs=reads(method),
                     )
                 )
             if c.classification and len(kinds) >= 2:
@@ -548,6 +618,7 @@ class _Benchmark:
                             f"classification/{method}/{category}",
                             {**base, **cls_key, "data": self.upstream(method, category)},
                             lambda m=method, ca=category: self._classification(m, ca),
+                            needs=reads(method),
                         )
                     )
             elif c.classification:
@@ -595,6 +666,8 @@ def _check_markers(steps: list[Step], out: Path) -> dict[str, dict]:
 
 
 def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses: list[dict]) -> str:
+    count = {k: sum(s["status"] == k for s in statuses) for k in ("done", "skipped", "failed", "not run")}
+    unfinished = [s for s in statuses if s["status"] in ("failed", "not run")]
     lines = [
         "# DualAnoDiff benchmark",
         "",
@@ -602,22 +675,81 @@ def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses:
         + (" (rough look, not comparable with the paper)" if cfg.quick else ""),
         f"- methods: {', '.join(cfg.methods)}",
         "- categories and anomaly types: " + "; ".join(f"{c}: {', '.join(k)}" for c, k in types.items()),
+        f"- generation preset: {cfg.gen_preset}; guidance: "
+        + (str(cfg.guidance) if cfg.guidance is not None else "the preset's (per category)")
+        + (
+            f"; BCM foregrounds: {cfg.foreground or 'the dataset foreground/ folder, else auto'}"
+            if cfg.bcm
+            else ""
+        ),
+        "- IS / IC-LPIPS: "
+        + (
+            ("every generated image" if cfg.quality_images == "all" else "kept pairs only")
+            if cfg.quality
+            else "off"
+        ),
         f"- sizes: {cfg.num_pairs} pairs per type, {cfg.sampler_steps} sampler steps; U-Net {cfg.loc_epochs} epochs x "
         f"{cfg.loc_samples_per_epoch} samples at {cfg.loc_resolution} px, best of {cfg.loc_runs} run(s), epoch chosen "
         f"on the {'test set (optimistic)' if cfg.select_on == 'test' else 'held-out data'}",
-        f"- steps: {sum(s['status'] == 'done' for s in statuses)} run now, "
-        f"{sum(s['status'] == 'skipped' for s in statuses)} finished before",
+        f"- steps: {count['done']} run now, {count['skipped']} finished before"
+        + (f", **{count['failed']} failed, {count['not run']} not run**" if unfinished else ""),
         "",
     ]
+    if unfinished:
+        lines += ["## Steps that did not finish (rerun the same command to retry them)", ""]
+        lines += [f"- `{s['id']}`: {s['status']}: {s.get('error') or s.get('reason')}" for s in unfinished]
+        lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def benchmark_steps(cfg: BenchmarkConfig, types: dict[str, list[str]]) -> list[Step]:
+    """The steps of a resolved config, in the local executor's order (what the Ray tasks rebuild)."""
+    return _Benchmark(cfg, types).steps()
+
+
+def _check_settings(bench: _Benchmark) -> None:
+    """The settings of every step, checked as the step will check them, before the first step runs (a rank
+    the base cannot take must not surface after the baselines have run)."""
+    from .checks import check_device
+    from .model.base import check_resolution, read_base_shape
+    from .training.config import resolve_config
+    from .training.loop import complete_config
+
+    c = bench.cfg
+    if c.executor == "local":  # on Ray, the device is the nodes' (checked against the cluster's GPUs)
+        check_device(c.device)
+    category, kinds = next(iter(bench.types.items()))
+    if "dualanodiff" in c.methods:
+        complete_config(resolve_config(bench.train_config(category, kinds[0])))
+        check_resolution(bench.generate_config(category, kinds[0]).resolution, read_base_shape(c.base))
+    bench.localization_config().validate()
+    if c.classification:
+        bench.classification_config().validate()
+
+
+def _run_steps(steps: list[Step], done: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]:
+    """Run every step not finished before, here and in order; return {step id: status} of those run."""
+    statuses = {}
+    for i, step in enumerate(steps, 1):
+        prefix = f"[benchmark {i}/{len(steps)}] {step.id}"
+        if step.id in done:
+            log.info("%s: finished before, skipped", prefix)
+            continue
+        log.info("%s: running", prefix)
+        statuses[step.id] = run_step(step, out)
+        log.info("%s: done in %.1f s", prefix, statuses[step.id]["seconds"])
+    return statuses
 
 
 def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     """Run (or resume) the whole protocol; return {"config", "types", "steps", "results", "summary"}.
 
-    Writes ``OUT/config.json`` first (the resolved settings), then runs the steps in order (per category:
-    training and generation of each type, then quality, localization, classification per method), and
-    finally the tables (``summary.md``, ``summary.json``, CSV files).
+    Writes ``OUT/config.json`` first (the resolved settings), then runs the unfinished steps: here in order
+    (per category: training and generation of each type, then quality, localization, classification per
+    method), or with ``executor="ray"`` as Ray tasks, each started once the steps it reads are done. Then
+    the tables (``summary.md``, ``summary.json``, CSV files). Locally a failing step stops the run (its
+    error is raised); on Ray the others go on, and ``steps`` says which failed (with the error) and which
+    did not run because they read a failed one.
     """
     cfg = resolve_benchmark_config(config)
     types = anomaly_types_by_category(cfg)
@@ -626,29 +758,37 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     _validate_data(cfg, types)
     out = Path(cfg.out)
     bench = _Benchmark(cfg, types)
+    _check_settings(bench)
     steps = bench.steps()
+    with output_lock(out, "benchmark"):
+        return _run_locked(cfg, types, steps, out)
+
+
+def _run_locked(
+    cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path
+) -> dict[str, Any]:
+    """The run proper, inside the folder's output lock: markers, steps, tables."""
     done = _check_markers(steps, out)
     write_json_atomic(out / "config.json", {"profile": cfg.profile, **cfg.to_dict(), "anomaly_types": types})
-    statuses = []
-    for i, step in enumerate(steps, 1):
-        prefix = f"[{i}/{len(steps)}] {step.id}"
-        if step.id in done:
-            log.info("%s: finished before, skipped", prefix)
-            statuses.append({"id": step.id, "status": "skipped", "seconds": done[step.id].get("seconds")})
-            continue
-        log.info("%s: running", prefix)
-        started = time.perf_counter()
-        result = step.run()
-        seconds = round(time.perf_counter() - started, 3)
-        write_json_atomic(
-            step.marker(out), {"id": step.id, "key": step.key, "result": result, "seconds": seconds}
-        )
-        log.info("%s: done in %.1f s", prefix, seconds)
-        statuses.append({"id": step.id, "status": "done", "seconds": seconds})
+    statuses = {
+        s.id: {"id": s.id, "status": "skipped", "seconds": done[s.id].get("seconds")}
+        for s in steps
+        if s.id in done
+    }
+    todo = [s for s in steps if s.id not in done]
+    if todo and cfg.executor == "ray":
+        from .executors.ray_benchmark import run_steps_on_ray
+
+        log.info("benchmark: %d step(s) finished before, %d to run on Ray", len(statuses), len(todo))
+        statuses.update(run_steps_on_ray(cfg, types, todo, out))
+    else:
+        with progress_shown(cfg.progress):
+            statuses.update(_run_steps(steps, done, out))
+    ordered = [statuses[s.id] for s in steps]
     markdown, results = write_tables(out, cfg.data)
-    summary_md = _summary_header(cfg, types, statuses) + markdown
+    summary_md = _summary_header(cfg, types, ordered) + markdown
     write_text_atomic(out / "summary.md", summary_md)
-    summary = {"config": _jsonable(cfg.to_dict()), "types": types, "steps": statuses, "results": results}
+    summary = {"config": _jsonable(cfg.to_dict()), "types": types, "steps": ordered, "results": results}
     write_json_atomic(out / "summary.json", summary)
     log.info("benchmark: tables in %s and %s", out / "summary.md", out / "summary.json")
     return {**summary, "summary": summary_md}
@@ -658,9 +798,12 @@ __all__ = [
     "GENERATORS",
     "METHODS",
     "PROFILES",
+    "EXECUTORS",
     "BenchmarkConfig",
     "Step",
     "anomaly_types_by_category",
+    "benchmark_steps",
     "resolve_benchmark_config",
     "run_benchmark",
+    "run_step",
 ]

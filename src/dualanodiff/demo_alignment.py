@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .data.generated import GeneratedPair
 from .data.images import load_mask, load_rgb
 from .evaluate.unet import DiscriminativeSubNetwork, draem_weights_init, focal_loss
+from .progress import progress_bar
 from .synthetic import DEFECT_TYPES, synthetic_sample
 
 
@@ -60,7 +60,7 @@ def train_segmenter(
     draem_weights_init(model, gen)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     model.train()
-    for _ in tqdm(range(cfg.steps), desc="training the reference segmenter", disable=not progress):
+    for _ in progress_bar(range(cfg.steps), desc="training the reference segmenter", disable=not progress):
         idx = torch.randint(0, len(x_all), (cfg.batch_size,), generator=gen)
         x, m = x_all[idx], m_all[idx]
         if torch.rand(1, generator=gen) < 0.5:

@@ -1,15 +1,16 @@
 """Bulk generation to disk: `OUT/image`, `OUT/part`, `OUT/mask`, `OUT/manifest.jsonl`, `OUT/config.json`.
 
 Resumable (a rerun makes only the missing pairs, with the same seeds: pair i uses seed + i) and shardable
-(under `accelerate launch` each process takes every n-th missing pair). All files are written atomically by
-`GeneratedWriter`, so an interrupted run never leaves a half-written PNG under a final name.
+(``--shard I/N`` takes the pairs i with i % N == I; under ``torchrun`` or ``accelerate launch`` each process
+takes its rank's part of that). All files are written atomically by `GeneratedWriter`, so an interrupted run
+never leaves a half-written PNG under a final name; rejected pairs go to ``OUT/rejected/``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,13 +21,18 @@ from diffusers import (
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
-from tqdm.auto import tqdm
 
+from .backgrounds import Backgrounds, generation_foreground
 from .baselines.write import GeneratedWriter
+from .checks import MAX_PAIRS, MAX_RESOLUTION, check_device, check_float, check_int, check_name, check_seed
 from .errors import InputError
-from .masks import build_masker, judge_mask
+from .locking import output_lock
+from .masks import PartMasker, build_masker, judge_mask
+from .model.dual_unet import read_adapter_config
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
-from .pipeline import DualAnoDiffPipeline, to_uint8
+from .pipeline import BACKGROUND_NOISE, DualAnoDiffPipeline, to_uint8
+from .progress import progress_bar
+from .sharding import Shard, launcher_shard
 
 SCHEDULERS = {
     "pndm": (PNDMScheduler, {}),
@@ -36,28 +42,68 @@ SCHEDULERS = {
     "euler": (EulerDiscreteScheduler, {}),
 }
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GENERATION_PRESETS = ("paper", "official-code")
+# Settings a preset fills when left unset (None).
+PRESET_FIELDS = ("num_pairs", "steps", "guidance", "scheduler", "background_every", "background_noise")
+
+
+def preset_settings(preset: str, bcm: bool, category: str | None = None) -> dict:
+    """The sampler settings of METHOD section 7 for adapters without or with BCM.
+
+    paper: 50 steps, guidance 2.5, 1,000 pairs (the scheduler is not stated: SD 1.5's PNDM). official-code, the
+    authors' inference scripts: without BCM PNDM 100 steps, guidance 2.5, 500 pairs; with BCM 50 steps, guidance
+    2.0 (1.2 for screw), 500 pairs, background switched every 50 pairs (10 for screw). Background noise: the
+    authors noise the unconditional and conditional background rows independently ("independent"); the paper
+    preset keeps one draw for both ("shared"), this project's default before presets existed.
+    """
+    if preset not in GENERATION_PRESETS:
+        raise InputError(f"--preset {preset!r}: choose one of {', '.join(GENERATION_PRESETS)}")
+    if preset == "paper":
+        return dict(
+            num_pairs=1000,
+            steps=50,
+            guidance=2.5,
+            scheduler="pndm",
+            background_every=50,
+            background_noise="shared",
+        )
+    screw = category == "screw"
+    return dict(
+        num_pairs=500,
+        steps=50 if bcm else 100,
+        guidance=(1.2 if screw else 2.0) if bcm else 2.5,
+        scheduler="pndm",
+        background_every=10 if screw else 50,
+        background_noise="independent",
+    )
 
 
 @dataclass
 class GenerateConfig:
-    """Everything that decides the generated data; written to OUT/config.json."""
+    """Everything that decides the generated data; written (resolved) to OUT/config.json.
+
+    Settings left None are filled by the preset (`resolve_generate_config`); explicit values win.
+    """
 
     base: str
     adapters: str
     out: str
-    num_pairs: int = 1000  # paper: 1,000 pairs per anomaly type (official code: 500)
+    preset: str = "paper"
+    num_pairs: int | None = None  # paper: 1,000 pairs per anomaly type (official code: 500)
     batch_size: int = 8
-    steps: int = 50
-    guidance: float = 2.5
-    scheduler: str = "pndm"
+    steps: int | None = None  # paper: 50 (official code: 100; 50 with BCM)
+    guidance: float | None = None  # paper: 2.5 (official code with BCM: 2.0, 1.2 for screw)
+    scheduler: str | None = None  # paper and official code: pndm
     seed: int = 0
     mixed_precision: str = "no"
     resolution: int | None = None  # default: the base's native size
     backgrounds: str | None = None  # BCM: folder of normal images
-    foreground: str | None = (
-        None  # BCM: their foreground masks (by stem); none: the whole image is background
-    )
-    background_every: int = 50  # BCM: switch background every K pairs (10 for screw in the official setting)
+    # BCM: how the object is found in the backgrounds: auto, u2net, none or a folder of masks (matched by stem);
+    # None: the source the adapters were trained with
+    foreground: str | None = None
+    background_every: int | None = None  # BCM: switch background every K pairs (official, screw: 10; else 50)
+    background_noise: str | None = None  # BCM under guidance: "shared" or "independent" (see the pipeline)
+    category: str | None = None  # for the screw settings of official-code; default: the adapters' category
     mask_method: str = "auto"
     u2net_weights: str | None = None
     mask_threshold: float | None = None
@@ -75,18 +121,41 @@ class GenerateConfig:
     vae_tiling: bool = False
 
     def __post_init__(self):
-        if self.num_pairs < 1:
-            raise InputError(f"--num-pairs must be at least 1, got {self.num_pairs}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.steps < 1:
-            raise InputError(f"--steps must be at least 1, got {self.steps}")
-        if self.scheduler not in SCHEDULERS:
+        """Check every option that needs no file (the resolution's multiple needs the base: `generate_to_folder`).
+        Options left unset (None) are filled from the preset by `resolve_generate_config`."""
+        if self.preset not in GENERATION_PRESETS:
+            raise InputError(f"--preset {self.preset!r}: choose one of {', '.join(GENERATION_PRESETS)}")
+        if self.num_pairs is not None:
+            check_int(self.num_pairs, "--num-pairs", 1, MAX_PAIRS)
+        check_int(self.batch_size, "--batch-size", 1)
+        if self.steps is not None:
+            check_int(self.steps, "--steps", 1, 1000)  # SD's scheduler has 1000 training timesteps
+        if self.guidance is not None:
+            check_float(self.guidance, "--guidance")
+        check_seed(self.seed)
+        if self.resolution is not None:
+            check_int(self.resolution, "--resolution", 8, MAX_RESOLUTION)
+        check_float(self.max_mask_area, "--max-area", above=0, maximum=1)
+        if self.mask_threshold is not None:
+            check_float(self.mask_threshold, "--threshold", minimum=0)
+        if self.anomaly_type is not None:
+            check_name(self.anomaly_type, "--anomaly-type")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InputError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.mixed_precision not in PRECISIONS:
             raise InputError(f"--mixed-precision must be one of {', '.join(PRECISIONS)}")
-        if self.background_every < 1:
-            raise InputError("--background-every must be at least 1")
+        if self.background_every is not None:
+            check_int(self.background_every, "--background-every", 1)
+        if self.background_noise is not None and self.background_noise not in BACKGROUND_NOISE:
+            raise InputError(f"--background-noise must be one of {', '.join(BACKGROUND_NOISE)}")
+
+
+def resolve_generate_config(config: GenerateConfig, bcm: bool, category: str | None = None) -> GenerateConfig:
+    """Fill the settings left unset from the preset, for adapters with or without BCM (of ``category``)."""
+    category = config.category or category
+    preset = preset_settings(config.preset, bcm, category)
+    filled = {k: preset[k] for k in PRESET_FIELDS if getattr(config, k) is None}
+    return replace(config, category=category, **filled)
 
 
 # Settings that change speed and memory but not the pairs (to float rounding): a resume may change them.
@@ -127,73 +196,126 @@ def adapter_identity(adapter_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def adapter_anomaly_type(adapter_dir: str | Path) -> str | None:
-    """The anomaly type recorded by `dualanodiff train` in the adapters' metadata, if any."""
-    from .model.dual_unet import read_adapter_config
-
-    return (read_adapter_config(adapter_dir).get("training") or {}).get("anomaly")
-
-
-def load_backgrounds(
-    folder: str | Path, foreground: str | Path | None, resolution: int
-) -> list[tuple[str, torch.Tensor]]:
-    """BCM backgrounds, (3, R, R) in [-1, 1]: normal images with the object blacked out, made exactly as
-    the training backgrounds are (`data.pairs.black_out_object`)."""
-    from .data.folder import folder_normals
-    from .data.images import load_mask, load_rgb
-    from .data.pairs import black_out_object, image_to_tensor, mask_to_tensor
-
-    normals = folder_normals(folder, foreground_dir=foreground)
-    if not normals:
-        raise InputError(f"--backgrounds {folder}: no images found")
-    out = []
-    for sample in normals:
-        rgb = load_rgb(sample.image)
-        fg = None
-        if sample.foreground is not None:
-            fg = mask_to_tensor(load_mask(sample.foreground, size=(rgb.shape[1], rgb.shape[0])), resolution)
-        out.append((sample.image.name, black_out_object(image_to_tensor(rgb, resolution), fg)))
-    return out
-
-
 def generate_to_folder(
     config: GenerateConfig,
     pipe=None,
     process_index: int | None = None,
     num_processes: int | None = None,
     show_progress: bool = True,
+    shard: Shard | str | None = None,
 ) -> dict:
-    """Generate the missing pairs of ``config.out`` (this process's share of them); return the summary."""
-    if process_index is None or num_processes is None:
-        from accelerate import PartialState
+    """Generate the missing pairs of ``config.out`` (this process's share of them); return the summary.
 
-        state = PartialState()
-        process_index, num_processes = state.process_index, state.num_processes
-        device = config.device or str(state.device)
+    The share is ``shard`` (``--shard I/N``, e.g. a Slurm array task) divided between the processes of a
+    launcher (``torchrun``, ``accelerate launch``), whose rank and count come from the environment unless
+    ``process_index`` and ``num_processes`` are given. Each process holds the folder as one shard of that
+    split (:func:`dualanodiff.locking.output_lock`): the shards of one split write side by side, any other
+    writer of the folder is refused with the holder's name.
+    """
+    if process_index is None or num_processes is None:
+        ranks = launcher_shard()
+        device = config.device or (str(_launcher_device()) if not ranks.alone else _default_device())
     else:
-        device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        ranks = Shard(process_index, num_processes)
+        device = config.device or _default_device()
+    share = (Shard.parse(shard) if isinstance(shard, str) else shard or Shard()).split(ranks)
+    from .model.base import check_resolution, read_base_shape
+
+    # Everything that can be checked without the model is checked before anything is written or loaded.
+    check_device(config.device)
     adapters = Path(config.adapters)
     if not (adapters / "adapters.safetensors").is_file():
         raise InputError(
             f"--adapters {adapters}: no adapters.safetensors there (train first, or check the path)"
         )
+    meta = read_adapter_config(adapters)
+    training = meta.get("training") or {}
+    bcm = bool((meta.get("adapter") or {}).get("bcm"))
+    config = resolve_generate_config(config, bcm, training.get("category"))
+    if pipe is None:
+        resolution = check_resolution(config.resolution, read_base_shape(config.base))
+    else:
+        resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        if resolution % pipe.vae_scale_factor:
+            raise InputError(f"--resolution: must be a multiple of {pipe.vae_scale_factor}, got {resolution}")
+    backgrounds = None
+    if bcm:
+        if config.backgrounds is None:
+            raise InputError(
+                "these adapters use BCM: give --backgrounds DIR (normal images, e.g. train/good)"
+            )
+        config = replace(
+            config, foreground=generation_foreground(config.foreground, training.get("foreground"))
+        )
+        # Read (and mask) the backgrounds this process's pairs use, before the diffusion model loads.
+        backgrounds = Backgrounds(
+            config.backgrounds,
+            config.foreground,
+            resolution,
+            pairs=[i for i in range(config.num_pairs) if share.owns(i)],
+            every=config.background_every,
+            u2net_weights=config.u2net_weights,
+            category=config.category,
+            device=device,
+        )
+    masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
 
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     record_config["adapter_identity"] = adapter_identity(adapters)
-    record_config["anomaly_type"] = config.anomaly_type or adapter_anomaly_type(adapters)
-    writer = GeneratedWriter(
-        config.out, record_config, base_seed=config.seed, resume_ignore=("num_pairs", *SPEED_OPTIONS)
-    )
-    # Shard the index range, not the pending list: processes that start at different moments still agree.
-    todo = [i for i in range(process_index, config.num_pairs, num_processes) if not writer.is_complete(i)]
-    if not todo:
+    record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
+    if bcm:
+        record_config["foreground_in_training"] = training.get("foreground")
+    with output_lock(config.out, "generate", shard=share):
+        writer = GeneratedWriter(
+            config.out, record_config, base_seed=config.seed, resume_ignore=("num_pairs", *SPEED_OPTIONS)
+        )
+        # Shard the index range, not the pending list: processes that start at different moments still agree.
+        todo = writer.pending(config.num_pairs)
+        if todo:
+            _generate_pairs(
+                config,
+                pipe,
+                writer,
+                todo,
+                device,
+                record_config,
+                show_progress,
+                resolution,
+                backgrounds,
+                masker,
+            )
         return writer.summary(config.num_pairs)
 
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _launcher_device() -> torch.device:
+    """This rank's device under a launcher (``cuda:<local rank>`` on GPUs), as Accelerate assigns it."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def _generate_pairs(
+    config: GenerateConfig,
+    pipe: DualAnoDiffPipeline | None,
+    writer: GeneratedWriter,
+    todo: list[int],
+    device: str,
+    record_config: dict,
+    show_progress: bool,
+    resolution: int,
+    backgrounds: Backgrounds | None,
+    masker: PartMasker,
+) -> None:
+    """Make and write the pairs ``todo`` (indices), ``config.batch_size`` per pipeline call."""
     if pipe is None:
         pipe = DualAnoDiffPipeline.from_pretrained(
             config.base, torch_dtype=PRECISIONS[config.mixed_precision]
         )
-        pipe.load_adapters(adapters)
+        pipe.load_adapters(config.adapters)
         pipe.to(device)
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -204,23 +326,16 @@ def generate_to_folder(
         vae_slicing=config.vae_slicing,
         vae_tiling=config.vae_tiling,
     )
-    resolution = config.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    backgrounds = None
-    if pipe.adapter_config.bcm:
-        if config.backgrounds is None:
-            raise InputError(
-                "these adapters use BCM: give --backgrounds DIR (normal images, e.g. train/good)"
-            )
-        backgrounds = load_backgrounds(config.backgrounds, config.foreground, resolution)
-    masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
+    mask_settings = masker.settings(max_area_fraction=config.max_mask_area)
 
-    bar = tqdm(total=len(todo), desc="generating pairs", unit="pair", disable=not show_progress)
+    desc = "generating pairs" if writer.shard.alone else f"generating pairs (shard {writer.shard})"
+    bar = progress_bar(total=len(todo), desc=desc, unit="pair", disable=not show_progress)
     started = time.perf_counter()
     for start in range(0, len(todo), config.batch_size):
         indices = todo[start : start + config.batch_size]
         bg_names, bg_images = None, None
         if backgrounds is not None:
-            chosen = [backgrounds[(i // config.background_every) % len(backgrounds)] for i in indices]
+            chosen = [backgrounds.for_pair(i) for i in indices]
             bg_names, bg_images = [c[0] for c in chosen], [c[1] for c in chosen]
         out = pipe(
             num_pairs=len(indices),
@@ -233,6 +348,7 @@ def generate_to_folder(
             global_prompt=config.global_prompt,
             part_prompt=config.part_prompt,
             output_type="np",
+            background_noise=config.background_noise,
         )
         for k, index in enumerate(indices):
             image, part = to_uint8(out.images[k]), to_uint8(out.parts[k])
@@ -247,6 +363,7 @@ def generate_to_folder(
                 reject_reason=quality.reason,
                 mask_area=quality.area,
                 mask_method=masker.method,
+                mask_settings=mask_settings,
                 prompts=[config.global_prompt, config.part_prompt],
                 steps=config.steps,
                 guidance=config.guidance,
@@ -258,4 +375,3 @@ def generate_to_folder(
         bar.update(len(indices))
         bar.set_postfix(pairs_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
     bar.close()
-    return writer.summary(config.num_pairs)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +29,17 @@ from .errors import InputError
 from .model.base import load_base
 from .model.dual_unet import (
     AdapterConfig,
+    adapter_state_dict,
     add_text_encoder_lora,
     check_adapter_base,
-    convert_official_state_dict,
     install_dual_processors,
     load_adapter_state,
     load_adapter_weights,
     read_adapter_config,
-    read_state_dict_file,
     save_adapters,
 )
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT, decode_latents, encode_latents, encode_prompts
+from .model.official import convert_official_state_dict, read_state_dict_file, save_official_checkpoint
 from .model.processor import DualBranchAttnProcessor
 
 
@@ -50,6 +51,10 @@ def _remove_peft_lora(model: nn.Module) -> None:
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module.base_layer)
     if hasattr(model, "peft_config"):
         del model.peft_config
+
+
+# How the two background rows of a pair are noised under guidance (see `DualAnoDiffPipeline.__call__`).
+BACKGROUND_NOISE = ("shared", "independent")
 
 
 @dataclass
@@ -82,6 +87,7 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.adapter_config: AdapterConfig | None = None
         self.base_source = ""
+        self.base_fingerprint: str | None = None  # weights_fingerprint of the base; None: unknown
 
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
@@ -124,6 +130,7 @@ class DualAnoDiffPipeline(DiffusionPipeline):
             components.scheduler,
         )
         pipe.base_source = components.source
+        pipe.base_fingerprint = components.weights_fingerprint
         pipe.configure_adapters(config or AdapterConfig())
         return pipe
 
@@ -152,27 +159,64 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         return params
 
     # ---- adapters on disk -----------------------------------------------------------------------------
-    def save_adapters(self, out_dir: str | os.PathLike, extra: dict | None = None) -> Path:
-        """Save adapters as ``adapters.safetensors`` + ``adapter_config.json`` (options and base identity)."""
+    def save_adapters(
+        self, out_dir: str | os.PathLike, extra: dict | None = None, dtype: str = "fp32"
+    ) -> Path:
+        """Save adapters as ``adapters.safetensors`` + ``adapter_config.json`` (options and base identity).
+
+        ``dtype``: "fp32" (default, exact), "bf16" or "fp16" (half the file; `load_adapters` reads any of them).
+        """
         return save_adapters(
-            out_dir, self.unet, self.text_encoder, self.adapter_config, self.base_source, extra
+            out_dir,
+            self.unet,
+            self.text_encoder,
+            self.adapter_config,
+            self.base_source,
+            extra,
+            dtype=dtype,
+            base_fingerprint=self.base_fingerprint,
         )
 
     def load_adapters(self, adapter_dir: str | os.PathLike) -> dict:
         """Load adapters saved by `save_adapters` (re-installing with their options); returns their metadata."""
         meta = read_adapter_config(adapter_dir)
-        check_adapter_base(meta, self.unet, adapter_dir)
+        check_adapter_base(meta, self.unet, adapter_dir, self.base_fingerprint)
         state = load_adapter_weights(adapter_dir)
         self.configure_adapters(AdapterConfig.from_dict(meta.get("adapter", {})))
         load_adapter_state(state, self.unet, self.text_encoder, source=str(Path(adapter_dir)))
         return meta
 
     def load_official_checkpoint(self, path: str | os.PathLike) -> AdapterConfig:
-        """Import the authors' released adapters (one fp32 state dict per anomaly type, METHOD section 10)."""
+        """Import the authors' released adapters (one fp32 state dict per anomaly type, METHOD section 10):
+        the file, or the directory holding their ``pytorch_lora_weights.bin``, with or without BCM."""
         converted, config = convert_official_state_dict(read_state_dict_file(path))
         self.configure_adapters(config)
         load_adapter_state(converted, self.unet, self.text_encoder, source=str(path))
         return config
+
+    def save_official_checkpoint(self, out_dir: str | os.PathLike, safe_serialization: bool = False) -> Path:
+        """Write the adapters in the authors' layout, ``out_dir/pytorch_lora_weights.bin`` (``.safetensors``
+        with ``safe_serialization``), the directory their inference script loads with ``load_lora_weights``.
+
+        Their code knows neither a background scaling switch nor a LoRA alpha: BCM adapters trained with the
+        correct background scaling behave differently there (see `AdapterConfig.background_latent_scaling`),
+        and an alpha other than the rank is folded into the up-projections.
+        """
+        if self.adapter_config is None:
+            raise InputError("no adapters installed: nothing to export")
+        config = self.adapter_config
+        if config.bcm and config.background_latent_scaling == "correct":
+            warnings.warn(
+                "these BCM adapters were trained with the background latent scaled by the VAE factor; the "
+                "authors' code omits that factor, so in their inference the backgrounds will not match training",
+                UserWarning,
+                stacklevel=2,
+            )
+        scale = (config.alpha if config.alpha is not None else config.rank) / config.rank
+        state = adapter_state_dict(self.unet, self.text_encoder)
+        return save_official_checkpoint(
+            state, out_dir, unet_lora_scale=scale, safe_serialization=safe_serialization
+        )
 
     # ---- generation -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -195,6 +239,7 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         return_dict: bool = True,
         bcm_mode: str = "folded",
         merge_lora: bool = True,
+        background_noise: str = "shared",
     ) -> DualAnoDiffOutput | tuple:
         """Generate ``num_pairs`` (whole image, anomaly part) pairs, and masks when ``masker`` is given.
 
@@ -208,6 +253,9 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         "two-pass" runs it as a separate forward first, as the official code does (same numbers, slower).
         ``merge_lora``: fold each branch's LoRA into its own copy of the projections for the duration of the call
         (one matmul per projection and branch instead of three; equal outputs up to float rounding).
+        ``background_noise``: BCM under guidance, how the unconditional (grey) and conditional background rows
+        are noised at each step: "shared" (one draw per pair and step for both), or "independent" (a draw for
+        each, as the authors' inference does). Both come from the pair's own generator.
         """
         if num_pairs < 1:
             raise InputError(f"num_pairs must be at least 1, got {num_pairs}")
@@ -225,6 +273,10 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         use_bcm = self.adapter_config.bcm and backgrounds is not None
         if bcm_mode not in ("folded", "two-pass"):
             raise InputError(f"bcm_mode must be 'folded' or 'two-pass', got {bcm_mode!r}")
+        if background_noise not in BACKGROUND_NOISE:
+            raise InputError(
+                f"background_noise must be one of {', '.join(BACKGROUND_NOISE)}, got {background_noise!r}"
+            )
         if self.adapter_config.bcm and backgrounds is None:
             raise InputError("these adapters use BCM: pass one background image per pair (backgrounds=...)")
 
@@ -259,7 +311,9 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         if merge_lora:
             self._merge_lora(True)
         try:
-            latents = self._denoise(latents, text, bg_latents, noiser, generators, guidance_scale, bcm_mode)
+            latents = self._denoise(
+                latents, text, bg_latents, noiser, generators, guidance_scale, bcm_mode, background_noise
+            )
         finally:
             if merge_lora:
                 self._merge_lora(False)
@@ -279,7 +333,17 @@ class DualAnoDiffPipeline(DiffusionPipeline):
             return wholes, parts, masks, seeds
         return DualAnoDiffOutput(images=wholes, parts=parts, masks=masks, seeds=list(seeds))
 
-    def _denoise(self, latents, text, bg_latents, noiser, generators, guidance_scale: float, bcm_mode: str):
+    def _denoise(
+        self,
+        latents,
+        text,
+        bg_latents,
+        noiser,
+        generators,
+        guidance_scale: float,
+        bcm_mode: str,
+        background_noise: str = "shared",
+    ):
         """The sampling loop (diffusers' loop, on interleaved pair rows plus optional background rows)."""
         device, dtype = latents.device, latents.dtype
         do_cfg, use_bcm = guidance_scale > 1.0, bg_latents is not None
@@ -288,10 +352,8 @@ class DualAnoDiffPipeline(DiffusionPipeline):
             model_input = self.scheduler.scale_model_input(model_input, t)
             pair_text, kwargs = text, None
             if use_bcm:  # background rows noised to the same t, fresh noise from each pair's generator
-                noise = torch.cat(
-                    [torch.randn(bg_latents.shape[1:], generator=g).unsqueeze(0) for g in generators]
-                )
-                noise = torch.cat([noise] * (2 if do_cfg else 1)).to(device, dtype)
+                noise = _background_noise(bg_latents.shape[1:], generators, do_cfg, background_noise)
+                noise = noise.to(device, dtype)
                 t_int = torch.full(
                     (bg_latents.shape[0],), int(round(float(t))), device=device, dtype=torch.long
                 )
@@ -362,6 +424,19 @@ class DualAnoDiffPipeline(DiffusionPipeline):
                 grey_latents = grey_latents * self.vae.config.scaling_factor
             latents = torch.cat([grey_latents, latents])
         return latents.to(self.unet.dtype)
+
+
+def _background_noise(shape, generators, do_cfg: bool, mode: str) -> torch.Tensor:
+    """This step's noise for the background rows, [uncond..., cond...] under guidance, from each pair's generator.
+
+    "shared": one draw per pair, used by both of its rows; "independent": the unconditional row's draw, then the
+    conditional row's (the authors' inference noises its two background rows with one `randn_like`).
+    """
+    if mode == "independent" and do_cfg:
+        draws = [torch.randn((2, *shape), generator=g) for g in generators]
+        return torch.cat([torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws])])
+    noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+    return torch.cat([noise] * (2 if do_cfg else 1))
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

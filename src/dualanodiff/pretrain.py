@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDPMScheduler
-from tqdm.auto import tqdm
 
 from .model.base import SD15_SCHEDULER_CONFIG, BaseComponents, build_base
 from .model.encode import encode_prompts
+from .progress import progress_bar
 from .synthetic import CATEGORIES, DEFECT_TYPES, synthetic_sample
 
 
@@ -69,7 +69,7 @@ def _render_pool(cfg: PretrainConfig, defects: bool) -> tuple[np.ndarray, np.nda
             for k in DEFECT_TYPES[c]
             for i in range(cfg.pool_defect)
         ]
-    for ci, cat, kind, i in tqdm(jobs, desc="rendering pretraining images", leave=False):
+    for ci, cat, kind, i in progress_bar(jobs, desc="rendering pretraining images", leave=False):
         sample = synthetic_sample(cat, "pretrain", kind, i, cfg.seed, cfg.resolution)
         images.append(sample.image)
         labels.append(ci)
@@ -115,7 +115,7 @@ def train_vae(base: BaseComponents, cfg: PretrainConfig, log: list[dict]) -> Non
     vae = base.vae.train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    bar = tqdm(range(cfg.vae_steps), desc="pretraining the VAE")
+    bar = progress_bar(range(cfg.vae_steps), desc="pretraining the VAE")
     for step in bar:
         idx = torch.randint(0, data.shape[0], (cfg.vae_batch,), generator=gen)
         x, w = _flip(torch.cat([data[idx], weights[idx]], 1), gen).split([3, 1], 1)
@@ -148,7 +148,7 @@ def train_unet(base: BaseComponents, cfg: PretrainConfig, log: list[dict]) -> to
     with torch.no_grad():
         # The four flips of every image, encoded once: (N, 4 flips, ...) posterior mean and std.
         means, stds = [], []
-        for i in tqdm(range(0, len(data), 64), desc="encoding latents", leave=False):
+        for i in progress_bar(range(0, len(data), 64), desc="encoding latents", leave=False):
             x = data[i : i + 64]
             flips = torch.stack([x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)], 1).flatten(0, 1)
             post = vae.encode(flips).latent_dist
@@ -165,7 +165,7 @@ def train_unet(base: BaseComponents, cfg: PretrainConfig, log: list[dict]) -> to
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     labels_t = torch.from_numpy(labels)
-    bar = tqdm(range(cfg.unet_steps), desc="pretraining the UNet")
+    bar = progress_bar(range(cfg.unet_steps), desc="pretraining the UNet")
     for step in bar:
         idx = torch.randint(0, means.shape[0], (cfg.unet_batch,), generator=gen)
         flip = torch.randint(0, 4, (cfg.unet_batch,), generator=gen)

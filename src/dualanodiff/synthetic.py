@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from .errors import InputError
 from .io import save_image_atomic, write_json_atomic, write_text_atomic
+from .progress import progress_bar
 
 TEXTURES = ("weave",)
 OBJECTS = ("pill",)
@@ -382,7 +382,7 @@ def make_synthetic(
         shutil.rmtree(out)
 
     jobs = _plan(categories, n_train_good, n_test_good, counts)
-    for cat, split, kind, i in tqdm(jobs, desc="synthetic dataset", disable=not progress):
+    for cat, split, kind, i in progress_bar(jobs, desc="synthetic dataset", disable=not progress):
         s = synthetic_sample(cat, split, kind, i, seed, resolution)
         name = f"{i:03d}.png"
         rel = Path(split) / kind / name

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..checks import MAX_PAIRS, MAX_RESOLUTION, check_int
 from ..data.mvtec import SPLIT_MODES, anomaly_samples, few_shot_split, normal_train_samples
 from ..errors import InputError
 from .crop_paste import crop_paste
@@ -44,8 +45,9 @@ def run_baseline(
         raise InputError(f"--method: unknown baseline {method!r} (choose from {', '.join(METHODS)})")
     if split not in SPLIT_MODES:
         raise InputError(f"--split: unknown split {split!r} (choose from {', '.join(SPLIT_MODES)})")
-    if num_pairs < 1:
-        raise InputError(f"--num-pairs: must be at least 1, got {num_pairs}")
+    check_int(num_pairs, "--num-pairs", 1, MAX_PAIRS)
+    if isinstance(resolution, int):  # 0 must not silently mean "keep the size"
+        check_int(resolution, "--resolution", 8, MAX_RESOLUTION)
     normals = normal_train_samples(root, category)
     if not normals:
         raise InputError(f"{Path(root) / category / 'train' / 'good'}: no normal images to paste onto")

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage, signal
-from tqdm.auto import tqdm
 
-from ..data.images import load_mask, load_rgb
+from ..data.images import load_mask_for, load_rgb
 from ..data.mvtec import DefectSample
 from ..errors import InputError
+from ..locking import output_lock
+from ..progress import progress_bar
 from .common import Size, as_size, load_normal, resize_rgb
 from .write import GeneratedWriter
 
@@ -52,9 +53,9 @@ def extract_defects(few_shot: list[DefectSample], size: Size | None = None) -> l
         if sample.mask is None:
             raise InputError(f"{sample.image}: few-shot defect image has no mask (Crop&Paste needs one)")
         image = load_rgb(sample.image)
+        mask = load_mask_for(sample.mask, sample.image, image.shape, size=size)  # refused at another size
         if size is not None:
             image = resize_rgb(image, size)
-        mask = load_mask(sample.mask, size=(image.shape[1], image.shape[0]))
         labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
         if count == 0:
             raise InputError(f"{sample.mask}: mask is empty")
@@ -170,15 +171,17 @@ def crop_paste(
         "num_normals": len(normals),
         **(extra_config or {}),
     }
-    writer = GeneratedWriter(out_dir, config)
-    cache: dict[Size, list[Defect]] = {}
+    checked = extract_defects(few_shot, size)  # every mask read and checked before anything is written
+    cache: dict[Size, list[Defect]] = {size: checked} if size else {}
 
     def defects_at(at: Size) -> list[Defect]:
         if at not in cache:
             cache[at] = extract_defects(few_shot, at)
         return cache[at]
 
-    for i in tqdm(writer.pending(num_pairs), desc="crop-paste", unit="pair"):
-        image, mask, info = make_pair(np.random.default_rng(writer.seed(i)), defects_at, normals, size)
-        writer.write(i, image, mask, method=METHOD, anomaly_type=config["anomaly_type"], **info)
-    return {"method": METHOD, **writer.summary(num_pairs)}
+    with output_lock(out_dir, f"baseline {METHOD}"):
+        writer = GeneratedWriter(out_dir, config)
+        for i in progress_bar(writer.pending(num_pairs), desc="crop-paste", unit="pair"):
+            image, mask, info = make_pair(np.random.default_rng(writer.seed(i)), defects_at, normals, size)
+            writer.write(i, image, mask, method=METHOD, anomaly_type=config["anomaly_type"], **info)
+        return {"method": METHOD, **writer.summary(num_pairs)}

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from ..data.images import is_image_file, load_rgb
 from ..data.mvtec import DefectSample
 from ..errors import InputError
+from ..locking import output_lock
+from ..progress import progress_bar
 from .common import Size, as_size, load_normal, resize_rgb
 from .write import GeneratedWriter
 
@@ -242,8 +243,9 @@ def perlin(
         "num_normals": len(normals),
         **(extra_config or {}),
     }
-    writer = GeneratedWriter(out_dir, config)
-    for i in tqdm(writer.pending(num_pairs), desc="perlin", unit="pair"):
-        image, mask, info = make_pair(np.random.default_rng(writer.seed(i)), normals, sources, size)
-        writer.write(i, image, mask, method=METHOD, anomaly_type=anomaly_type, **info)
-    return {"method": METHOD, **writer.summary(num_pairs)}
+    with output_lock(out_dir, f"baseline {METHOD}"):
+        writer = GeneratedWriter(out_dir, config)
+        for i in progress_bar(writer.pending(num_pairs), desc="perlin", unit="pair"):
+            image, mask, info = make_pair(np.random.default_rng(writer.seed(i)), normals, sources, size)
+            writer.write(i, image, mask, method=METHOD, anomaly_type=anomaly_type, **info)
+        return {"method": METHOD, **writer.summary(num_pairs)}

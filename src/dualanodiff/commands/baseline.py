@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+
+from ..checks import name_arg, pairs_arg, resolution_arg, seed_arg
+from . import add_progress_argument
 
 
 def register(subparsers) -> None:
@@ -16,26 +18,46 @@ def register(subparsers) -> None:
             "positions (inside the object's foreground when known) on normal images. perlin: DRAEM's Perlin-noise "
             "anomalies. Resumable: a rerun makes only the missing pairs, with the same seeds."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("method", choices=["crop-paste", "perlin"])
-    p.add_argument("--data", required=True, help="MVTec-AD-layout root")
-    p.add_argument("--category", required=True)
-    p.add_argument("--anomaly", required=True, help="anomaly type (crop-paste cuts its few-shot images)")
-    p.add_argument("--num-pairs", type=int, default=500)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--split", choices=["strict", "paper-compat"], default="strict", help="few-shot split rule"
+        "method",
+        choices=["crop-paste", "perlin"],
+        help="crop-paste: real few-shot defects pasted on normal images; perlin: DRAEM's Perlin-noise anomalies",
     )
-    p.add_argument("--resolution", type=int, default=None, help="resize outputs to this side (default: keep)")
-    p.add_argument("--anomaly-source", default=None, help="perlin: folder of texture images (e.g. DTD)")
+    p.add_argument("--data", required=True, help="dataset root in the MVTec AD layout")
+    p.add_argument("--category", required=True, type=name_arg, help="category folder under --data")
+    p.add_argument(
+        "--anomaly",
+        required=True,
+        type=name_arg,
+        help="anomaly type: crop-paste cuts its few-shot images; perlin only records it as the pairs' type",
+    )
+    p.add_argument("--num-pairs", type=pairs_arg, default=500, help="pairs to write")
+    p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="pair i is drawn from seed + i")
+    p.add_argument(
+        "--split",
+        choices=["strict", "paper-compat"],
+        default="strict",
+        help="few-shot split rule (see `dualanodiff train --help`)",
+    )
+    p.add_argument(
+        "--resolution",
+        type=resolution_arg,
+        help="resize outputs to this side (default: keep the normal images' size)",
+    )
+    p.add_argument(
+        "--anomaly-source", help="perlin: folder of texture images, e.g. DTD (default: noise colours)"
+    )
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..baselines import run_baseline
+    from ..checks import check_output_dir
 
+    check_output_dir(args.out)
     summary = run_baseline(
         args.method,
         args.data,

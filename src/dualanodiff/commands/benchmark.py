@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
+from ..checks import MAX_RESOLUTION, float_arg, int_arg, name_arg, pairs_arg, resolution_arg, seed_arg
+from . import add_progress_argument
+from .evaluate import add_quality_images_argument
 
 _DESCRIPTION = """\
 Run the paper's evaluation protocol end to end on an MVTec-AD-layout root, for every chosen category and anomaly
@@ -22,6 +24,9 @@ Resumable: every finished step leaves OUT/steps/<step>.json; running the same co
 continues (training, generation and the U-Net also resume inside a step). A folder made with other settings is
 refused before anything runs.
 
+On a cluster: --executor ray runs every step as a Ray task, each started once the steps it reads are done
+(types train in parallel, one GPU each); OUT must be on storage every node sees (docs/ray.md).
+
 Sizes: the paper's by default (days of GPU time for all of MVTec AD); --quick for a rough look (shorter training,
 100 pairs, 25 sampler steps, 20 U-Net epochs, 1 run, 5 classifier epochs). Every size can be set below.
 """
@@ -38,13 +43,17 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _names(text: str) -> list[str]:
+    """A comma list of names that become folder names (categories, anomaly types)."""
+    return [name_arg(t) for t in _csv(text)]
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "benchmark",
         help="the whole protocol in one resumable command: train, generate, baselines, metrics, tables",
         description=_DESCRIPTION,
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = p.add_argument_group("what to run")
     what.add_argument("--data", required=True, help="dataset root in the MVTec AD layout")
@@ -52,9 +61,11 @@ def register(subparsers) -> None:
         "--base", help="Stable Diffusion 1.5 (hub id or local diffusers folder); needed for dualanodiff"
     )
     what.add_argument("--out", required=True, help="benchmark folder (resumed if it exists)")
-    what.add_argument("--categories", type=_csv, help="comma list of categories (default: all under --data)")
     what.add_argument(
-        "--anomalies", type=_csv, help="comma list of anomaly types (default: all types of each category)"
+        "--categories", type=_names, help="comma list of categories (default: all under --data)"
+    )
+    what.add_argument(
+        "--anomalies", type=_names, help="comma list of anomaly types (default: all types of each category)"
     )
     what.add_argument(
         "--methods",
@@ -69,48 +80,68 @@ def register(subparsers) -> None:
         default="strict",
         help="few-shot split: strict (default) or the authors' rule whose extra training image is also a test image",
     )
-    what.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    what.add_argument("--seed", type=seed_arg, default=0, help="seed of every random draw (default 0)")
     what.add_argument(
         "--device", help="torch device for generation and evaluation (default: cuda if available)"
     )
-    what.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_progress_argument(what)
 
     tr = p.add_argument_group("adapter training (dualanodiff; unset: the profile's)")
     tr.add_argument(
         "--train-preset", choices=["paper", "official-code"], help="training preset (see `train --help`)"
     )
     length = tr.add_mutually_exclusive_group()
-    length.add_argument("--train-epochs", type=int, help="passes over the few-shot images")
-    length.add_argument("--train-steps", type=int, help="optimizer steps (quick: 500)")
-    tr.add_argument("--train-batch-size", type=int, help="pairs per optimizer step")
-    tr.add_argument("--train-lr", type=float, help="learning rate")
-    tr.add_argument("--rank", dest="train_rank", type=int, default=32, help="LoRA rank (default 32)")
+    length.add_argument("--train-epochs", type=int_arg(1), help="passes over the few-shot images")
+    length.add_argument("--train-steps", type=int_arg(1), help="optimizer steps (quick: 500)")
+    tr.add_argument("--train-batch-size", type=int_arg(1), help="pairs per optimizer step")
+    tr.add_argument("--train-lr", type=float_arg(above=0), help="learning rate")
+    tr.add_argument("--rank", dest="train_rank", type=int_arg(1), default=32, help="LoRA rank (default 32)")
     tr.add_argument(
         "--text-encoder-rank",
         dest="train_text_encoder_rank",
-        type=int,
+        type=int_arg(0),
         default=32,
         help="text LoRA rank (default 32)",
     )
-    tr.add_argument("--train-resolution", type=int, help="training size (default: the base's)")
+    tr.add_argument("--train-resolution", type=resolution_arg, help="training size (default: the base's)")
     tr.add_argument(
         "--bcm", action="store_true", help="train and generate with the Background Compensation Module"
+    )
+    tr.add_argument(
+        "--foreground",
+        choices=["auto", "u2net", "none"],
+        help="BCM: how each image's object is found: auto (weight-free), u2net (--u2net-weights) or none (whole "
+        "image); default: ROOT/<category>/foreground/ when it exists, else auto",
     )
     tr.add_argument(
         "--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="precision of the frozen base"
     )
 
     ge = p.add_argument_group("generation (all generators; unset: the profile's)")
-    ge.add_argument("--num-pairs", type=int, help="pairs per anomaly type (paper 1000, quick 100)")
-    ge.add_argument("--sampler-steps", type=int, help="diffusion sampler steps (paper 50, quick 25)")
-    ge.add_argument("--guidance", type=float, default=2.5, help="classifier-free guidance (default 2.5)")
     ge.add_argument(
-        "--scheduler", choices=["pndm", "ddim", "dpm++", "unipc", "euler"], default="pndm", help="sampler"
+        "--gen-preset",
+        choices=["paper", "official-code"],
+        help="sampler settings of `generate --preset` (default paper): pairs, steps, guidance, background "
+        "switching and noise; the options below win",
     )
-    ge.add_argument("--gen-batch-size", type=int, default=8, help="pairs per UNet call (default 8)")
+    ge.add_argument(
+        "--num-pairs",
+        type=pairs_arg,
+        help="pairs per anomaly type (paper 1000, official-code 500, quick 100)",
+    )
+    ge.add_argument(
+        "--sampler-steps",
+        type=int_arg(1, 1000),
+        help="diffusion sampler steps (paper 50, official-code 100 or 50, quick 25)",
+    )
+    ge.add_argument("--guidance", type=float_arg(), help="classifier-free guidance (default: the preset's)")
+    ge.add_argument(
+        "--scheduler", choices=["pndm", "ddim", "dpm++", "unipc", "euler"], help="sampler (default pndm)"
+    )
+    ge.add_argument("--gen-batch-size", type=int_arg(1), default=8, help="pairs per UNet call (default 8)")
     ge.add_argument(
         "--gen-resolution",
-        type=int,
+        type=resolution_arg,
         help="generated size (default: the base's; baselines: the normal images')",
     )
     ge.add_argument(
@@ -118,7 +149,10 @@ def register(subparsers) -> None:
     )
     ge.add_argument("--u2net-weights", help="U^2-Net weights for --mask-method u2net / auto")
     ge.add_argument(
-        "--max-mask-area", type=float, default=0.5, help="reject pairs whose mask covers more (default 0.5)"
+        "--max-mask-area",
+        type=float_arg(above=0, maximum=1),
+        default=0.5,
+        help="reject pairs whose mask covers more (default 0.5)",
     )
     ge.add_argument("--perlin-source", help="perlin: folder of texture images (DRAEM used DTD)")
 
@@ -126,18 +160,30 @@ def register(subparsers) -> None:
     qu.add_argument("--no-quality", dest="quality", action="store_false", help="skip IS / IC-LPIPS")
     qu.add_argument("--inception-weights", help="torch-fidelity's Inception weights file (offline machines)")
     qu.add_argument("--lpips-vgg-weights", help="torchvision VGG16 weights file for LPIPS (offline machines)")
-    qu.add_argument("--is-splits", type=int, default=10, help="Inception Score splits (default 10)")
-    qu.add_argument("--lpips-size", type=int, default=256, help="LPIPS input side (default 256)")
+    qu.add_argument("--is-splits", type=int_arg(1), default=10, help="Inception Score splits (default 10)")
+    qu.add_argument(
+        "--lpips-size", type=int_arg(16, 1024), default=256, help="LPIPS input side (default 256)"
+    )
+    add_quality_images_argument(qu)
 
     lo = p.add_argument_group("downstream localization (unset: the profile's)")
-    lo.add_argument("--loc-epochs", type=int, help="U-Net epochs (paper 200, quick 20)")
-    lo.add_argument("--loc-samples-per-epoch", type=int, help="U-Net samples per epoch (500)")
-    lo.add_argument("--loc-batch-size", type=int, default=16, help="U-Net batch size (default 16)")
-    lo.add_argument("--loc-lr", type=float, default=1e-4, help="U-Net learning rate (default 1e-4)")
-    lo.add_argument("--loc-resolution", type=int, default=256, help="U-Net input side (default 256)")
-    lo.add_argument("--loc-base-channels", type=int, default=64, help="U-Net base width (default 64)")
+    lo.add_argument("--loc-epochs", type=int_arg(1), help="U-Net epochs (paper 200, quick 20)")
+    lo.add_argument("--loc-samples-per-epoch", type=int_arg(1), help="U-Net samples per epoch (500)")
+    lo.add_argument("--loc-batch-size", type=int_arg(1), default=16, help="U-Net batch size (default 16)")
     lo.add_argument(
-        "--runs", dest="loc_runs", type=int, help="U-Nets trained per category, best kept (paper 3)"
+        "--loc-lr", type=float_arg(above=0), default=1e-4, help="U-Net learning rate (default 1e-4)"
+    )
+    lo.add_argument(
+        "--loc-resolution",
+        type=int_arg(32, MAX_RESOLUTION),
+        default=256,
+        help="U-Net input side (default 256)",
+    )
+    lo.add_argument(
+        "--loc-base-channels", type=int_arg(1, 1024), default=64, help="U-Net base width (default 64)"
+    )
+    lo.add_argument(
+        "--runs", dest="loc_runs", type=int_arg(1), help="U-Nets trained per category, best kept (paper 3)"
     )
     lo.add_argument(
         "--select-on",
@@ -152,10 +198,22 @@ def register(subparsers) -> None:
     cl.add_argument(
         "--imagenet-weights", help="torchvision ResNet-34 ImageNet weights file (offline machines)"
     )
-    cl.add_argument("--cls-epochs", type=int, help="ResNet-34 epochs (paper 30, quick 5)")
-    cl.add_argument("--cls-batch-size", type=int, default=8, help="ResNet-34 batch size (default 8)")
-    cl.add_argument("--cls-lr", type=float, default=1e-4, help="ResNet-34 learning rate (default 1e-4)")
-    cl.add_argument("--cls-resolution", type=int, default=256, help="ResNet-34 input side (default 256)")
+    cl.add_argument("--cls-epochs", type=int_arg(1), help="ResNet-34 epochs (paper 30, quick 5)")
+    cl.add_argument("--cls-batch-size", type=int_arg(1), default=8, help="ResNet-34 batch size (default 8)")
+    cl.add_argument(
+        "--cls-lr", type=float_arg(above=0), default=1e-4, help="ResNet-34 learning rate (default 1e-4)"
+    )
+    cl.add_argument(
+        "--cls-resolution",
+        type=int_arg(32, MAX_RESOLUTION),
+        default=256,
+        help="ResNet-34 input side (default 256)",
+    )
+    from ..executors import add_executor_arguments
+
+    add_executor_arguments(
+        p, what="one task per step (a type's training, generation, a category's evaluation)"
+    )
     p.set_defaults(func=run)
 
 
@@ -169,8 +227,25 @@ def config_from_args(args):
 
 
 def run(args) -> int:
-    from ..benchmark import run_benchmark
+    import sys
 
+    from ..benchmark import run_benchmark
+    from ..checks import check_device, check_output_dir
+
+    check_output_dir(args.out)
+    check_device(args.device)
     result = run_benchmark(config_from_args(args))
     print(result["summary"])
-    return 0
+    unfinished = [s for s in result["steps"] if s["status"] in ("failed", "not run")]
+    for s in unfinished:
+        print(
+            f"dualanodiff benchmark: {s['id']}: {s['status']}: {s.get('error') or s.get('reason')}",
+            file=sys.stderr,
+        )
+    if unfinished:
+        print(
+            f"dualanodiff benchmark: {len(unfinished)} step(s) did not finish; the others are kept, and the same "
+            "command reruns only those",
+            file=sys.stderr,
+        )
+    return 1 if unfinished else 0

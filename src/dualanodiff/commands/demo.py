@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
+from ..checks import int_arg, name_arg, seed_arg
+from . import add_progress_argument
 
 
 def register(subparsers) -> None:
@@ -16,25 +17,29 @@ def register(subparsers) -> None:
             "write report.html. About 5-10 minutes on a 2-core CPU; --quick takes about a minute (toy sizes). "
             "A rerun in the same --out resumes."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="dualanodiff-demo", help="folder for the data, models and report")
     p.add_argument("--quick", action="store_true", help="toy sizes (the test suite's mode): checks it runs")
-    p.add_argument("--category", default="pill", help="synthetic category: pill or weave")
-    p.add_argument("--anomaly", default="spot", help="defect type of the category")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--category", type=name_arg, default="pill", help="synthetic category: pill or weave")
+    p.add_argument("--anomaly", type=name_arg, default="spot", help="defect type of the category")
+    p.add_argument(
+        "--seed", type=seed_arg, default=0, help="seed of the data, the training and the generation"
+    )
     p.add_argument(
         "--threads",
-        type=int,
+        type=int_arg(0, 1024),
         default=1,
         help="torch CPU threads (0: torch's default); 2 is faster only on cores nothing else uses",
     )
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..checks import check_output_dir
     from ..demo import DemoConfig, run_demo
 
+    check_output_dir(args.out)
     run_demo(
         DemoConfig(
             out=args.out,
@@ -43,6 +48,7 @@ def run(args) -> int:
             anomaly=args.anomaly,
             seed=args.seed,
             threads=args.threads or None,
+            progress=args.progress,
         )
     )
     return 0

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
+from ..checks import float_arg, int_arg, name_arg, pairs_arg, resolution_arg, seed_arg
+from ..errors import InputError
+from . import add_progress_argument
 from .masks import add_mask_arguments
+
+# Options whose default depends on the preset or the adapters: absent from the parsed arguments unless given
+# (so --help shows the help's own "default: ...", not "None").
+PRESET_DEFAULT = argparse.SUPPRESS
 
 
 def register(subparsers) -> None:
@@ -16,11 +24,11 @@ def register(subparsers) -> None:
             "Generate pairs with trained adapters and write OUT/image/NNNNN.png, OUT/part/NNNNN.png, "
             "OUT/mask/NNNNN.png, OUT/manifest.jsonl (seed, prompts, settings, adapter identity, mask area, kept or "
             "rejected and why, one line per pair) and OUT/config.json. Pair i uses seed + i, so a rerun finishes "
-            "only the missing pairs with the same seeds, and `accelerate launch` splits pairs between GPUs. "
-            "Masks are made from the part images (see `dualanodiff masks`); pairs whose mask is empty or too large "
-            "are flagged in the manifest and left out of evaluation."
+            "only the missing pairs with the same seeds, and `accelerate launch`, `torchrun` or --shard split pairs "
+            "between processes. Masks are made from the part images (see `dualanodiff masks`); pairs whose mask is "
+            "empty or too large go to OUT/rejected/{image,part,mask} (still listed in the manifest, with the reason) "
+            "and are left out of evaluation. One writer per --out: a second one is refused, naming the first."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--base", required=True, help="the base the adapters were trained on: hub id or local folder"
@@ -30,38 +38,78 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     p.add_argument(
-        "--num-pairs", type=int, default=1000, help="pairs to generate (paper: 1000; official code: 500)"
+        "--preset",
+        choices=["paper", "official-code"],
+        default="paper",
+        help="sampler settings: paper = 50 PNDM steps, guidance 2.5, 1000 pairs; official-code = the authors' "
+        "inference: 100 steps, guidance 2.5, 500 pairs (BCM: 50 steps, guidance 2.0, 1.2 for screw, background "
+        "every 50 pairs, 10 for screw, independent background noise); explicit options below win",
     )
     p.add_argument(
-        "--batch-size", type=int, default=8, help="pairs per UNet call (both branches ride together)"
+        "--num-pairs",
+        type=pairs_arg,
+        default=PRESET_DEFAULT,
+        help="pairs to generate (default: the preset's)",
     )
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (paper: 50; official code: 100)")
     p.add_argument(
-        "--guidance", type=float, default=2.5, help="classifier-free guidance scale; <= 1 disables it"
+        "--batch-size", type=int_arg(1), default=8, help="pairs per UNet call (both branches ride together)"
+    )
+    p.add_argument(
+        "--steps", type=int_arg(1, 1000), default=PRESET_DEFAULT, help="sampler steps (default: the preset's)"
+    )
+    p.add_argument(
+        "--guidance",
+        type=float_arg(),
+        default=PRESET_DEFAULT,
+        help="classifier-free guidance scale; <= 1 disables it (default: the preset's)",
     )
     p.add_argument(
         "--scheduler",
-        default="pndm",
+        default=PRESET_DEFAULT,
         choices=["pndm", "ddim", "dpm++", "unipc", "euler"],
-        help="sampler (pndm is SD 1.5's and the authors')",
+        help="sampler (default: the preset's, pndm: SD 1.5's and the authors')",
     )
-    p.add_argument("--seed", type=int, default=0, help="pair i is drawn from seed + i")
+    p.add_argument("--seed", type=seed_arg, default=0, help="pair i is drawn from seed + i")
     p.add_argument(
         "--mixed-precision", default="no", choices=["no", "fp16", "bf16"], help="inference precision"
     )
     p.add_argument(
-        "--resolution", type=int, default=None, help="image side (default: the base's native size)"
+        "--resolution",
+        type=resolution_arg,
+        help="image side, a multiple of the VAE's factor (8 for SD 1.5) (default: the base's native size)",
     )
     p.add_argument(
         "--backgrounds", default=None, help="BCM adapters: folder of normal images (e.g. train/good)"
     )
     p.add_argument(
-        "--foreground", default=None, help="BCM: foreground masks of those images, matched by name"
+        "--foreground",
+        default=PRESET_DEFAULT,
+        help="BCM: how the object of each --backgrounds image is found (and blacked out): auto, u2net (with "
+        "--u2net-weights), none (whole image: textures) or a folder of masks matched by stem (<stem>.png or "
+        "<stem>_mask.png); default: the source the adapters were trained with (another one is allowed, with a "
+        "warning)",
     )
-    p.add_argument("--background-every", type=int, default=50, help="BCM: switch background every K pairs")
+    p.add_argument(
+        "--background-every",
+        type=int_arg(1),
+        default=PRESET_DEFAULT,
+        help="BCM: switch background every K pairs (default: the preset's)",
+    )
+    p.add_argument(
+        "--background-noise",
+        choices=["shared", "independent"],
+        default=PRESET_DEFAULT,
+        help="BCM under guidance: one noise draw per step for a pair's grey and real background rows (shared), or "
+        "one each, as the authors' inference (independent); both seeded per pair (default: the preset's)",
+    )
+    p.add_argument(
+        "--category",
+        default=PRESET_DEFAULT,
+        help="the category, for the screw settings of --preset official-code (default: the adapters')",
+    )
     p.add_argument(
         "--anomaly-type",
-        default=None,
+        type=name_arg,
         help="recorded in the manifest (default: the type the adapters were trained on)",
     )
     speed = p.add_argument_group("speed and memory (see benchmarks/README.md)")
@@ -75,28 +123,51 @@ def register(subparsers) -> None:
         "slightly different pixels",
     )
     add_mask_arguments(p)
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="make only the pairs i with i %% N == I, so N jobs (e.g. a Slurm array: "
+        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT) fill one --out side by side; under torchrun or "
+        "accelerate launch the processes split their shard again",
+    )
+    add_progress_argument(p)
+    from ..executors import add_executor_arguments
+
+    ray = add_executor_arguments(p, what="one task per shard of the pairs (by pair index, as --shard)")
+    ray.add_argument(
+        "--ray-shards",
+        type=int_arg(1),
+        default=None,
+        help="Ray tasks to split the pairs between (default: one per GPU of the cluster; one per node without)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..checks import check_output_dir
     from ..generate import GenerateConfig, generate_to_folder
+
+    check_output_dir(args.out)
 
     config = GenerateConfig(
         base=args.base,
         adapters=args.adapters,
         out=args.out,
-        num_pairs=args.num_pairs,
+        preset=args.preset,
+        num_pairs=getattr(args, "num_pairs", None),
         batch_size=args.batch_size,
-        steps=args.steps,
-        guidance=args.guidance,
-        scheduler=args.scheduler,
+        steps=getattr(args, "steps", None),
+        guidance=getattr(args, "guidance", None),
+        scheduler=getattr(args, "scheduler", None),
         seed=args.seed,
         mixed_precision=args.mixed_precision,
         resolution=args.resolution,
         backgrounds=args.backgrounds,
-        foreground=args.foreground,
-        background_every=args.background_every,
+        foreground=getattr(args, "foreground", None),
+        background_every=getattr(args, "background_every", None),
+        background_noise=getattr(args, "background_noise", None),
+        category=getattr(args, "category", None),
         mask_method=args.method,
         u2net_weights=args.u2net_weights,
         mask_threshold=args.threshold,
@@ -108,6 +179,29 @@ def run(args) -> int:
         vae_slicing=args.vae_slicing,
         vae_tiling=args.vae_tiling,
     )
-    summary = generate_to_folder(config)
+    if args.executor != "ray" and (args.ray_shards is not None or args.ray_address is not None):
+        raise InputError("--ray-shards and --ray-address go with --executor ray")
+    if args.executor == "ray":
+        from ..executors.ray_generate import generate_on_ray
+
+        summary = generate_on_ray(
+            config,
+            address=args.ray_address,
+            shards=args.ray_shards,
+            shard=args.shard,
+            retries=args.ray_retries,
+            cpus=args.ray_cpus,
+            show_progress=args.progress,
+        )
+    else:
+        summary = generate_to_folder(config, shard=args.shard, show_progress=args.progress)
     print(json.dumps(summary, indent=2, default=str))
+    if summary.get("failed"):
+        print(
+            f"dualanodiff generate: {len(summary['failed'])} shard(s) failed: "
+            + "; ".join(f"{shard}: {error}" for shard, error in summary["failed"].items())
+            + f". {summary['missing']} pair(s) are missing; the same command makes only those",
+            file=sys.stderr,
+        )
+        return 1
     return 0

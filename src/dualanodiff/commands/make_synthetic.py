@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
+from ..checks import int_arg, seed_arg
+from . import add_progress_argument
 
 
 def register(subparsers) -> None:
@@ -14,20 +15,22 @@ def register(subparsers) -> None:
             "(pill, with foreground masks), each with several defect types (crack, hole/spot, scratch, stain), "
             "train/good, test/<type> and pixel-exact ground_truth masks. Deterministic for a seed."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="dataset root to write")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, default=128, help="image side in pixels")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of every random draw")
+    p.add_argument("--resolution", type=int_arg(32, 1024), default=128, help="image side in pixels")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier synthetic dataset in --out")
+    add_progress_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from ..checks import check_output_dir
     from ..synthetic import make_synthetic
 
+    check_output_dir(args.out)
     root = make_synthetic(
-        args.out, seed=args.seed, resolution=args.resolution, overwrite=args.overwrite, progress=True
+        args.out, seed=args.seed, resolution=args.resolution, overwrite=args.overwrite, progress=args.progress
     )
     print(f"wrote the synthetic dataset to {root}")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from ..checks import MAX_RESOLUTION, int_arg, seed_arg
 
 
 def register(subparsers) -> None:
@@ -15,12 +15,14 @@ def register(subparsers) -> None:
             "weights. Loadable by diffusers' StableDiffusionPipeline and by every dualanodiff command (--base DIR). "
             "Deterministic for a seed. Its images are noise: use it to try the tool without weights."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of the random weights")
     p.add_argument(
-        "--resolution", type=int, default=64, help="image size the model is configured for (x8 latent)"
+        "--resolution",
+        type=int_arg(8, MAX_RESOLUTION),
+        default=64,
+        help="image size the model is configured for, a multiple of 8 (the latent is 8x smaller)",
     )
     p.add_argument(
         "--preset",
@@ -32,8 +34,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..checks import check_output_dir
     from ..model.base import build_base, save_base
 
+    check_output_dir(args.out)
     out = save_base(build_base(args.preset, seed=args.seed, resolution=args.resolution), args.out)
     print(f"wrote a {args.preset} Stable Diffusion folder to {out} (use it as --base {out})")
     return 0

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..checks import float_arg, int_arg, name_arg, resolution_arg, seed_arg
+from . import add_progress_argument
+
 _DESCRIPTION = """\
 Train DualAnoDiff adapters (per-branch UNet LoRA, SAIM, optionally BCM, and a text-encoder LoRA) on the few-shot
 images of an anomaly type; the base model stays frozen. One adapter set per type, written to
@@ -12,8 +15,8 @@ OUT/<category>/<anomaly>/ (adapters.safetensors, adapter_config.json, train_conf
 settings, loss_log.csv). Every input file is checked before the model is loaded.
 
 Data: --data ROOT --category C (MVTec AD layout; the first third of each type's test images, sorted by name,
-are the training images; BCM foreground masks from ROOT/C/foreground/) or --images DIR --masks DIR (your own
-images and masks matched by file stem; optional --foreground DIR for BCM).
+are the training images; BCM foreground masks from ROOT/C/foreground/ or --foreground) or --images DIR --masks DIR
+(your own images and masks matched by file stem).
 
 Resuming: checkpoints are written every --checkpoint-every steps; running the same command again continues
 from the last one and gives the same adapters as an uninterrupted run. Types already finished are skipped.
@@ -37,12 +40,12 @@ def register(subparsers) -> None:
         help="train the adapters of one or several anomaly types (few images + masks -> adapters)",
         description=_DESCRIPTION,
         epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument("--data", help="dataset root in the MVTec AD layout (ROOT/<category>/test/<type>/...)")
     data.add_argument(
         "--category",
+        type=name_arg,
         help="category under --data (required with it); with --images, only names the output folder "
         "(default 'custom')",
     )
@@ -62,8 +65,14 @@ def register(subparsers) -> None:
     data.add_argument("--masks", help="their masks, matched by stem: <stem>.png or <stem>_mask.png")
     data.add_argument(
         "--foreground",
-        help="object foreground masks matched by stem, for --bcm (without them the whole image is background, "
-        "right for textures)",
+        help="where --bcm finds each image's object, to black it out of the background: auto (weight-free "
+        "estimate for objects on plain backgrounds), u2net (the paper's saliency network, with --u2net-weights), "
+        "none (the whole image is background: textures), or a folder of masks matched by stem (<stem>.png or "
+        "<stem>_mask.png). Default: ROOT/C/foreground/ if it exists, else auto; MVTec AD textures always use the "
+        "whole image. Recorded with the adapters; generate uses the same",
+    )
+    data.add_argument(
+        "--u2net-weights", help="U^2-Net weights (u2net.pth or u2netp.pth) for --foreground u2net"
     )
 
     run = p.add_argument_group("model and output")
@@ -82,14 +91,16 @@ def register(subparsers) -> None:
         action="store_true",
         help="train the Background Compensation Module (needs foreground masks for objects)",
     )
-    run.add_argument("--rank", type=int, default=32, help="LoRA rank of both UNet branches (default 32)")
+    run.add_argument(
+        "--rank", type=int_arg(1), default=32, help="LoRA rank of both UNet branches (default 32)"
+    )
     run.add_argument(
         "--text-encoder-rank",
-        type=int,
+        type=int_arg(0),
         default=32,
         help="LoRA rank of the text encoder; 0: frozen (default 32)",
     )
-    run.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: = rank, i.e. scale 1.0)")
+    run.add_argument("--alpha", type=float_arg(above=0), help="LoRA alpha (default: = rank, i.e. scale 1.0)")
     run.add_argument("--no-saim", dest="saim", action="store_false", help="leave out SAIM (ablation)")
     run.add_argument(
         "--saim-zero-init",
@@ -107,16 +118,18 @@ def register(subparsers) -> None:
 
     opt = p.add_argument_group("optimisation (override the preset)")
     length = opt.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, help="passes over the few-shot images")
-    length.add_argument("--max-steps", type=int, help="optimizer steps")
-    opt.add_argument("--batch-size", type=int, help="pairs per optimizer step (per process)")
-    opt.add_argument("--lr", dest="learning_rate", type=float, help="learning rate (constant, AdamW)")
+    length.add_argument("--epochs", type=int_arg(1), help="passes over the few-shot images")
+    length.add_argument("--max-steps", type=int_arg(1), help="optimizer steps")
+    opt.add_argument("--batch-size", type=int_arg(1), help="pairs per optimizer step (per process)")
+    opt.add_argument(
+        "--lr", dest="learning_rate", type=float_arg(above=0), help="learning rate (constant, AdamW)"
+    )
     opt.add_argument(
         "--resolution",
-        type=int,
+        type=resolution_arg,
         help="training image size, multiple of 8 (default: the base's, 512 for SD 1.5)",
     )
-    opt.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    opt.add_argument("--seed", type=seed_arg, default=0, help="seed of every random draw (default 0)")
     opt.add_argument(
         "--flips",
         action=argparse.BooleanOptionalAction,
@@ -136,10 +149,23 @@ def register(subparsers) -> None:
         help="recompute UNet activations: less memory, slower",
     )
     opt.add_argument(
-        "--checkpoint-every", type=int, default=500, help="steps between checkpoints; 0: none (default 500)"
+        "--save-dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="precision of the saved adapters: fp32 (exact), bf16 or fp16 (half the file; "
+        "benchmarks/results/adapter-dtype.json measures what it changes); checkpoints stay fp32",
     )
     opt.add_argument(
-        "--keep-checkpoints", type=int, default=1, help="checkpoints kept while running (default 1)"
+        "--checkpoint-every",
+        type=int_arg(0),
+        default=500,
+        help="steps between checkpoints; 0: none (default 500)",
+    )
+    opt.add_argument(
+        "--keep-checkpoints",
+        type=int_arg(0),
+        default=1,
+        help="checkpoints kept while running; 0: all (default 1)",
     )
     opt.add_argument(
         "--resume",
@@ -148,7 +174,7 @@ def register(subparsers) -> None:
         help="continue from the last checkpoint and skip finished types (default); --no-resume deletes "
         "this run's earlier checkpoints and adapters and starts over",
     )
-    opt.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress_argument(opt)
     p.set_defaults(func=run_command)
 
 
@@ -156,16 +182,18 @@ def config_from_args(args):
     from ..training.config import TrainConfig
 
     names = (
-        "base out data category images masks foreground split preset bcm epochs max_steps batch_size "
+        "base out data category images masks foreground u2net_weights split preset bcm epochs max_steps batch_size "
         "learning_rate rank text_encoder_rank alpha saim saim_zero_init background_latent_scaling resolution "
-        "seed flips mixed_precision gradient_checkpointing checkpoint_every keep_checkpoints resume progress"
+        "seed flips mixed_precision gradient_checkpointing save_dtype checkpoint_every keep_checkpoints resume progress"
     ).split()
     return TrainConfig(**{n: getattr(args, n) for n in names})
 
 
 def run_command(args) -> int:
+    from ..checks import check_output_dir
     from ..training import train_anomaly_types
 
+    check_output_dir(args.out)
     config = config_from_args(args)
     done = train_anomaly_types(config, args.anomaly)
     print(json.dumps({kind: str(path) for kind, path in done.items()}, indent=2))

@@ -5,7 +5,7 @@
     DIR/images/*        defect images of one anomaly type
     DIR/masks/*         their masks, matched by file stem: <stem>.png or <stem>_mask.png
     DIR/good/*          optional defect-free images (backgrounds for BCM, normals for detectors)
-    DIR/foreground/*    optional object foreground masks, matched by stem (images and good alike)
+    DIR/foreground/*    optional object foreground masks, matched by stem like the masks (images and good alike)
 
 No split is made here: every image in ``images/`` is a training image.
 """
@@ -13,7 +13,7 @@ No split is made here: every image in ``images/`` is a training image.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -77,21 +77,28 @@ def folder_samples(
                 f"{masks_dir / (img.stem + '_mask.png')}"
             )
             continue
-        samples.append(DefectSample(img, mask, kind, fgs.get(img.stem)))
+        samples.append(DefectSample(img, mask, kind, _find_mask(img.stem, fgs)))
     if missing:
         raise InputError(f"{len(missing)} image(s) without a mask:\n  " + "\n  ".join(missing))
     return samples
 
 
+def match_foregrounds(samples: list[DefectSample], foreground_dir: str | os.PathLike) -> list[DefectSample]:
+    """``samples`` with their foreground masks taken from ``foreground_dir`` by stem (None where absent)."""
+    fgs = _by_stem(Path(foreground_dir))
+    return [replace(s, foreground=_find_mask(s.image.stem, fgs)) for s in samples]
+
+
 def folder_normals(
     good_dir: str | os.PathLike, foreground_dir: str | os.PathLike | None = None
 ) -> list[DefectSample]:
-    """Defect-free images of a folder (mask ``None``), with foreground masks matched by stem."""
+    """Defect-free images of a folder (mask ``None``), with foreground masks matched by stem
+    (``<stem>.png`` or ``<stem>_mask.png``)."""
     good_dir = Path(good_dir)
     if not good_dir.is_dir():
         raise InputError(f"{good_dir}: folder of normal images does not exist")
     fgs = _by_stem(Path(foreground_dir) if foreground_dir is not None else None)
-    return [DefectSample(p, None, GOOD, fgs.get(p.stem)) for p in _images(good_dir)]
+    return [DefectSample(p, None, GOOD, _find_mask(p.stem, fgs)) for p in _images(good_dir)]
 
 
 def load_folder(root: str | os.PathLike, anomaly_type: str | None = None) -> FolderDataset:

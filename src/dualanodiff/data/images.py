@@ -4,6 +4,12 @@ Images become ``uint8 (H, W, 3)`` RGB and masks ``bool (H, W)`` whatever the fil
 (grayscale, RGBA, palette, 16-bit), so nothing downstream has to care about PNG modes.
 Files that cannot be decoded completely (truncated, not an image) raise :class:`InputError`
 naming the file, instead of a PIL traceback halfway through a training run.
+
+The mask policy, in this one place for every reader (training, ground truth, generated folders,
+baselines): a pixel is set where its value reaches half the range of the file's bit depth (any channel
+of a colour mask); a file whose largest value is 1 holds 0/1 labels (a common export format) and its
+1s are set. A mask that belongs to an image must have the image's size: :func:`load_mask_for` refuses
+another size, naming both files, instead of stretching the mask onto the image.
 """
 
 from __future__ import annotations
@@ -86,18 +92,65 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     return np.rint(unit * 255.0).astype(np.uint8)
 
 
-def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Load a mask as ``bool (H, W)``, set where the value reaches half the dtype range.
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(W, H) of an image file from its header only, so checking thousands of files stays cheap."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except _DECODE_ERRORS as e:
+        raise InputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
-    Colour masks count a pixel as set when any channel reaches half range. ``size=(W, H)``
-    resizes the grey values bilinearly *before* binarising, so thin structures survive
-    like they do for a resized image.
-    """
-    unit = _to_unit_gray_or_rgb(_open_fully(path))
+
+def _mask_levels(path: str | os.PathLike) -> np.ndarray:
+    """The mask as float32 (H, W) levels in [0, 1]; a 0/1 label file becomes 0.0/1.0."""
+    im = _open_fully(path)
+    unit = _to_unit_gray_or_rgb(im)
     if unit.ndim == 3:
         unit = unit.max(axis=-1)
+    if im.mode not in ("1", "F"):  # bilevel and float files cannot hold a 0/1 label ambiguity
+        one_level = 1.0 / (65535.0 if im.mode == "I" or im.mode.startswith("I;16") else 255.0)
+        top = float(unit.max(initial=0.0))
+        if 0.0 < top < 1.5 * one_level:  # the largest value is 1: labels 0/1, not 0/255
+            unit = (unit > 0).astype(np.float32)
+    return unit
+
+
+def _binarise(levels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """Resize the levels bilinearly *before* thresholding (thin structures survive like they do in a
+    resized image), then set what reaches half range."""
     if size is not None:
         w, h = int(size[0]), int(size[1])
-        if (unit.shape[1], unit.shape[0]) != (w, h):
-            unit = np.asarray(Image.fromarray(unit.astype(np.float32)).resize((w, h), Image.BILINEAR))
-    return unit >= 0.5
+        if (levels.shape[1], levels.shape[0]) != (w, h):
+            levels = np.asarray(Image.fromarray(levels.astype(np.float32)).resize((w, h), Image.BILINEAR))
+    return levels >= 0.5
+
+
+def load_mask(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Load a mask as ``bool (H, W)`` by the mask policy above; ``size=(W, H)`` resizes it.
+
+    For the mask of a given image use :func:`load_mask_for`, which checks the sizes agree.
+    """
+    return _binarise(_mask_levels(path), size)
+
+
+def load_mask_for(
+    mask_path: str | os.PathLike,
+    image_path: str | os.PathLike,
+    image_shape: tuple[int, ...] | None = None,
+    size: tuple[int, int] | None = None,
+    label: str = "mask",
+) -> np.ndarray:
+    """The ``bool (H, W)`` mask of an image, refused with an :class:`InputError` naming both files when
+    its size differs from the image's (``image_shape`` = the loaded image's shape, else read from the
+    file's header). ``size=(W, H)`` then resizes mask and image alike, as the caller does with the image.
+    """
+    levels = _mask_levels(mask_path)
+    h, w = image_shape[:2] if image_shape is not None else image_size(image_path)[::-1]
+    if levels.shape != (h, w):
+        raise InputError(
+            f"{mask_path}: {label} size {levels.shape[1]}x{levels.shape[0]} differs from image "
+            f"{image_path} size {w}x{h} (a mask must have its image's size)"
+        )
+    return _binarise(levels, size)

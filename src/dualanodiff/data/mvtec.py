@@ -61,16 +61,18 @@ def _category_dir(root: str | os.PathLike, category: str) -> Path:
 
 
 def _foreground(cat: Path, image: Path) -> Path | None:
-    """The foreground mask at ``foreground/<relative path of image>``, if present (any image suffix)."""
+    """The foreground mask at ``foreground/<relative path of image>``, if present (any image suffix, and
+    ``<stem>_mask.*`` as the ground-truth masks are named)."""
     rel = image.relative_to(cat)
     exact = cat / "foreground" / rel
     if exact.is_file():
         return exact
     folder = exact.parent
     if folder.is_dir():
-        for p in sorted(folder.glob(f"{image.stem}.*")):
-            if is_image_file(p):
-                return p
+        for pattern in (f"{image.stem}.*", f"{image.stem}_mask.*"):
+            for p in sorted(folder.glob(pattern)):
+                if is_image_file(p):
+                    return p
     return None
 
 

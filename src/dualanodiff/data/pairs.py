@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from .images import load_mask, load_rgb
+from .images import load_mask, load_mask_for, load_rgb
 from .mvtec import DefectSample
 
 # Defect types defined by orientation: a flipped sample would show a different (or no) defect.
@@ -116,9 +116,9 @@ class DefectPairDataset(Dataset):
         item = {"image": image, "mask": m, "part": torch.where(m.bool(), image, torch.zeros(()))}
         if self.with_background:
             fg = None
-            if s.foreground is not None:
+            if s.foreground is not None:  # never resized: a mask of another size is refused, naming the files
                 fg = mask_to_tensor(
-                    load_mask(s.foreground, size=(rgb.shape[1], rgb.shape[0])), self.resolution
+                    load_mask_for(s.foreground, s.image, rgb.shape, label="foreground mask"), self.resolution
                 )
             item["background"] = black_out_object(image, fg)
         self._cache[index] = item

@@ -7,30 +7,12 @@ discovering one broken file per (expensive) restart.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
-from .images import load_mask, load_rgb
+from .images import load_mask, load_mask_for, load_rgb
 from .mvtec import DefectSample
-
-
-def _load_matching(
-    path: Path, label: str, image_path: Path, image: np.ndarray | None, problems: list[str]
-) -> np.ndarray | None:
-    """A mask loaded beside its image; a load error or a size that differs from the image is recorded."""
-    try:
-        mask = load_mask(path)
-    except InputError as e:
-        problems.append(str(e))
-        return None
-    if image is not None and mask.shape != image.shape[:2]:
-        problems.append(
-            f"{path}: {label} size {mask.shape[1]}x{mask.shape[0]} differs from image "
-            f"{image_path} size {image.shape[1]}x{image.shape[0]}"
-        )
-    return mask
 
 
 def _problems(sample: DefectSample) -> list[str]:
@@ -40,22 +22,31 @@ def _problems(sample: DefectSample) -> list[str]:
         image = load_rgb(sample.image)
     except InputError as e:
         problems.append(str(e))
+    masks = [("mask", sample.mask)] + ([("foreground mask", sample.foreground)] if sample.foreground else [])
     if sample.mask is None:
         problems.append(f"{sample.image}: missing mask")
+        masks = masks[1:]
     elif not sample.mask.is_file():
         problems.append(f"{sample.image}: missing mask {sample.mask}")
-    else:
-        mask = _load_matching(sample.mask, "mask", sample.image, image, problems)
-        if mask is not None and not np.any(mask):
-            problems.append(f"{sample.mask}: mask is empty after binarisation (no pixel >= half range)")
-    if sample.foreground is not None:
-        _load_matching(sample.foreground, "foreground mask", sample.image, image, problems)
+        masks = masks[1:]
+    for label, path in masks:
+        try:  # an unreadable image is reported above: then only the mask's own readability is checked
+            mask = (
+                load_mask(path)
+                if image is None
+                else load_mask_for(path, sample.image, image.shape, label=label)
+            )
+        except InputError as e:
+            problems.append(str(e))
+            continue
+        if label == "mask" and not np.any(mask):
+            problems.append(f"{path}: mask is empty (no pixel reaches half range, and it is not a 0/1 mask)")
     return problems
 
 
 def validate_training_samples(samples: Iterable[DefectSample]) -> list[DefectSample]:
     """Return ``samples`` if every one is a usable (image, mask) pair; else raise one
-    :class:`InputError` listing each file and its problem."""
+    :class:`InputError` naming each file and its problem (one line when there is one problem)."""
     samples = list(samples)
     problems: list[str] = []
     usable = 0
@@ -65,6 +56,8 @@ def validate_training_samples(samples: Iterable[DefectSample]) -> list[DefectSam
         usable += not p
     if usable < 1:
         problems.append(f"no usable training pair (need at least 1, got {len(samples)} sample(s), 0 usable)")
+    if len(problems) == 1:
+        raise InputError(f"training data: {problems[0]}")
     if problems:
-        raise InputError(f"{len(problems)} problem(s) with the training data:\n  " + "\n  ".join(problems))
+        raise InputError(f"{len(problems)} problems with the training data:\n  " + "\n  ".join(problems))
     return samples

@@ -20,10 +20,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 from sklearn.metrics import confusion_matrix
-from tqdm.auto import tqdm
 
+from ..checks import check_float, check_int, check_loss, check_seed
 from ..errors import InputError
 from ..io import write_json_atomic
+from ..locking import output_lock
+from ..progress import progress_bar
+from ..weights import read_state_dict
 from .localization import _load_set, _to_input
 
 if TYPE_CHECKING:
@@ -43,6 +46,16 @@ class ClassificationConfig:
     max_per_type: int = 500
     num_workers: int = 4  # threads decoding images
 
+    def validate(self) -> None:
+        """InputError naming the first option out of range (an epoch count of 0 would report the accuracy of
+        an untrained network)."""
+        for name in ("epochs", "max_per_type", "repeats_per_epoch", "num_workers"):
+            check_int(getattr(self, name), f"--{name.replace('_', '-')}", minimum=1)
+        check_int(self.batch_size, "--batch-size", minimum=2)  # batch norm needs two samples
+        check_int(self.resolution, "--resolution", minimum=32)
+        check_float(self.lr, "--lr", above=0)
+        check_seed(self.seed)
+
 
 def build_resnet34(num_classes: int, imagenet_weights: str | os.PathLike | None, seed: int) -> nn.Module:
     """torchvision ResNet-34, ImageNet weights from a local state dict if given, new seeded classifier head."""
@@ -59,12 +72,12 @@ def build_resnet34(num_classes: int, imagenet_weights: str | os.PathLike | None,
             )
         else:
             path = Path(imagenet_weights)
+            state = read_state_dict(path, "a torchvision ResNet-34 state dict (imagenet_weights)")
             try:
-                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            except Exception as e:  # a missing or foreign file is the user's input problem
-                raise InputError(
-                    f"imagenet_weights: cannot load {path} as a torchvision ResNet-34 ({e})"
-                ) from e
+                model.load_state_dict(state)
+            except RuntimeError as e:  # other keys or shapes: another network's weights
+                detail = str(e).strip().splitlines()[0]
+                raise InputError(f"imagenet_weights: {path} is not a torchvision ResNet-34 ({detail})") from e
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     return model
 
@@ -83,9 +96,25 @@ def train_and_evaluate_classification(
     """Train on ``generated`` ({anomaly type: pairs or image files}), return accuracy on the real test images.
 
     Test images of ``good`` or of types without generated images are left out (and listed).
-    Writes ``out_dir/classification.json`` when ``out_dir`` is given.
+    Writes ``out_dir/classification.json`` when ``out_dir`` is given (holding ``out_dir`` from the start, so
+    an output that cannot be written fails before the training).
     """
     cfg = config or ClassificationConfig()
+    cfg.validate()
+    if out_dir is None:
+        return _train_and_test(generated, test_set, cfg, imagenet_weights)
+    with output_lock(out_dir, "evaluate classification"):
+        result = _train_and_test(generated, test_set, cfg, imagenet_weights)
+        write_json_atomic(Path(out_dir) / "classification.json", result)
+    return result
+
+
+def _train_and_test(
+    generated: Mapping[str, Sequence[GeneratedPair | str | os.PathLike]],
+    test_set: Sequence[DefectSample],
+    cfg: ClassificationConfig,
+    imagenet_weights: str | os.PathLike | None,
+) -> dict[str, Any]:
     classes = sorted(t for t, items in generated.items() if len(items))
     if not classes:
         raise InputError("classification: no generated images were given")
@@ -111,7 +140,7 @@ def train_and_evaluate_classification(
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.2)
     criterion = nn.CrossEntropyLoss()
     losses = []
-    for epoch in tqdm(range(cfg.epochs), desc="ResNet-34"):
+    for epoch in progress_bar(range(cfg.epochs), desc="ResNet-34"):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
         order = np.concatenate([rng.permutation(len(train_images)) for _ in range(cfg.repeats_per_epoch)])
@@ -128,13 +157,15 @@ def train_and_evaluate_classification(
             optimizer.step()
             epoch_loss.append(float(loss.detach()))
         scheduler.step()
-        losses.append(float(np.mean(epoch_loss)))
+        losses.append(check_loss(float(np.mean(epoch_loss)), f"ResNet-34, epoch {epoch + 1}", cfg.lr))
 
     model.eval()
     preds = []
     with torch.no_grad():
         for i in range(0, len(test_images), 32):
-            preds.append(model(_to_input(test_images[i : i + 32], device)).argmax(1).cpu().numpy())
+            logits = model(_to_input(test_images[i : i + 32], device))
+            check_loss(float(logits.float().mean()), "ResNet-34", cfg.lr, "its mean output")  # NaN weights
+            preds.append(logits.argmax(1).cpu().numpy())
     pred = np.concatenate(preds)
     per_type = {
         t: float(np.mean(pred[test_labels == i] == i))
@@ -153,6 +184,4 @@ def train_and_evaluate_classification(
         "loss_per_epoch": losses,
         "config": asdict(cfg),
     }
-    if out_dir is not None:
-        write_json_atomic(Path(out_dir) / "classification.json", result)
     return result

@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
+from ..checks import check_float, check_int, check_loss, check_seed
 from ..errors import InputError
 from ..io import atomic_path, write_json_atomic
+from ..locking import output_lock
+from ..progress import progress_bar
 from .metrics import LocalizationMetrics, localization_metrics
 from .unet import DiscriminativeSubNetwork, draem_weights_init, focal_loss
 
@@ -51,7 +53,7 @@ class LocalizationConfig:
     lr_gamma: float = 0.2
     resolution: int = 256
     base_channels: int = 64
-    runs: int = 1
+    runs: int = 3  # the supplementary trains three times and reports the best run (as the CLI)
     select_on: str = "heldout"  # "heldout" | "test"
     heldout_fraction: float = 0.1
     seed: int = 0
@@ -62,14 +64,16 @@ class LocalizationConfig:
 
     def validate(self) -> None:
         if self.select_on not in ("heldout", "test"):
-            raise InputError(f"select_on must be 'heldout' or 'test', got {self.select_on!r}")
-        if self.resolution <= 0 or self.resolution % 32:
+            raise InputError(f"--select-on: must be 'heldout' or 'test', got {self.select_on!r}")
+        if check_int(self.resolution, "--resolution", minimum=32) % 32:
             raise InputError(
-                f"resolution must be a positive multiple of 32 (five 2x poolings), got {self.resolution}"
+                f"--resolution: must be a multiple of 32 (the U-Net pools 2x five times), got {self.resolution}"
             )
-        for name in ("epochs", "samples_per_epoch", "batch_size", "runs", "base_channels", "eval_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "samples_per_epoch", "runs", "base_channels", "eval_batch_size"):
+            check_int(getattr(self, name), f"--{name.replace('_', '-')}", minimum=1)
+        check_int(self.batch_size, "--batch-size", minimum=2)  # batch norm needs two samples
+        check_float(self.lr, "--lr", above=0)
+        check_seed(self.seed)
         if not 0.0 < self.heldout_fraction < 1.0 and self.select_on == "heldout":
             raise InputError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
 
@@ -94,22 +98,25 @@ def _resize_rgb(image: np.ndarray, resolution: int) -> np.ndarray:
 def _load_set(
     items: Sequence[tuple[Path, Path | None]], resolution: int, workers: int, desc: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode (image, mask-or-None) files into uint8 (N, R, R, 3) images and bool (N, R, R) masks."""
-    from ..data.images import load_mask, load_rgb
+    """Decode (image, mask-or-None) files into uint8 (N, R, R, 3) images and bool (N, R, R) masks; a mask
+    whose size differs from its image's is refused, naming both."""
+    from ..data.images import load_mask_for, load_rgb
 
     def one(item: tuple[Path, Path | None]) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = item
-        image = _resize_rgb(load_rgb(image_path), resolution)
+        image = load_rgb(image_path)
         if mask_path is None:
-            return image, np.zeros((resolution, resolution), bool)
-        return image, load_mask(mask_path, size=(resolution, resolution))
+            mask = np.zeros((resolution, resolution), bool)
+        else:
+            mask = load_mask_for(mask_path, image_path, image.shape, size=(resolution, resolution))
+        return _resize_rgb(image, resolution), mask
 
     images = np.zeros((len(items), resolution, resolution, 3), np.uint8)
     masks = np.zeros((len(items), resolution, resolution), bool)
     if not items:
         return images, masks
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        bar = tqdm(pool.map(one, items), total=len(items), desc=desc, leave=False)
+        bar = progress_bar(pool.map(one, items), total=len(items), desc=desc, leave=False)
         for i, (im, m) in enumerate(bar):
             images[i], masks[i] = im, m
     return images, masks
@@ -165,6 +172,12 @@ def _prepare_data(
     held_items = [(p, None) for p in held_normal] + [(g.image, g.mask) for g in held_gen]
     held_images, held_masks = _load_set(held_items, res, workers, "held-out")
     test_images, test_masks = _load_set([(s.image, s.mask) for s in test_set], res, workers, "test set")
+    _refuse_all_empty([s.mask for s in test_set if s.mask is not None], test_masks, "ground-truth")
+    _refuse_all_empty(
+        [g.mask for g in gen] + [g.mask for g in held_gen],
+        np.concatenate([train_gen_masks, held_masks[len(held_normal) :]]),
+        "generated",
+    )
     types = sorted({str(g.record.get("anomaly_type", "")) for g in gen})
     groups = [
         np.array([i for i, g in enumerate(gen) if str(g.record.get("anomaly_type", "")) == t]) for t in types
@@ -188,6 +201,16 @@ def _prepare_data(
             "test_anomalous": int(sum(s.anomaly_type != "good" for s in test_set)),
         },
     )
+
+
+def _refuse_all_empty(paths: Sequence[Path], masks: np.ndarray, what: str) -> None:
+    """A set of masks with not one pixel set is a reading problem (or a wrong folder), not data: refuse it,
+    naming a file, instead of training or scoring against nothing."""
+    if paths and not masks.any():
+        raise InputError(
+            f"{paths[0]}: all {len(paths)} {what} masks are empty (this one included); the masks must mark the "
+            "defect with values of at least half range (e.g. 255 in 8 bits), or with 1 in a 0/1 label file"
+        )
 
 
 def _epoch_batches(
@@ -247,6 +270,7 @@ def _selection_score(metrics: LocalizationMetrics) -> float:
 def _evaluate(model, images, masks, labels, cfg, device) -> tuple[float, LocalizationMetrics | None]:
     """(selection score, metrics) on a set; without both classes, minus the mean score of normal pixels."""
     maps = predict_maps(model, images, cfg.eval_batch_size, device)
+    check_loss(float(maps.mean()) if maps.size else 0.0, "U-Net", cfg.lr, "its mean anomaly score")
     if labels.all() or not labels.any() or not masks.any():
         return -float(maps[~masks].mean()), None
     m = localization_metrics(
@@ -299,8 +323,11 @@ def _train_run(run: int, data: _Data, cfg: LocalizationConfig, run_dir: Path, de
     sel_images = data.test_images if use_test else data.held_images
     sel_masks = data.test_masks if use_test else data.held_masks
     sel_labels = data.test_labels if use_test else data.held_masks.any(axis=(1, 2))
-    bar = tqdm(
-        range(state["epoch"], cfg.epochs), desc=f"U-Net run {run}", initial=state["epoch"], total=cfg.epochs
+    bar = progress_bar(
+        range(state["epoch"], cfg.epochs),
+        desc=f"U-Net run {run + 1}/{cfg.runs}",
+        initial=state["epoch"],
+        total=cfg.epochs,
     )
     for epoch in bar:
         model.train()
@@ -313,8 +340,9 @@ def _train_run(run: int, data: _Data, cfg: LocalizationConfig, run_dir: Path, de
             optimizer.step()
             losses.append(float(loss.detach()))
         scheduler.step()
+        epoch_loss = check_loss(float(np.mean(losses)), f"{run_dir}: U-Net epoch {epoch + 1}", cfg.lr)
         score, metrics = _evaluate(model, sel_images, sel_masks, sel_labels, cfg, device)
-        entry = {"epoch": epoch, "loss": float(np.mean(losses)), "selection_score": score}
+        entry = {"epoch": epoch, "loss": epoch_loss, "selection_score": score}
         if metrics is not None and use_test:
             entry["test"] = metrics.to_dict()
         state["history"].append(entry)
@@ -377,21 +405,22 @@ def train_and_evaluate_localization(
     data = _prepare_data(normal_train, generated, test_set, cfg)
     if data.counts["test_anomalous"] == 0 or data.counts["test_anomalous"] == data.counts["test"]:
         raise InputError("the test set needs both normal (good) and anomalous images")
-    runs = [_train_run(r, data, cfg, out_dir / f"run{r}", device) for r in range(cfg.runs)]
-    best = max(runs, key=lambda r: r["selection_score"])
-    results = {
-        "selection": "test (optimistic)" if cfg.select_on == "test" else "heldout",
-        "selection_score": "image_auroc + pixel_auroc + pixel_ap + pixel_aupro"
-        + (
-            ""
-            if data.counts["heldout_generated"] or cfg.select_on == "test"
-            else " (none: -mean normal score)"
-        ),
-        "config": asdict(cfg),
-        "counts": data.counts,
-        "best_run": best["run"],
-        "metrics": best["test"],
-        "runs": [{k: v for k, v in r.items() if k != "key"} for r in runs],
-    }
-    write_json_atomic(out_dir / "results.json", results)
+    with output_lock(out_dir, "evaluate localization"):  # runs resume from their checkpoints: one writer
+        runs = [_train_run(r, data, cfg, out_dir / f"run{r}", device) for r in range(cfg.runs)]
+        best = max(runs, key=lambda r: r["selection_score"])
+        results = {
+            "selection": "test (optimistic)" if cfg.select_on == "test" else "heldout",
+            "selection_score": "image_auroc + pixel_auroc + pixel_ap + pixel_aupro"
+            + (
+                ""
+                if data.counts["heldout_generated"] or cfg.select_on == "test"
+                else " (none: -mean normal score)"
+            ),
+            "config": asdict(cfg),
+            "counts": data.counts,
+            "best_run": best["run"],
+            "metrics": best["test"],
+            "runs": [{k: v for k, v in r.items() if k != "key"} for r in runs],
+        }
+        write_json_atomic(out_dir / "results.json", results)
     return results

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..data.generated import GeneratedPair, read_generated
+from ..data.generated import GeneratedPair, read_generated, read_generated_config
 from ..data.mvtec import (
     GOOD,
     DefectSample,
@@ -32,7 +32,7 @@ from ..data.mvtec import (
     normal_train_samples,
 )
 from ..errors import InputError
-from ..io import write_json_atomic, write_text_atomic
+from ..io import read_json_object, write_json_atomic, write_text_atomic
 from .tables import (
     LOCALIZATION_FIELDS,
     classification_table,
@@ -44,6 +44,12 @@ from .tables import (
 )
 
 METHOD_ORDER = ("dualanodiff", "crop-paste", "perlin", "none")
+# Which generated images IS and IC-LPIPS score: every one, as the paper (its generator has no mask gate), or
+# only the pairs whose mask passed the gate (those the detectors train on).
+QUALITY_IMAGES = {
+    "all": "every generated image (kept and rejected pairs), as the paper",
+    "kept": "kept pairs only",
+}
 QUALITY_DIR, LOCALIZATION_DIR, CLASSIFICATION_DIR = "quality", "localization", "classification"
 
 
@@ -67,17 +73,14 @@ def infer_anomaly_type(folder: str | os.PathLike, pairs: Sequence[GeneratedPair]
     kinds = {r.record.get("anomaly_type") for r in pairs}
     if len(kinds) == 1 and isinstance(next(iter(kinds)), str):
         return next(iter(kinds))
-    config_path = folder / "config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        for key in ("anomaly_type", "anomaly"):
-            if isinstance(config.get(key), str):
-                return config[key]
-        train_config = Path(str(config.get("adapters", ""))) / "train_config.json"
-        if config.get("adapters") and train_config.is_file():
-            anomaly = json.loads(train_config.read_text(encoding="utf-8")).get("anomaly")
-            if isinstance(anomaly, str):
-                return anomaly
+    config = read_generated_config(folder)
+    for key in ("anomaly_type", "anomaly"):
+        if isinstance(config.get(key), str):
+            return config[key]
+    if config.get("adapters"):  # the adapters' training config names the type they learnt
+        train = read_json_object(Path(str(config["adapters"])) / "train_config.json")
+        if isinstance(train.get("anomaly"), str):
+            return train["anomaly"]
     return folder.resolve().name
 
 
@@ -88,16 +91,18 @@ def infer_method(folders: Sequence[str | os.PathLike]) -> str:
         return "none"
     labels = set()
     for folder in folders:
-        path = Path(folder) / "config.json"
-        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        config = read_generated_config(folder)
         labels.add(config.get("method") or ("dualanodiff" if config.get("adapters") else "generated"))
     return labels.pop() if len(labels) == 1 else "generated"
 
 
 def load_generated_sets(
-    folders: Sequence[str | os.PathLike], anomaly_types: Sequence[str] | None = None
+    folders: Sequence[str | os.PathLike],
+    anomaly_types: Sequence[str] | None = None,
+    include_rejected: bool = False,
 ) -> dict[str, list[GeneratedPair]]:
-    """{anomaly type: kept pairs} from generated folders (one per type; two folders of a type are merged).
+    """{anomaly type: kept pairs} from generated folders (one per type; two folders of a type are merged);
+    with ``include_rejected`` the pairs the mask gate rejected too (their records say ``kept: false``).
 
     Each pair's record gets its ``anomaly_type`` set, so the U-Net's sampler draws types uniformly.
     Missing masks, empty folders etc. raise :class:`InputError` naming the file (``read_generated``).
@@ -108,7 +113,7 @@ def load_generated_sets(
         )
     out: dict[str, list[GeneratedPair]] = {}
     for i, folder in enumerate(folders):
-        pairs = read_generated(folder)
+        pairs = read_generated(folder, include_rejected=include_rejected)
         kind = anomaly_types[i] if anomaly_types is not None else infer_anomaly_type(folder, pairs)
         out.setdefault(kind, []).extend(replace(p, record={**p.record, "anomaly_type": kind}) for p in pairs)
     return out
@@ -184,8 +189,11 @@ def quality_of_type(
 ) -> dict[str, Any]:
     """IS and IC-LPIPS of one type's generated images; a metric that the image count cannot support is
     ``None`` with the reason in ``notes`` (IS needs one image per split, IC-LPIPS a cluster of two)."""
-    from .quality import ic_lpips, inception_score
+    from ..data.images import load_rgb
+    from .quality import UndefinedMetric, ic_lpips, inception_score
 
+    for centre in centres:  # an unreadable few-shot image stops the evaluation, naming the file
+        load_rgb(centre)
     out: dict[str, Any] = {"is": None, "is_std": None, "ic_lpips": None, "n_images": len(images), "notes": []}
     if len(images) >= is_splits:
         r = inception_score(list(images), splits=is_splits, model=inception_model)
@@ -202,9 +210,15 @@ def quality_of_type(
             max_per_cluster=max_per_cluster,
         )
         out.update(ic_lpips=r["ic_lpips"], ic_lpips_clusters_used=r["n_clusters_used"])
-    except InputError as e:  # too few images per cluster: the metric is undefined, say why
+    except UndefinedMetric as e:  # too few images per cluster: the metric is undefined, say why
         out["notes"].append(str(e))
     return out
+
+
+def check_quality_images(images: str) -> str:
+    if images not in QUALITY_IMAGES:
+        raise InputError(f"--quality-images {images!r}: choose one of {', '.join(QUALITY_IMAGES)}")
+    return images
 
 
 def quality_of_category(
@@ -213,16 +227,24 @@ def quality_of_category(
     generated: Mapping[str, Sequence[GeneratedPair]],
     models: tuple,
     split: str = "strict",
+    images: str = "all",
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Per-type IS / IC-LPIPS and their averages over the types (the paper's per-category figures)."""
+    """Per-type IS / IC-LPIPS and their averages over the types (the paper's per-category figures).
+
+    ``generated`` should hold every pair (`read_generated(..., include_rejected=True)`); ``images="kept"``
+    scores only those whose record says kept. The result names the image set it scored.
+    """
+    check_quality_images(images)
     per_type = {}
     for kind in sorted(generated):
         centres = few_shot_images(root, category, kind, split)
-        images = [p.image for p in generated[kind]]
-        per_type[kind] = quality_of_type(images, centres, *models, **kwargs)
+        pairs = [p for p in generated[kind] if images == "all" or p.record.get("kept", True)]
+        per_type[kind] = quality_of_type([p.image for p in pairs], centres, *models, **kwargs)
+        per_type[kind]["n_rejected"] = sum(not p.record.get("kept", True) for p in pairs)
     return {
         "category": category,
+        "images": images,
         "types": per_type,
         "is": mean_or_none(t["is"] for t in per_type.values()),
         "ic_lpips": mean_or_none(t["ic_lpips"] for t in per_type.values()),
@@ -349,6 +371,7 @@ def write_tables(
                 "method": m,
                 "category": c,
                 "anomaly_type": t,
+                "images": r.get("images", "kept"),
                 **{k: v for k, v in q.items() if k != "notes"},
                 "notes": "; ".join(q.get("notes", [])),
             }
@@ -356,9 +379,11 @@ def write_tables(
             for c, r in sorted(per.items())
             for t, q in sorted(r["types"].items())
         ]
-        cols = ["method", "category", "anomaly_type", "is", "is_std", "ic_lpips", "n_images", "notes"]
-        write_text_atomic(out_dir / "quality.csv", to_csv(rows, cols))
+        cols = ["method", "category", "anomaly_type", "images", "is", "is_std", "ic_lpips", "n_images"]
+        write_text_atomic(out_dir / "quality.csv", to_csv(rows, [*cols, "n_rejected", "notes"]))
         parts.append("\n## Generation quality: Inception Score / IC-LPIPS (higher is better)\n")
+        scored = sorted({r.get("images", "kept") for per in qual.values() for r in per.values()})
+        parts.append("Images scored: " + "; ".join(QUALITY_IMAGES[s] for s in scored) + ".\n")
         parts.append(quality_table(qual, with_paper=paper))
     cls = res["classification"]
     if cls:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..progress import progress_bar
+from ..weights import read_state_dict
 
 ImageLike = np.ndarray | str | os.PathLike
 
@@ -28,6 +29,11 @@ INCEPTION_FILENAMES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inceptio
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 VGG16_FILENAME = "vgg16-397923af.pth"
 LPIPS_SIZE = 256
+
+
+class UndefinedMetric(InputError):
+    """A metric that the given images cannot define (too few of them); the protocol records it as None
+    with this reason. Other input errors (an unreadable image) are not this and stop the evaluation."""
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -75,14 +81,21 @@ def resolve_inception_weights(path: str | os.PathLike | None) -> Path:
 
 def load_inception(weights: str | os.PathLike | None = None, device: str | torch.device | None = None):
     """torch-fidelity's Inception v3 (``FeatureExtractorInceptionV3``) giving the unbiased logits for IS."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity
 
     path = resolve_inception_weights(weights)
+    state = read_state_dict(path, "torch-fidelity's Inception v3 weights")
+    # torch-fidelity reads a weights path with torch.load(weights_only=False), which runs whatever code a
+    # hostile file holds; the tensors read safely above are handed to it as its "download" instead.
     try:
-        model = FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"], str(path))
-    except (RuntimeError, KeyError, OSError, EOFError, ValueError) as e:
+        with mock.patch.object(fidelity, "load_state_dict_from_url", return_value=state):
+            model = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["logits_unbiased"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        detail = str(e).strip().splitlines()[0]
         raise InputError(
-            f"inception_weights: {path} is not torch-fidelity's Inception v3 state dict ({e})"
+            f"inception_weights: {path} is not torch-fidelity's Inception v3 state dict ({detail})"
         ) from e
     return model.to(_device(device))
 
@@ -105,7 +118,7 @@ def inception_logits(images: Sequence[ImageLike], model, batch_size: int = 32) -
     """The (N, 1008) float64 logits torch-fidelity's IS uses (``logits_unbiased``)."""
     device = next(model.parameters()).device
     out = []
-    for batch in tqdm(_batches_by_shape(images, batch_size), desc="Inception", leave=False):
+    for batch in progress_bar(_batches_by_shape(images, batch_size), desc="Inception", leave=False):
         out.append(model(batch.to(device))[0].double().cpu())
     return torch.cat(out)
 
@@ -173,12 +186,7 @@ def load_lpips_vgg(vgg_weights: str | os.PathLike | None = None, device: str | t
     import lpips
 
     path = resolve_vgg_weights(vgg_weights)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unreadable file is the user's input problem
-        raise InputError(f"lpips_vgg_weights: cannot read {path} as a torch state dict ({e})") from e
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    state = read_state_dict(path, "a torchvision VGG16 state dict (lpips_vgg_weights)")
     model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
     trunk = {}
     for name, tensor in model.net.state_dict().items():  # "slice<k>.<i>.weight" -> "features.<i>.weight"
@@ -258,13 +266,13 @@ def ic_lpips(
     if not centres:
         raise InputError("IC-LPIPS needs the few-shot real images as cluster centres; none were given")
     if len(generated) < 2:
-        raise InputError(f"IC-LPIPS needs at least two generated images, got {len(generated)}")
+        raise UndefinedMetric(f"IC-LPIPS needs at least two generated images, got {len(generated)}")
     model = model if model is not None else load_lpips_vgg(lpips_vgg_weights, device)
     centre_feats = lpips_features(model, centres, batch_size, size)
     # Generated features are not kept: a cluster's members are recomputed below, so memory stays at
     # one batch here and at most ``max_per_cluster`` images there.
     assignment = np.zeros(len(generated), dtype=int)
-    for start in tqdm(range(0, len(generated), batch_size), desc="IC-LPIPS assign", leave=False):
+    for start in progress_bar(range(0, len(generated), batch_size), desc="IC-LPIPS assign", leave=False):
         for j, f in enumerate(lpips_features(model, generated[start : start + batch_size], batch_size, size)):
             assignment[start + j] = int(np.argmin(_distances(model, f, centre_feats, batch_size)))
     rng = np.random.default_rng(seed)
@@ -286,7 +294,7 @@ def ic_lpips(
         clusters.append(entry)
     used = [c["mean_lpips"] for c in clusters if c["mean_lpips"] is not None]
     if not used:
-        raise InputError(
+        raise UndefinedMetric(
             f"IC-LPIPS: no cluster received two generated images ({len(generated)} images, {len(centres)} centres)"
         )
     return {

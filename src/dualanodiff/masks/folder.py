@@ -1,14 +1,14 @@
 """Masks for a generated folder: ``OUT/part/<name>.png`` -> ``OUT/mask/<name>.png`` + manifest verdicts.
 
-``dualanodiff generate`` calls :func:`mask_from_part` (or a masker from :func:`build_masker`) per
-pair; :func:`make_masks_for_folder` redoes the masks of a finished folder, e.g. with U^2-Net weights
-obtained later or another threshold, and rewrites the manifest's mask fields to match.
+``dualanodiff generate`` calls a masker from :func:`build_masker` per pair; :func:`make_masks_for_folder`
+redoes the masks of a written folder, e.g. with U^2-Net weights obtained later or another threshold,
+moving pairs between kept and ``rejected/`` as their new masks pass or fail, and updates the manifest
+and ``config.json`` to match.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
 
-from ..data.generated import MANIFEST, manifest_records
-from ..data.images import load_rgb
+from ..checks import check_float
+from ..data.generated import MANIFEST, PairFiles, manifest_records, pair_path, read_generated_config
+from ..data.images import image_size, load_rgb
 from ..errors import InputError
-from ..io import save_image_atomic, write_text_atomic
+from ..progress import progress_bar
 from .grey import DEFAULT_THRESHOLD as GREY_DEFAULT_THRESHOLD
 from .grey import grey_mask
 from .quality import DEFAULT_MAX_AREA_FRACTION, DEFAULT_MIN_AREA_FRACTION, judge_mask
@@ -40,9 +39,25 @@ class PartMasker:
     threshold: float
     fn: Callable[[np.ndarray], np.ndarray]
     many: Callable[[Sequence[np.ndarray]], list[np.ndarray]] | None = None
+    weights: str | None = None  # U^2-Net weights file (absolute path)
 
     def __call__(self, part: np.ndarray) -> np.ndarray:
         return self.fn(part)
+
+    def settings(
+        self,
+        min_area_fraction: float = DEFAULT_MIN_AREA_FRACTION,
+        max_area_fraction: float = DEFAULT_MAX_AREA_FRACTION,
+    ) -> dict[str, Any]:
+        """What decides a pair's mask and verdict, recorded with each pair (``mask_settings``) so that
+        ``dualanodiff masks`` knows which pairs already have the masks it would make."""
+        return {
+            "method": self.method,
+            "threshold": self.threshold,
+            "u2net_weights": self.weights,
+            "min_area_fraction": min_area_fraction,
+            "max_area_fraction": max_area_fraction,
+        }
 
     def batch(self, parts: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Masks of several part images (batched through the network for U^2-Net)."""
@@ -73,11 +88,11 @@ def build_masker(
     ``u2net``; None takes the method's default (16 levels; 0.5)."""
     resolved = resolve_method(method, u2net_weights)
     if resolved == "grey":
-        t = GREY_DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        t = GREY_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 255)
         return PartMasker("grey", t, functools.partial(grey_mask, threshold=t))
-    t = U2NET_DEFAULT_THRESHOLD if threshold is None else float(threshold)
+    t = U2NET_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 1, above=0)
     masker = U2NetMasker(load_u2net(u2net_weights, device=device), threshold=t, batch_size=batch_size)
-    return PartMasker("u2net", t, masker, masker.batch)
+    return PartMasker("u2net", t, masker, masker.batch, weights=str(Path(u2net_weights).resolve()))
 
 
 @functools.lru_cache(maxsize=4)
@@ -99,12 +114,23 @@ def mask_from_part(
     return _cached_masker(method, weights, threshold, device)(part)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+# The settings in a generated folder's config.json that `masks` changes (the names `generate` gives them).
+MASK_CONFIG_KEYS = ("mask_method", "u2net_weights", "mask_threshold", "max_mask_area")
+
+
+def _reason_counts(records: Sequence[dict[str, Any]], min_area_fraction: float) -> dict[str, int]:
+    counts = {"kept": 0, "empty": 0, "too_small": 0, "too_large": 0}
+    for rec in records:
+        area = float(rec.get("mask_area", 0.0))
+        if rec.get("kept", True):
+            counts["kept"] += 1
+        elif area == 0.0:
+            counts["empty"] += 1
+        elif area < min_area_fraction:
+            counts["too_small"] += 1
+        else:
+            counts["too_large"] += 1
+    return counts
 
 
 def make_masks_for_folder(
@@ -118,75 +144,90 @@ def make_masks_for_folder(
     device: str | None = None,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """(Re)compute ``OUT/mask/<name>.png`` from ``OUT/part/<name>.png`` for every manifest record.
+    """(Re)compute the masks of a generated folder from its part images, moving pairs between kept
+    (``image/``...) and ``rejected/`` as the new masks pass or fail the area limits.
 
-    Each mask is written atomically (0/255, one channel); then ``manifest.jsonl`` is rewritten
-    atomically, one line per pair, with ``mask_area``, ``kept``, ``reject_reason`` and
-    ``mask_method`` updated. Every record must have its part image (checked before anything is
-    written). Returns a summary: counts kept/rejected by reason, mean mask area, method, threshold.
+    Holds the folder's output lock (a folder that ``generate`` is still writing is refused). The folder's
+    ``config.json`` takes the new mask settings first; then each pair changes as one step
+    (:meth:`GeneratedWriter.update`: mask, place and manifest record together, whatever interrupts it), and
+    its record gets ``mask_settings``. Pairs whose record already has these settings are left as they are,
+    so an interrupted run resumes where it stopped. Finally the manifest is compacted to one line per pair.
+    Every record must have its part image (checked before anything is written). Returns a summary: counts
+    kept/rejected by reason, pairs updated, mean mask area, method, threshold.
     """
+    from ..baselines.write import GeneratedWriter
+    from ..locking import output_lock
+
     out = Path(out_dir)
     manifest = out / MANIFEST
-    if not manifest.is_file():
-        raise InputError(f"{manifest}: not found (is {out} a folder written by dualanodiff generate?)")
-    records = manifest_records(out)
-    if not records:
-        raise InputError(f"{manifest}: no pair records")
-    for name in records:
-        part_path = out / "part" / f"{name}.png"
-        if not part_path.is_file():
-            raise InputError(f"{part_path}: part image missing for pair {name!r} listed in {manifest}")
-    # Validate options before loading anything heavy.
+    if not out.is_dir():
+        raise InputError(f"{out}: generated-data folder not found")
+    # Validate options before taking the folder or loading anything heavy.
     judge_mask(np.ones((1, 1), bool), min_area_fraction, max_area_fraction)
-    masker = build_masker(method, u2net_weights, threshold, device, batch_size)
-
-    names = list(records)
-    counts = {"kept": 0, "empty": 0, "too_small": 0, "too_large": 0}
-    areas = []
-    chunk = max(1, batch_size)
-    with tqdm(
-        total=len(names), desc=f"masks ({masker.method})", unit="pair", disable=not show_progress
-    ) as bar:
-        for start in range(0, len(names), chunk):
-            batch_names = names[start : start + chunk]
-            parts = [load_rgb(out / "part" / f"{n}.png") for n in batch_names]
-            for name, part in zip(batch_names, parts):
-                image_path = out / "image" / f"{name}.png"
-                if image_path.is_file() and _image_size(image_path) != (part.shape[1], part.shape[0]):
-                    raise InputError(
-                        f"{out / 'part' / (name + '.png')}: size {part.shape[1]}x{part.shape[0]} differs "
-                        f"from its image {image_path}"
+    resolve_method(method, u2net_weights)
+    with output_lock(out, "masks"):  # first: a folder that generate is still filling is refused as such
+        if not manifest.is_file():
+            raise InputError(f"{manifest}: not found (is {out} a folder written by dualanodiff generate?)")
+        config = read_generated_config(out)
+        records = manifest_records(out)
+        if not records:
+            raise InputError(f"{manifest}: no pair records")
+        files = PairFiles(out)
+        for name, rec in records.items():
+            if files.find("part", name, bool(rec.get("kept", True))) is None:
+                raise InputError(
+                    f"{pair_path(out, 'part', name, bool(rec.get('kept', True)))}: part image missing for pair "
+                    f"{name!r} listed in {manifest}"
+                )
+        masker = build_masker(method, u2net_weights, threshold, device, batch_size)
+        settings = masker.settings(min_area_fraction, max_area_fraction)
+        new_config = {
+            **config,
+            "mask_method": method,
+            "u2net_weights": None if u2net_weights is None else str(u2net_weights),
+            "mask_threshold": threshold,
+            "max_mask_area": max_area_fraction,
+        }
+        writer = GeneratedWriter(out, new_config, resume_ignore=MASK_CONFIG_KEYS)
+        records = writer.records
+        names = [n for n, rec in records.items() if rec.get("mask_settings") != settings]
+        with progress_bar(
+            total=len(names), desc=f"masks ({masker.method})", unit="pair", disable=not show_progress
+        ) as bar:
+            for start in range(0, len(names), max(1, batch_size)):
+                batch = names[start : start + max(1, batch_size)]
+                part_paths = {n: pair_path(out, "part", n, bool(records[n].get("kept", True))) for n in batch}
+                parts = [load_rgb(part_paths[n]) for n in batch]
+                for name, part in zip(batch, parts):
+                    image = pair_path(out, "image", name, bool(records[name].get("kept", True)))
+                    if image.is_file() and image_size(image) != (part.shape[1], part.shape[0]):
+                        raise InputError(
+                            f"{part_paths[name]}: size {part.shape[1]}x{part.shape[0]} differs from its image {image}"
+                        )
+                for name, mask in zip(batch, masker.batch(parts)):
+                    verdict = judge_mask(mask, min_area_fraction, max_area_fraction)
+                    writer.update(
+                        name,
+                        mask,
+                        mask_area=verdict.area,
+                        kept=verdict.kept,
+                        reject_reason=verdict.reason,
+                        mask_method=masker.method,
+                        mask_settings=settings,
                     )
-            for name, mask in zip(batch_names, masker.batch(parts)):
-                save_image_atomic(out / "mask" / f"{name}.png", mask.astype(np.uint8) * 255)
-                verdict = judge_mask(mask, min_area_fraction, max_area_fraction)
-                records[name] = {
-                    **records[name],
-                    "mask_area": verdict.area,
-                    "kept": verdict.kept,
-                    "reject_reason": verdict.reason,
-                    "mask_method": masker.method,
-                }
-                areas.append(verdict.area)
-                if verdict.kept:
-                    counts["kept"] += 1
-                elif verdict.area == 0.0:
-                    counts["empty"] += 1
-                elif verdict.area < min_area_fraction:
-                    counts["too_small"] += 1
-                else:
-                    counts["too_large"] += 1
-            bar.update(len(batch_names))
-
-    lines = "".join(json.dumps(records[n], sort_keys=True, default=str) + "\n" for n in names)
-    write_text_atomic(manifest, lines)
+                bar.update(len(batch))
+        writer.compact()
+        final = list(writer.records.values())
+    counts = _reason_counts(final, min_area_fraction)
+    areas = [float(r.get("mask_area", 0.0)) for r in final]
     return {
         "folder": str(out),
         "method": masker.method,
         "threshold": masker.threshold,
-        "pairs": len(names),
+        "pairs": len(final),
+        "updated": len(names),
         "kept": counts["kept"],
-        "rejected": len(names) - counts["kept"],
+        "rejected": len(final) - counts["kept"],
         "rejected_empty": counts["empty"],
         "rejected_too_small": counts["too_small"],
         "rejected_too_large": counts["too_large"],

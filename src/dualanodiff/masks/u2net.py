@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..progress import progress_bar
+from ..weights import read_state_dict
 
 Variant = Literal["u2net", "u2netp"]
 
@@ -207,21 +208,7 @@ def default_device() -> torch.device:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise InputError(
-            f"{path}: U^2-Net weights file not found (pass the original u2net.pth or u2netp.pth)"
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors all mean "not a usable checkpoint"
-        raise InputError(f"{path}: cannot read U^2-Net weights ({type(e).__name__}: {e})") from e
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise InputError(f"{path}: not a U^2-Net state dict (expected a dict of tensors)")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from nn.DataParallel
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
+    return read_state_dict(path, "U^2-Net weights (the original u2net.pth or u2netp.pth)")
 
 
 def detect_variant(state_dict: dict[str, torch.Tensor]) -> Variant | None:
@@ -358,7 +345,7 @@ class U2NetMasker:
         """Masks of many part images, ``batch_size`` at a time."""
         masks: list[np.ndarray] = []
         starts = range(0, len(parts), self.batch_size)
-        for start in tqdm(starts, desc="U^2-Net masks", unit="batch", disable=not show_progress):
+        for start in progress_bar(starts, desc="U^2-Net masks", unit="batch", disable=not show_progress):
             probs = self.probabilities(parts[start : start + self.batch_size])
             masks.extend(p > self.threshold for p in probs)
         return masks

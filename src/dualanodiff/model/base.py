@@ -22,6 +22,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..errors import InputError
+from ..progress import apply_library_quiet
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -98,7 +99,8 @@ TINY_TEXT_CONFIG = dict(
 
 @dataclass
 class BaseComponents:
-    """The frozen parts of a Stable Diffusion model, plus where they came from."""
+    """The frozen parts of a Stable Diffusion model, where they came from, and the fingerprint of their
+    weights (:func:`weights_fingerprint`, taken in full precision before any cast)."""
 
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
@@ -106,6 +108,7 @@ class BaseComponents:
     unet: UNet2DConditionModel
     scheduler: PNDMScheduler
     source: str
+    weights_fingerprint: str | None = None
 
 
 def _open_clip_bpe_path() -> Path:
@@ -165,8 +168,14 @@ def write_clip_tokenizer(folder: str | os.PathLike) -> CLIPTokenizer:
     return tokenizer
 
 
-def build_base(preset: str = "tiny", seed: int = 0, resolution: int | None = None) -> BaseComponents:
-    """Build a base with random weights: ``tiny`` (tests, demo) or ``sd15`` (real shapes, for benchmarks)."""
+def build_base(
+    preset: str = "tiny", seed: int = 0, resolution: int | None = None, device: str | torch.device = "cpu"
+) -> BaseComponents:
+    """Build a base with random weights: ``tiny`` (tests, demo) or ``sd15`` (real shapes, for benchmarks).
+
+    ``device``: where the weights are created and initialised (``"cuda"`` builds SD 1.5 in a second instead of
+    a minute of CPU initialisation and a copy); the seed gives the same weights on a given device.
+    """
     if preset not in ("tiny", "sd15"):
         raise InputError(f"unknown base preset {preset!r}: use 'tiny' or 'sd15'")
     unet_cfg, vae_cfg, text_cfg = (
@@ -178,16 +187,23 @@ def build_base(preset: str = "tiny", seed: int = 0, resolution: int | None = Non
     if resolution % 8:
         raise InputError(f"--resolution must be a multiple of 8, got {resolution}")
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**{**unet_cfg, "sample_size": resolution // 8})
-    vae = AutoencoderKL(**{**vae_cfg, "sample_size": resolution})
-    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    with torch.device(device):
+        unet = UNet2DConditionModel(**{**unet_cfg, "sample_size": resolution // 8})
+        vae = AutoencoderKL(**{**vae_cfg, "sample_size": resolution})
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = write_clip_tokenizer(tmp)
     scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
     return BaseComponents(
-        vae, text_encoder, tokenizer, unet, scheduler, source=f"random:{preset}:seed={seed}"
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        source=f"random:{preset}:seed={seed}",
+        weights_fingerprint=weights_fingerprint(unet, text_encoder, vae),
     )
 
 
@@ -195,6 +211,7 @@ def save_base(components: BaseComponents, out_dir: str | os.PathLike) -> Path:
     """Save as a complete diffusers Stable Diffusion folder (loadable by `StableDiffusionPipeline`)."""
     from diffusers import StableDiffusionPipeline
 
+    apply_library_quiet()
     out_dir = Path(out_dir)
     pipe = StableDiffusionPipeline(
         vae=components.vae,
@@ -213,31 +230,30 @@ def save_base(components: BaseComponents, out_dir: str | os.PathLike) -> Path:
 def load_base(
     base: str | os.PathLike, torch_dtype: torch.dtype | None = None, local_files_only: bool | None = None
 ) -> BaseComponents:
-    """Load the frozen base from a local diffusers folder or a hub id (cached, or downloaded when online)."""
+    """Load the frozen base from a local diffusers folder or a hub id (cached, or downloaded when online).
+
+    The weights are read in full precision, fingerprinted (:func:`weights_fingerprint`), then cast to
+    ``torch_dtype``: the fingerprint is the same whatever precision a command runs in.
+    """
+    apply_library_quiet()
     base = str(base)
     is_dir = Path(base).is_dir()
     if not is_dir and (base.startswith((".", "/", "~")) or os.sep in base and Path(base).parent.exists()):
         if not Path(base).expanduser().is_dir():
             raise InputError(f"base model folder not found: {base}")
-    if is_dir and not (Path(base) / "unet").is_dir():
-        raise InputError(
-            f"{base} is not a diffusers Stable Diffusion folder (no unet/ subfolder); "
-            "give a folder written by `save_pretrained`, or `dualanodiff make-tiny-base --out DIR`"
-        )
-    kwargs = dict(torch_dtype=torch_dtype) if torch_dtype is not None else {}
-    if local_files_only is not None:
-        kwargs["local_files_only"] = local_files_only
+    if is_dir:
+        check_base_folder(base)
+    kwargs = {"local_files_only": local_files_only} if local_files_only is not None else {}
     try:
         unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **kwargs)
         vae = AutoencoderKL.from_pretrained(base, subfolder="vae", **kwargs)
         text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **kwargs)
-        tokenizer = CLIPTokenizer.from_pretrained(
-            base, subfolder="tokenizer", **{k: v for k, v in kwargs.items() if k != "torch_dtype"}
-        )
-        scheduler = PNDMScheduler.from_pretrained(
-            base, subfolder="scheduler", **{k: v for k, v in kwargs.items() if k != "torch_dtype"}
-        )
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **kwargs)
+        scheduler = PNDMScheduler.from_pretrained(base, subfolder="scheduler", **kwargs)
     except (OSError, ValueError) as err:
+        detail = f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        if is_dir:  # every file is there (checked above): one of them cannot be read
+            raise InputError(f"could not load the base model folder {base}: {detail}") from err
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         hint = (
             "HF_HUB_OFFLINE is set and the model is not in the local cache"
@@ -248,9 +264,127 @@ def load_base(
             f"could not load the base model {base!r}: {hint}. Pass a local diffusers folder instead "
             f"(e.g. `huggingface-cli download {SD15_HUB_ID} --local-dir sd15` on a machine with internet, "
             "then `--base sd15`), or try the tool without weights with `dualanodiff make-tiny-base --out tiny`. "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            + detail
         ) from err
-    return BaseComponents(vae, text_encoder, tokenizer, unet, scheduler, source=base)
+    fingerprint = weights_fingerprint(unet, text_encoder, vae)
+    if torch_dtype is not None:
+        for module in (unet, vae, text_encoder):
+            module.to(torch_dtype)
+    return BaseComponents(vae, text_encoder, tokenizer, unet, scheduler, base, fingerprint)
+
+
+# What a diffusers Stable Diffusion folder must hold: (subfolder, config file, weight file stems).
+_BASE_FILES = (
+    ("unet", "config.json", ("diffusion_pytorch_model",)),
+    ("vae", "config.json", ("diffusion_pytorch_model",)),
+    ("text_encoder", "config.json", ("model", "pytorch_model")),
+    ("tokenizer", "tokenizer_config.json", ()),
+    ("scheduler", "scheduler_config.json", ()),
+)
+
+
+def check_base_folder(folder: str | os.PathLike) -> None:
+    """InputError naming every file a local base folder lacks (an empty ``unet/``, a missing config),
+    before diffusers tries the hub cache and blames being offline."""
+    folder = Path(folder)
+    missing = []
+    for sub, config, stems in _BASE_FILES:
+        d = folder / sub
+        if not d.is_dir():
+            missing.append(f"{d}/")
+            continue
+        if not (d / config).is_file():
+            missing.append(str(d / config))
+        weights = [
+            p for p in d.iterdir() if p.suffix in (".safetensors", ".bin") and p.name.startswith(stems)
+        ]
+        if stems and not weights:
+            missing.append(f"{d / stems[0]}.safetensors")
+    hint = (
+        "give a folder written by `save_pretrained`, or make one with `dualanodiff make-tiny-base --out DIR`"
+    )
+    if len(missing) == len(_BASE_FILES) and all(m.endswith("/") for m in missing):
+        raise InputError(
+            f"{folder} is not a diffusers Stable Diffusion folder (no {', '.join(s for s, _, _ in _BASE_FILES)} "
+            f"subfolders); {hint}"
+        )
+    if missing:
+        raise InputError(
+            f"{folder} is an incomplete diffusers Stable Diffusion folder: missing {', '.join(missing)}; {hint}"
+        )
+
+
+@dataclass(frozen=True)
+class BaseShape:
+    """What a base's configs say about sizes, read without loading a weight (so options are checked
+    against it before any model loads)."""
+
+    vae_factor: int  # pixels per latent cell (8 for SD 1.5): image sides must be multiples of it
+    native_resolution: int  # the image side the UNet was made for (512 for SD 1.5)
+    max_lora_rank: int  # the widest UNet attention projection: a LoRA rank above it is already full rank
+    max_text_lora_rank: int  # the text encoder's width, the same bound for its LoRA
+
+
+def read_base_shape(base: str | os.PathLike) -> BaseShape:
+    """The :class:`BaseShape` of a local folder or a (cached) hub id; the same InputError as `load_base`
+    when it cannot be found."""
+    from transformers import CLIPTextConfig
+
+    base = str(base)
+    if Path(base).is_dir():
+        check_base_folder(base)
+    try:
+        unet = UNet2DConditionModel.load_config(base, subfolder="unet")
+        vae = AutoencoderKL.load_config(base, subfolder="vae")
+        text = CLIPTextConfig.from_pretrained(base, subfolder="text_encoder")
+    except (OSError, ValueError):
+        load_base(base)  # raises the InputError that explains how to get the base
+        raise
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    return BaseShape(
+        vae_factor=factor,
+        native_resolution=int(unet["sample_size"]) * factor,
+        max_lora_rank=int(max(unet["block_out_channels"])),
+        max_text_lora_rank=int(text.hidden_size),
+    )
+
+
+def check_resolution(resolution: int | None, shape: BaseShape, name: str = "--resolution") -> int:
+    """``resolution`` (None: the native size) checked to be a multiple of the VAE factor."""
+    if resolution is None:
+        return shape.native_resolution
+    if resolution % shape.vae_factor:
+        raise InputError(
+            f"{name}: must be a multiple of {shape.vae_factor} (the VAE's downsampling factor), got {resolution}; "
+            f"nearest: {max(shape.vae_factor, round(resolution / shape.vae_factor) * shape.vae_factor)}"
+        )
+    return resolution
+
+
+_SAMPLES_PER_TENSOR = 16
+
+
+def weights_fingerprint(*modules: torch.nn.Module) -> str:
+    """A short hash of the weights of ``modules`` (the base's UNet, text encoder and VAE), so adapters are
+    refused on a base of the same architecture but other weights.
+
+    Every tensor contributes its shape and 16 elements spread evenly over it, as float32, in parameter
+    order (names are left out: transformers 4 and 5 name the text encoder's tensors differently). That
+    is a few hundred kB for SD 1.5, milliseconds to hash, and any fine-tune that moves the weights changes
+    it; a change confined to unsampled elements would not. Take it in full precision: cast weights hash
+    differently (`load_base` fingerprints before casting).
+    """
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for module in modules:
+            for tensor in module.state_dict().values():
+                if tensor.is_meta or not tensor.is_floating_point():
+                    continue
+                flat = tensor.detach().reshape(-1)
+                picks = torch.linspace(0, flat.numel() - 1, min(flat.numel(), _SAMPLES_PER_TENSOR)).long()
+                digest.update(str(tuple(tensor.shape)).encode())
+                digest.update(flat[picks.to(flat.device)].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def unet_fingerprint(unet: UNet2DConditionModel) -> str:

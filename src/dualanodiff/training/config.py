@@ -11,9 +11,12 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from ..checks import MAX_RESOLUTION, check_float, check_int, check_name, check_seed
 from ..errors import InputError
+from ..masks.foreground import check_foreground_spec, foreground_kind
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+SAVE_DTYPES = ("fp32", "bf16", "fp16")  # the final adapters' file; checkpoints stay fp32 (exact resume)
 BACKGROUND_SCALING = ("correct", "official")
 SPLITS = ("strict", "paper-compat")
 FOLDER_CATEGORY = "custom"  # output folder name for plain-folder data without --category
@@ -59,7 +62,10 @@ class TrainConfig:
     anomaly: str | None = None
     images: str | None = None
     masks: str | None = None
+    # BCM foreground source: "auto", "u2net" (with u2net_weights), "none" or a folder of masks; None: the dataset's
+    # foreground/ folder when there is one, else "auto" (resolved by `resolve_config`, recorded with the adapters)
     foreground: str | None = None
+    u2net_weights: str | None = None
     split: str = "strict"
     preset: str = "paper"
     bcm: bool = False
@@ -78,6 +84,7 @@ class TrainConfig:
     flips: bool | None = None  # None: on, except for orientation-defined types (`default_flips`)
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    save_dtype: str = "fp32"  # precision of the final adapters.safetensors
     checkpoint_every: int = 500  # optimizer steps between checkpoints; 0: none
     keep_checkpoints: int = 1
     resume: bool = True  # False: discard this type's earlier checkpoints and adapters and start over
@@ -100,21 +107,25 @@ class TrainConfig:
         kind = anomaly or self.anomaly
         if not kind:
             raise InputError("no anomaly type given (--anomaly)")
-        return Path(self.out) / (self.category or FOLDER_CATEGORY) / kind
+        category = check_name(self.category, "--category") if self.category else FOLDER_CATEGORY
+        return Path(self.out) / category / check_name(kind, "--anomaly")
 
 
-# Options that do not change the numbers a run computes (or that may change between sessions of one run):
-# they are ignored when deciding whether a checkpoint or finished adapters belong to this configuration.
+# Options that do not change the numbers a run computes: they are ignored when deciding whether a checkpoint
+# or finished adapters belong to this configuration. The data paths are replaced by a hash of the files'
+# contents (a moved dataset is the same data; other files at the same path are not), and epochs/max_steps by
+# the run's total step count, compared separately (a checkpoint may be continued into a longer run).
 _NOT_IDENTITY = {
     "out",
     "data",
     "images",
     "masks",
     "foreground",
+    "u2net_weights",
     "epochs",
     "max_steps",
-    "mixed_precision",
     "gradient_checkpointing",
+    "save_dtype",
     "checkpoint_every",
     "keep_checkpoints",
     "resume",
@@ -122,18 +133,32 @@ _NOT_IDENTITY = {
 }
 
 
-def identity(config: TrainConfig) -> dict:
-    """The options that determine the trained numbers (a resumed run must match them)."""
-    return {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+def identity(config: TrainConfig, data_hash: str | None = None) -> dict:
+    """The options that determine the trained numbers (a resumed run must match them), with the hash of
+    the training files' contents (`training.sources.data_hash`)."""
+    out = {k: v for k, v in config.to_dict().items() if k not in _NOT_IDENTITY}
+    if data_hash is not None:
+        out["data"] = data_hash
+    if config.bcm:  # which source made the backgrounds (its folder may move; its kind may not change)
+        out["foreground_source"] = foreground_kind(config.foreground)
+    return out
 
 
-def _positive(name: str, value, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(f"{name} must be a finite number, got {value}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+def default_foreground(config: TrainConfig) -> str:
+    """The BCM foreground source when none is given: the dataset's ``foreground/`` folder, else ``auto``."""
+    if not config.uses_folder and config.data and config.category:
+        folder = Path(config.data) / config.category / "foreground"
+        if folder.is_dir():
+            return str(folder)
+    return "auto"
+
+
+# The command-line flag of each checked option (the error names what the user typed).
+_FLAGS = {"learning_rate": "--lr"}
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, f"--{name.replace('_', '-')}")
 
 
 def resolve_config(config: TrainConfig) -> TrainConfig:
@@ -144,6 +169,8 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise InputError(
             f"--mixed-precision {config.mixed_precision!r}: choose one of {', '.join(MIXED_PRECISION)}"
         )
+    if config.save_dtype not in SAVE_DTYPES:
+        raise InputError(f"--save-dtype {config.save_dtype!r}: choose one of {', '.join(SAVE_DTYPES)}")
     if config.background_latent_scaling not in BACKGROUND_SCALING:
         raise InputError(
             f"--background-scaling {config.background_latent_scaling!r}: choose one of {', '.join(BACKGROUND_SCALING)}"
@@ -152,16 +179,19 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         raise InputError(f"--split {config.split!r}: choose one of {', '.join(SPLITS)}")
     if config.epochs is not None and config.max_steps is not None:
         raise InputError("give either --epochs or --max-steps, not both")
-    for name in ("epochs", "max_steps", "batch_size", "learning_rate", "rank", "resolution"):
-        _positive(f"--{name.replace('_', '-')}", getattr(config, name))
+    for name in ("epochs", "max_steps", "batch_size", "rank"):
+        if getattr(config, name) is not None:
+            check_int(getattr(config, name), _flag(name), minimum=1)
     for name in ("text_encoder_rank", "checkpoint_every", "keep_checkpoints"):
-        _positive(f"--{name.replace('_', '-')}", getattr(config, name), allow_zero=True)
-    if config.alpha is not None:
-        _positive("--alpha", config.alpha)
-    if config.resolution is not None and config.resolution % 8:
-        raise InputError(
-            f"--resolution must be a multiple of 8 (the VAE downsamples 8x), got {config.resolution}"
-        )
+        check_int(getattr(config, name), _flag(name), minimum=0)
+    if config.resolution is not None:
+        check_int(config.resolution, "--resolution", 8, MAX_RESOLUTION)  # the multiple: `complete_config`
+    for name in ("learning_rate", "alpha"):
+        if getattr(config, name) is not None:
+            check_float(getattr(config, name), _flag(name), above=0)
+    check_seed(config.seed)
+    if config.category:
+        check_name(config.category, "--category")
     if config.uses_folder:
         if config.data is not None:
             raise InputError(
@@ -174,6 +204,11 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     elif not config.category:
         raise InputError("--category is required with --data")
 
+    foreground = config.foreground
+    if config.bcm:
+        foreground = foreground or default_foreground(config)
+        check_foreground_spec(foreground, config.u2net_weights)
+
     preset = PRESETS[config.preset]
     if config.epochs is None and config.max_steps is None:
         epochs = preset.epochs_bcm if config.bcm else preset.epochs
@@ -182,6 +217,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
         epochs, max_steps = config.epochs, config.max_steps
     return replace(
         config,
+        foreground=foreground,
         epochs=epochs,
         max_steps=max_steps,
         batch_size=config.batch_size or (preset.batch_size_bcm if config.bcm else preset.batch_size),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,15 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..data.mvtec import DefectSample
 from ..data.pairs import DefectPairDataset, default_flips
 from ..errors import InputError
-from ..io import write_json_atomic
+from ..io import remove_temporaries, write_json_atomic
+from ..locking import output_lock
+from ..masks.foreground import foreground_kind
+from ..model.base import check_resolution, read_base_shape
 from ..model.dual_unet import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_state
 from ..model.encode import GLOBAL_PROMPT, PART_PROMPT, encode_latents
+from ..progress import progress_bar
+from ..sharding import launcher_shard
 from .checkpoint import (
+    CHECKPOINTS,
     LOSS_LOG,
     list_checkpoints,
     load_checkpoint,
@@ -38,7 +44,7 @@ from .checkpoint import (
     truncate_loss_log,
 )
 from .config import TrainConfig, identity, resolve_config, steps_per_epoch, total_steps
-from .sources import expand_anomaly_types, training_samples
+from .sources import data_hash, expand_anomaly_types, training_samples, write_estimated_foregrounds
 
 log = logging.getLogger(__name__)
 
@@ -90,39 +96,56 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / ADAPTER_WEIGHTS).is_file() and (run_dir / ADAPTER_CONFIG).is_file()
 
 
-def _check_same_run(run_dir: Path, config: TrainConfig, what: str) -> None:
+def _check_same_run(
+    run_dir: Path, config: TrainConfig, data: str, what: str, total: int | None = None
+) -> None:
+    """Refuse ``what`` in ``run_dir`` unless it was made with this config's identity and these training files
+    (and, for finished adapters, ``total`` steps): a folder is only ever reused for the same result."""
     path = run_dir / TRAIN_CONFIG
     if not path.is_file():
-        return
-    saved = json.loads(path.read_text()).get("identity", {})
-    now = identity(config)
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        details = ", ".join(f"{k}: {saved.get(k)!r} before, {now.get(k)!r} now" for k in diff)
         raise InputError(
-            f"{run_dir} holds {what} trained with other settings ({details}); use another --out, "
+            f"{run_dir} holds {what} without its {TRAIN_CONFIG}, so what they were trained with is unknown; use "
+            "another --out, or --no-resume to discard them and start over"
+        )
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON ({err}); --no-resume discards this run") from None
+    saved, now = recorded.get("identity", {}), identity(config, data)
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    details = [f"{k}: {saved.get(k)!r} before, {now.get(k)!r} now" for k in diff]
+    if "data" in diff:
+        details[diff.index("data")] = "the training images or masks differ (content hash)"
+    if total is not None and recorded.get("total_steps") != total:
+        details.append(
+            f"length: {recorded.get('total_steps')} steps before, {total} now (--max-steps/--epochs/--batch-size)"
+        )
+    if details:
+        raise InputError(
+            f"{run_dir} holds {what} made with other settings ({'; '.join(details)}); use another --out, "
             "or --no-resume to discard it and start over"
         )
 
 
 def native_resolution(base: str) -> int:
     """The image size a base model was made for (UNet sample size x VAE factor), read from its configs only."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    try:
-        unet = UNet2DConditionModel.load_config(base, subfolder="unet")
-        vae = AutoencoderKL.load_config(base, subfolder="vae")
-    except (OSError, ValueError):
-        from ..model.base import load_base
-
-        load_base(base)  # raises the InputError that explains how to get the base
-        raise
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    return read_base_shape(base).native_resolution
 
 
 def complete_config(config: TrainConfig) -> TrainConfig:
-    """Fill the options that depend on the base or the anomaly type: resolution and flips."""
-    resolution = config.resolution or native_resolution(config.base)
+    """Fill the options that depend on the base or the anomaly type (resolution, flips) and check those the
+    base bounds (resolution a multiple of the VAE factor, LoRA ranks), reading the base's configs only."""
+    shape = read_base_shape(config.base)
+    resolution = check_resolution(config.resolution, shape)
+    for name, rank, limit in (
+        ("--rank", config.rank, shape.max_lora_rank),
+        ("--text-encoder-rank", config.text_encoder_rank, shape.max_text_lora_rank),
+    ):
+        if rank > limit:
+            raise InputError(
+                f"{name}: {rank} is above {limit}, the widest projection it adapts in {config.base}: a LoRA of "
+                f"rank {limit} is already full rank there"
+            )
     flips = default_flips(config.category or "", config.anomaly) if config.flips is None else config.flips
     return replace(config, resolution=resolution, flips=flips)
 
@@ -192,19 +215,48 @@ def train_anomaly_types(config: TrainConfig, anomalies: str | list[str] | None =
 
 
 def _train_validated(config: TrainConfig, samples: list[DefectSample], on_step: StepCallback | None) -> Path:
+    from accelerate import PartialState
+
     config = complete_config(config)
     run_dir = config.output_dir()
+    data = data_hash(samples)
+    total = total_steps(config, len(samples), PartialState().num_processes)
+    # One run per folder; the ranks of one `accelerate launch` join it as shards of one run.
+    ranks = launcher_shard()
+    with output_lock(run_dir, "train", shard=ranks):
+        if ranks.index == 0:  # only the main process writes here
+            remove_temporaries(run_dir)
+            remove_temporaries(run_dir / CHECKPOINTS)
+        return _train_locked(config, samples, run_dir, data, total, on_step)
+
+
+def _train_locked(
+    config: TrainConfig,
+    samples: list[DefectSample],
+    run_dir: Path,
+    data: str,
+    total: int,
+    on_step: StepCallback | None,
+) -> Path:
     if not config.resume:
         remove_checkpoints(run_dir)
         for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG, TRAIN_CONFIG, LOSS_LOG):
             (run_dir / name).unlink(missing_ok=True)
     if is_finished(run_dir):
-        _check_same_run(run_dir, config, "finished adapters")
-        log.info("%s: already trained, skipped", run_dir)
+        _check_same_run(run_dir, config, data, "finished adapters", total)
+        log.info("%s: already trained with these settings and files, skipped", run_dir)
         return run_dir
-    if list_checkpoints(run_dir):
-        _check_same_run(run_dir, config, "checkpoints")
-    AdapterTrainer(config, samples, run_dir).run(on_step)
+    found = list_checkpoints(run_dir)
+    if found:
+        _check_same_run(run_dir, config, data, "checkpoints")
+        if found[-1][0] > total:
+            raise InputError(
+                f"{found[-1][1]}: a checkpoint at step {found[-1][0]}, beyond this run's {total} steps; give at "
+                "least that many (--max-steps/--epochs), or --no-resume to start over"
+            )
+    if config.bcm and foreground_kind(config.foreground) in ("auto", "u2net"):
+        samples = write_estimated_foregrounds(config, samples, run_dir / "foreground")
+    AdapterTrainer(config, samples, run_dir, data).run(on_step)
     return run_dir
 
 
@@ -213,21 +265,32 @@ def _accelerator(mixed_precision: str):
     from accelerate.state import AcceleratorState
 
     try:
-        return Accelerator(mixed_precision=mixed_precision)
+        accelerator = Accelerator(mixed_precision=mixed_precision)
     except ValueError:
         # Accelerate keeps one global state per process; a single-process caller (a notebook, the tests)
         # training first in fp32 then in bf16 may switch it. Under `accelerate launch` the error stands.
         if PartialState().num_processes != 1:
             raise
         AcceleratorState._reset_state()
-        return Accelerator(mixed_precision=mixed_precision)
+        accelerator = Accelerator(mixed_precision=mixed_precision)
+    launched = launcher_shard().count
+    if accelerator.num_processes != launched:
+        # Each process would train alone and write the same folder: refuse instead.
+        raise InputError(
+            f"started as {launched} processes, but Accelerate sees {accelerator.num_processes}, so each would "
+            "train alone into the same folder; on a machine without GPUs set ACCELERATE_USE_CPU=1 so that "
+            "Accelerate joins them"
+        )
+    return accelerator
 
 
 class AdapterTrainer:
     """The models and state of one run (a resolved, completed config); `run` trains from the last
     checkpoint to the end. `train_adapters` is the usual entry; this class is public for inspection."""
 
-    def __init__(self, config: TrainConfig, samples: list[DefectSample], run_dir: Path):
+    def __init__(
+        self, config: TrainConfig, samples: list[DefectSample], run_dir: Path, data: str | None = None
+    ):
         from diffusers import DDPMScheduler
 
         self.accelerator = _accelerator(config.mixed_precision)
@@ -236,6 +299,7 @@ class AdapterTrainer:
             raise InputError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 (or no)")
         self.pipe = pipe = _load_pipeline(config)
         self.config, self.samples, self.run_dir = config, samples, run_dir
+        self.data_hash = data or data_hash(samples)
         self.dataset = DefectPairDataset(
             samples,
             resolution=config.resolution,
@@ -330,7 +394,8 @@ class AdapterTrainer:
         scaler = self.accelerator.scaler
         return {
             "elapsed_s": elapsed,
-            "identity": identity(self.config),
+            "identity": identity(self.config, self.data_hash),
+            "base_weights": self.pipe.base_fingerprint,
             "parameters": self.param_names,
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "rng": "none stored: every draw derives from (seed, step) or (seed, epoch)",
@@ -344,6 +409,12 @@ class AdapterTrainer:
         ckpt = load_checkpoint(path, self.optimizer.state_dict()["param_groups"])
         if ckpt.state.get("parameters") != self.param_names:
             raise InputError(f"checkpoint {path} holds other trainable parameters than this model")
+        saved, now = ckpt.state.get("base_weights"), self.pipe.base_fingerprint
+        if saved and now and saved != now:
+            raise InputError(
+                f"checkpoint {path} was trained on other base weights ({saved}) than {self.config.base} has now "
+                f"({now}); use the base it was trained on, or --no-resume to start over"
+            )
         load_adapter_state(ckpt.adapters, self.pipe.unet, self.pipe.text_encoder, source=str(path))
         self.optimizer.load_state_dict(ckpt.optimizer)
         if ckpt.state.get("grad_scaler") and self.accelerator.scaler is not None:
@@ -359,11 +430,11 @@ class AdapterTrainer:
             info = {"total_steps": self.total, "train_images": [str(s.image) for s in self.samples]}
             write_json_atomic(
                 self.run_dir / TRAIN_CONFIG,
-                {"config": cfg.to_dict(), "identity": identity(cfg), **info},
+                {"config": cfg.to_dict(), "identity": identity(cfg, self.data_hash), **info},
             )
             truncate_loss_log(self.run_dir, start)
         t0 = time.perf_counter()
-        bar = tqdm(
+        bar = progress_bar(
             total=self.total,
             initial=start,
             desc=f"train {cfg.category or ''}/{cfg.anomaly}",
@@ -373,12 +444,14 @@ class AdapterTrainer:
         with open(self.run_dir / LOSS_LOG, "a", encoding="utf-8") as log_file:
             for step in range(start, self.total):
                 epoch, loss = self.step_loss(step)
+                value = acc.reduce(loss.detach(), reduction="mean").item()
+                if not math.isfinite(value):
+                    raise self._diverged(step + 1, f"the loss is {value}")
                 acc.backward(loss)
                 if acc.sync_gradients:
                     acc.clip_grad_norm_(self.trainable, MAX_GRAD_NORM)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                value = acc.reduce(loss.detach(), reduction="mean").item()
                 done = step + 1
                 elapsed = elapsed0 + time.perf_counter() - t0
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -388,6 +461,7 @@ class AdapterTrainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", epoch=epoch)
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < self.total:
+                    self._check_weights_finite(done)
                     acc.wait_for_everyone()
                     if main:
                         save_checkpoint(
@@ -401,12 +475,36 @@ class AdapterTrainer:
                 if on_step is not None:
                     on_step(done, value)
         bar.close()
+        self._check_weights_finite(self.total)
         acc.wait_for_everyone()
         if main:
             self.pipe.save_adapters(
-                self.run_dir, extra={"training": {**cfg.to_dict(), "total_steps": self.total}}
+                self.run_dir,
+                extra={"training": {**cfg.to_dict(), "total_steps": self.total}},
+                dtype=cfg.save_dtype,
             )
             remove_checkpoints(self.run_dir)
+
+    def _check_weights_finite(self, step: int) -> None:
+        """Before anything is saved: a step can leave NaN weights behind a finite loss (an overflowing update)."""
+        with torch.no_grad():
+            finite = torch.stack([torch.isfinite(p).all() for p in self.trainable]).all().item()
+        if not finite:
+            raise self._diverged(step, "the adapter weights hold NaN or infinite values")
+
+    def _diverged(self, step: int, what: str) -> InputError:
+        """The error that stops a diverged run: where, the likely cause, and what was kept."""
+        found = list_checkpoints(self.run_dir)
+        kept = (
+            f"the last good checkpoint ({found[-1][1]}, step {found[-1][0]}) is kept"
+            if found
+            else "no checkpoint was written before it"
+        )
+        return InputError(
+            f"{self.run_dir}: training diverged at step {step} of {self.total}: {what}. The likely cause is a "
+            f"learning rate too high for this setup (--lr {self.config.learning_rate:g}); {kept} and no adapters "
+            "were saved. Run again with a lower --lr and --no-resume"
+        )
 
 
 def _parameter_names(pipe, params: list[torch.nn.Parameter]) -> list[str]:

@@ -6,14 +6,20 @@ with a message naming it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
-from ..data.folder import folder_samples
+import numpy as np
+
+from ..checks import check_name
+from ..data.folder import folder_samples, match_foregrounds
 from ..data.mvtec import DefectSample, few_shot_train, list_anomaly_types
 from ..data.validate import validate_training_samples
 from ..errors import InputError
-from .config import TrainConfig
+from ..masks.foreground import foreground_kind
+from .config import TrainConfig, default_foreground
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +30,7 @@ def expand_anomaly_types(config: TrainConfig, spec: str | None) -> list[str]:
         if spec not in (None, "", "all") and "," in spec:
             raise InputError("--images/--masks hold one anomaly type; give one --anomaly name (or none)")
         name = spec if spec not in (None, "", "all") else Path(config.images).resolve().parent.name
-        return [name]
+        return [check_name(name, "--anomaly")]
     if not spec:
         raise InputError("--anomaly is required with --data: one type, a comma list, or 'all'")
     available = list_anomaly_types(config.data, config.category)
@@ -32,7 +38,7 @@ def expand_anomaly_types(config: TrainConfig, spec: str | None) -> list[str]:
         if not available:
             raise InputError(f"{Path(config.data) / config.category / 'test'}: no anomaly type folders")
         return available
-    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    wanted = [check_name(s.strip(), "--anomaly") for s in spec.split(",") if s.strip()]
     unknown = [w for w in wanted if w not in available]
     if unknown:
         raise InputError(
@@ -43,9 +49,9 @@ def expand_anomaly_types(config: TrainConfig, spec: str | None) -> list[str]:
 
 
 def training_samples(config: TrainConfig) -> list[DefectSample]:
-    """The validated few-shot training samples of ``config.anomaly``."""
+    """The validated few-shot training samples of ``config.anomaly`` (of a resolved config)."""
     if config.uses_folder:
-        samples = folder_samples(config.images, config.masks, config.foreground, anomaly_type=config.anomaly)
+        samples = folder_samples(config.images, config.masks, anomaly_type=config.anomaly)
     else:
         samples = few_shot_train(config.data, config.category, config.anomaly, mode=config.split)
         if not samples:
@@ -53,13 +59,62 @@ def training_samples(config: TrainConfig) -> list[DefectSample]:
                 f"{Path(config.data) / config.category / 'test' / config.anomaly}: too few images for a "
                 "few-shot split (the first third is the training set; need at least 3)"
             )
+    samples = _with_foreground_masks(config, samples) if config.bcm else samples
     validate_training_samples(samples)
-    if config.bcm and not any(s.foreground is not None for s in samples):
-        where = config.foreground or Path(config.data or ".") / (config.category or "") / "foreground"
-        log.warning(
-            "BCM: no foreground masks for %s (looked in %s): the whole image is used as background, "
-            "which is right for textures only",
-            config.anomaly,
-            where,
+    return samples
+
+
+def _with_foreground_masks(config: TrainConfig, samples: list[DefectSample]) -> list[DefectSample]:
+    """BCM with a folder of foreground masks: every image needs its mask (a missing one would silently make the
+    whole image background). Other sources leave the foreground unset here (`write_estimated_foregrounds`)."""
+    if foreground_kind(config.foreground) != "folder":
+        return [replace(s, foreground=None) for s in samples]
+    if config.uses_folder or Path(config.foreground) != Path(default_foreground(config)):
+        samples = match_foregrounds(samples, config.foreground)
+    missing = [s.image for s in samples if s.foreground is None]
+    if missing:
+        raise InputError(
+            f"BCM: {len(missing)} training image(s) have no foreground mask in {config.foreground} (expected "
+            f"<stem>.png or <stem>_mask.png, e.g. for {missing[0]}); add them, or use --foreground auto (estimated) "
+            "or --foreground none (whole image as background, for textures)"
         )
     return samples
+
+
+def data_hash(samples: list[DefectSample]) -> str:
+    """SHA-256 of the training files' contents in training order (image, mask, foreground of each sample):
+    what decides the data of a run, whatever the paths (a finished run is only reused for the same files)."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        for path in (sample.image, sample.mask, sample.foreground):
+            digest.update(b"-" if path is None else hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def write_estimated_foregrounds(
+    config: TrainConfig, samples: list[DefectSample], out_dir: Path
+) -> list[DefectSample]:
+    """For ``--foreground auto|u2net``: estimate each training image's object mask, write it to
+    ``out_dir/<stem>.png`` (to look at) and point the sample at it; no object found: the whole image."""
+    from ..data.images import load_rgb
+    from ..io import save_image_atomic
+    from ..masks.foreground import ForegroundEstimator
+
+    estimator = ForegroundEstimator(config.foreground, config.u2net_weights, config.category)
+    out = []
+    for s in samples:
+        mask = estimator(load_rgb(s.image))
+        path = None
+        if mask is not None:
+            path = out_dir / f"{s.image.stem}.png"
+            save_image_atomic(path, mask.astype(np.uint8) * 255)
+        out.append(replace(s, foreground=path))
+    whole = sum(s.foreground is None for s in out)
+    log.info(
+        "BCM foregrounds (%s) of %d image(s) in %s%s",
+        estimator.kind,
+        len(out),
+        out_dir,
+        f"; {whole} without a plain background: whole image as background" if whole else "",
+    )
+    return out

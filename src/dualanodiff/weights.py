@@ -1,0 +1,41 @@
+"""Read a weights file the user gives without running code from it.
+
+``.safetensors`` files hold tensors only; anything else is read with ``torch.load(weights_only=True)``,
+which refuses pickles that would construct arbitrary objects (a plain ``torch.load`` of a hostile file
+runs its code). Every failure is an :class:`InputError` naming the file and what it should have been.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .errors import InputError
+
+
+def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
+    """A flat ``{name: tensor}`` state dict from ``path``; ``what`` names the expected content in errors.
+
+    A ``{"state_dict": {...}}`` wrapper is unwrapped and ``nn.DataParallel``'s ``module.`` prefix removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} file not found")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip, safetensors and torch errors all mean "not a usable file"
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(f"{path}: cannot read {what} ({type(err).__name__}: {detail})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: not {what} (expected a dict of tensors)")
+    if state and all(k.startswith("module.") for k in state):  # saved from nn.DataParallel
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
