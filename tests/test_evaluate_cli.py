@@ -160,7 +160,8 @@ def test_quality_scores_every_generated_image_by_default(data_root, generated, w
         assert res["types"]["crack"]["n_images"] == len(images)
         assert res["types"]["crack"]["n_rejected"] == (3 if option is None else 0)
         ref = inception_score(images, splits=2, model=inc)["is_mean"]
-        assert res["types"]["crack"]["is"] == pytest.approx(ref, rel=1e-9)
+        # The same network on the same images, its own copy of the weights: up to rounding through it.
+        assert_equal_up_to_rounding(res["types"]["crack"]["is"], ref, reduction_depth(inc))
         md = (out / "results.md").read_text()
         assert ("kept and rejected" in md) == (option is None) and ("kept pairs only" in md) == (
             option == "kept"

@@ -21,7 +21,7 @@ from dualanodiff.generate import (
 from dualanodiff.io import read_jsonl
 from dualanodiff.pipeline import DualAnoDiffPipeline
 
-from rounding import assert_equal_up_to_rounding, pipeline_depth, reduction_depth
+from rounding import assert_equal_up_to_rounding, pipeline_depth, reduction_depth, rounding_tolerance
 
 
 @pytest.fixture
@@ -385,11 +385,14 @@ def test_background_noise_of_the_guidance_rows(tiny_base_dir, monkeypatch, mode)
     uncond, cond = noises[0].chunk(2)
     assert torch.equal(uncond, cond) == (mode == "shared")
     alone = pipe(num_pairs=1, seeds=[8], backgrounds=backgrounds[1:2], **kwargs)
-    assert np.abs(together.images[1] - alone.images[0]).max() <= 1e-5
+    # Other batch sizes: up to rounding through the pipeline and the backgrounds' VAE encoder.
+    steps = pipeline_depth(pipe, num_inference_steps=2) + reduction_depth(pipe.vae.encoder)
+    assert_equal_up_to_rounding(together.images[1], alone.images[0], steps, magnitude=1.0)
     other = pipe(
         num_pairs=1, seeds=[8], backgrounds=backgrounds[1:2], **{**kwargs, "background_noise": "shared"}
     )
-    assert (np.abs(other.images[0] - alone.images[0]).max() > 1e-4) == (mode == "independent")
+    moved = np.abs(other.images[0] - alone.images[0]).max() > rounding_tolerance(1.0, steps)
+    assert moved == (mode == "independent")  # other noise moves pixels by more than rounding; the same, not
 
 
 def test_bcm_generation_uses_the_adapters_foreground_source(tiny_base_dir, tmp_path, monkeypatch):
