@@ -122,7 +122,7 @@ def test_missing_weights_name_the_folder(tmp_path):
 def test_iou_matches_sklearn():
     rng = np.random.default_rng(0)
     a, b = rng.random((16, 16)) < 0.3, rng.random((16, 16)) < 0.4
-    assert iou(a, b) == pytest.approx(jaccard_score(a.ravel(), b.ravel()))
+    assert iou(a, b) == jaccard_score(a.ravel(), b.ravel())  # one division of the same two counts: exact
     assert iou(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 1.0
 
 
