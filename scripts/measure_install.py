@@ -106,18 +106,18 @@ def new_venv(parent: Path, name: str) -> Path:
 
 
 def measure_default(parent: Path, tests: bool, demo: bool) -> dict:
-    """The README's commands in one fresh venv: `pip install -e .` (+ demo), then `pip install -e ".[test,ray]"` + tests."""
+    """The README's commands in one fresh venv: `pip install -e .` (+ demo), then `pip install -e ".[test,ray,app]"` + tests."""
     venv = new_venv(parent, "default")
     env = venv_env(venv)
     result: dict = {
-        "commands": ["pip install -e .", 'pip install -e ".[test,ray]"', "HF_HUB_OFFLINE=1 python3 -m pytest"]
+        "commands": ["pip install -e .", 'pip install -e ".[test,ray,app]"', "HF_HUB_OFFLINE=1 python3 -m pytest"]
     }
     result["install_s"], _ = run(["pip", "install", "-q", "-e", "."], ROOT, env)
     result |= describe_venv(venv)
     if demo:
         with tempfile.TemporaryDirectory() as cwd:
             result["demo_s"], _ = run(["dualanodiff", "demo"], Path(cwd), env)
-    result["install_test_extras_s"], _ = run(["pip", "install", "-q", "-e", ".[test,ray]"], ROOT, env)
+    result["install_test_extras_s"], _ = run(["pip", "install", "-q", "-e", ".[test,ray,app]"], ROOT, env)
     if tests:
         result["tests_s"], out = run(["python3", "-m", "pytest"], ROOT, env)  # the README's test command
         result["tests_summary"] = out.strip().splitlines()[-1].strip("= ")
