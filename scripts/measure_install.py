@@ -110,7 +110,11 @@ def measure_default(parent: Path, tests: bool, demo: bool) -> dict:
     venv = new_venv(parent, "default")
     env = venv_env(venv)
     result: dict = {
-        "commands": ["pip install -e .", 'pip install -e ".[test,ray,app]"', "HF_HUB_OFFLINE=1 python3 -m pytest"]
+        "commands": [
+            "pip install -e .",
+            'pip install -e ".[test,ray,app]"',
+            "HF_HUB_OFFLINE=1 python3 -m pytest",
+        ]
     }
     result["install_s"], _ = run(["pip", "install", "-q", "-e", "."], ROOT, env)
     result |= describe_venv(venv)
