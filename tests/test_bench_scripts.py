@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from rounding import pipeline_depth, reduction_depth, rounding_tolerance
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -39,6 +41,15 @@ def _run(script: str, *args: str, out: Path) -> list[dict]:
     return data["results"]
 
 
+def _tiny_bcm_pipe():
+    """The benchmarks' default pipeline (tiny base, BCM), for its depth."""
+    from dualanodiff.model.base import build_base
+    from dualanodiff.model.dual_unet import AdapterConfig
+    from dualanodiff.pipeline import DualAnoDiffPipeline
+
+    return DualAnoDiffPipeline.from_components(build_base("tiny"), AdapterConfig(rank=4, bcm=True))
+
+
 def test_generation_benchmark_reference_makes_the_same_pairs(tmp_path):
     rows = _run(
         "bench_generation.py", "--steps", "2", "--batch-size", "3", "--bcm", "on", "--reference-pairs", "2",
@@ -51,7 +62,11 @@ def test_generation_benchmark_reference_makes_the_same_pairs(tmp_path):
     for path in ("ours", "reference", "reference_batched"):
         assert row[path]["s_per_pair"] > 0 and row[path]["peak_memory_mb"] > 0
     assert row["speedup"] == row["reference"]["s_per_pair"] / row["ours"]["s_per_pair"]
-    assert row["max_abs_diff"] <= 1e-5 and row["max_abs_diff_batched_reference"] <= 1e-5
+    # Other batch layouts and attention kernels: pixels in [0, 1] equal up to rounding through two steps, and
+    # the backgrounds' VAE encoder.
+    pipe = _tiny_bcm_pipe()
+    tol = rounding_tolerance(1.0, pipeline_depth(pipe, 2) + reduction_depth(pipe.vae.encoder))
+    assert row["max_abs_diff"] <= tol and row["max_abs_diff_batched_reference"] <= tol
 
 
 def test_training_benchmark_reference_takes_the_same_first_step(tmp_path):
@@ -59,7 +74,11 @@ def test_training_benchmark_reference_takes_the_same_first_step(tmp_path):
     (row,) = rows
     assert row["bcm"] and row["reference"]["precision"] == "fp32"
     assert row["ours"]["s_per_step"] > 0 and row["reference"]["s_per_step"] > 0
-    assert row["max_abs_diff"] <= 1e-5 and row["grad_norm_rel_diff"] <= 1e-5
+    # The first loss (an MSE, about 1) through one forward; the gradient norm, relative, through the backward too.
+    pipe = _tiny_bcm_pipe()
+    forward = reduction_depth(pipe.unet, pipe.text_encoder) + 1
+    assert row["max_abs_diff"] <= rounding_tolerance(row["ours_first_loss"], forward)
+    assert row["grad_norm_rel_diff"] <= rounding_tolerance(1.0, 2 * forward)
     assert row["ours_first_loss"] > 0
 
 
@@ -121,6 +140,9 @@ def test_gpu_check_smoke_writes_every_row_as_it_goes(tmp_path):
         if r["kind"] == "generation" and r["status"] == "ok":
             assert r["s_per_pair"] > 0 and r["peak_memory_mb"] > 0 and r["outputs_finite"]
         if r["kind"] == "reference":  # ours in bf16 against the fp32 reference: bf16 rounding, no more
+            # Empirical bounds, not derived here: one bf16 rounding (u = 2^-8) per layer over the tiny UNet's
+            # ~540 reductions is a typical relative error of sqrt(540) x 2^-8 = 0.09, which the mean's bound
+            # matches; the row records no max |output| to derive the max's bound from.
             assert r["speedup_per_pair"] > 0
             assert r["first_step_max_abs_diff"] < 0.15
             assert r["first_step_mean_abs_diff"] < 0.1 * r["first_step_output_mean_abs"]  # other seeds: ~1x

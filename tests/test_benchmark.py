@@ -18,6 +18,8 @@ from dualanodiff.cli import main
 from dualanodiff.errors import InputError
 from dualanodiff.training import resolve_config
 
+from rounding import rounding_tolerance
+
 
 @pytest.fixture(scope="module")
 def data_root(synthetic_pill_root):
@@ -106,7 +108,7 @@ def test_benchmark_end_to_end_resumes_and_skips_finished_steps(
         marker = json.loads((out / "steps" / f"localization--{method}--pill.json").read_text())
         written = json.loads((out / "localization" / method / "pill" / "results.json").read_text())
         assert marker["result"]["metrics"] == written["metrics"]
-        assert float(row["pixel_auroc"]) == pytest.approx(written["metrics"]["pixel_auroc"], rel=1e-12)
+        assert float(row["pixel_auroc"]) == written["metrics"]["pixel_auroc"]  # repr(float) round-trips
         assert 0.0 <= float(row["image_auroc"]) <= 1.0
         counts = written["counts"]
         assert counts["test"] == 2 * 4 + 3  # the chosen types' remaining 2/3 + test/good
@@ -115,7 +117,9 @@ def test_benchmark_end_to_end_resumes_and_skips_finished_steps(
     assert set(quality) == {
         (m, k) for m in ("dualanodiff", "crop-paste", "perlin") for k in ("crack", "scratch")
     }
-    assert all(float(r["is"]) >= 1.0 - 1e-9 and r["n_images"] == "4" for r in quality.values())
+    # IS = exp(mean KL) >= 1; the float64 KL over 4 images x 1008 classes may round below 0, a rounding a term.
+    floor = 1.0 - rounding_tolerance(1.0, 4 * 1008, np.float64)
+    assert all(float(r["is"]) >= floor and r["n_images"] == "4" for r in quality.values())
     cls = {r["method"]: float(r["accuracy"]) for r in _csv(out / "classification.csv")}
     assert set(cls) == {"dualanodiff", "crop-paste", "perlin"} and all(0 <= v <= 1 for v in cls.values())
 

@@ -17,6 +17,8 @@ from dualanodiff.evaluate.localization import LocalizationConfig, train_and_eval
 from dualanodiff.evaluate.unet import DiscriminativeSubNetwork, focal_loss
 from dualanodiff.io import append_jsonl
 
+from rounding import assert_equal_up_to_rounding
+
 SIZE = 32
 
 
@@ -52,10 +54,13 @@ def test_focal_loss_matches_draem_formula():
         p_true = p1 if t == 1 else 1 - p1
         pt = (1 - s) * p_true + s * (1 - p_true) + s  # clamped one-hot, plus smooth
         expected.append(-((1 - pt) ** 2) * np.log(pt))
-    assert focal_loss(probs, target).item() == pytest.approx(np.mean(expected), rel=1e-5)
-    # gamma = 0 is cross-entropy (up to the smoothing).
+    # float32 (the probabilities too) against float64: about ten operations per pixel, and the loss moves at
+    # most 6x as fast as p_t does here (|d/dp (1 - p)^2 log p| = 5.8 at p = 0.2).
+    assert_equal_up_to_rounding(focal_loss(probs, target).item(), np.mean(expected), steps=10, magnitude=6.0)
+    # gamma = 0 is cross-entropy (up to the smoothing): the same logs, averaged by another kernel.
     ce = torch.nn.functional.nll_loss(probs.log(), target[:, 0].long())
-    assert focal_loss(probs, target, gamma=0.0, smooth=0.0).item() == pytest.approx(ce.item(), rel=1e-5)
+    ce_ours = focal_loss(probs, target, gamma=0.0, smooth=0.0).item()
+    assert_equal_up_to_rounding(ce_ours, ce.item(), steps=4, magnitude=float(-probs.log().min()))
 
 
 def _texture(rng: np.random.Generator) -> np.ndarray:
@@ -151,7 +156,8 @@ def test_localization_learns_bright_squares_and_resumes(tiny_category, tmp_path,
     monkeypatch.setattr(loc, "_epoch_batches", original)
     resumed = train_and_evaluate_localization(normal, generated, test, _cfg(), tmp_path / "b")
     assert [h["epoch"] for h in resumed["runs"][0]["history"]] == list(range(6))
-    assert resumed["metrics"]["pixel_auroc"] == pytest.approx(m["pixel_auroc"], abs=1e-4)
+    # Bitwise: the resumed run restores weights, optimizer and random state exactly and runs the same kernels.
+    assert resumed["metrics"] == m
     # A finished run is not trained again: its result.json is reused.
     monkeypatch.setattr(loc, "_epoch_batches", interrupted)
     again = train_and_evaluate_localization(normal, generated, test, _cfg(), tmp_path / "b")

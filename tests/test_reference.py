@@ -9,6 +9,8 @@ from dualanodiff.model.dual_unet import AdapterConfig, dual_processors
 from dualanodiff.model.reference import use_loop_reference
 from dualanodiff.pipeline import DualAnoDiffPipeline
 
+from rounding import assert_equal_up_to_rounding, pipeline_depth, reduction_depth
+
 
 @pytest.mark.parametrize("sdpa", [False, True])
 def test_loop_reference_generates_the_same_pairs(tiny_components, sdpa):
@@ -26,6 +28,9 @@ def test_loop_reference_generates_the_same_pairs(tiny_components, sdpa):
     originals = use_loop_reference(pipe.unet, sdpa=sdpa)
     theirs = pipe(bcm_mode="two-pass", **kwargs)
     pipe.unet.set_attn_processor(originals)
-    assert (ours.images - theirs.images).abs().max() <= 1e-5
-    assert (ours.parts - theirs.parts).abs().max() <= 1e-5
+    # Other batch layouts and attention kernels (one branch at a time, BCM as its own pass): the same maths,
+    # other summation orders, so equal up to rounding through the pipeline and the backgrounds' VAE encoder.
+    steps = pipeline_depth(pipe, num_inference_steps=3) + reduction_depth(pipe.vae.encoder)
+    assert_equal_up_to_rounding(ours.images, theirs.images, steps, magnitude=1.0)  # pixels in [0, 1]
+    assert_equal_up_to_rounding(ours.parts, theirs.parts, steps, magnitude=1.0)
     assert (ours.images - ours.parts).abs().max() > 1e-3  # the two branches really differ

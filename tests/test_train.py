@@ -25,6 +25,8 @@ from dualanodiff.training import (
 from dualanodiff.training.loop import AdapterTrainer, complete_config
 from dualanodiff.training.sources import training_samples
 
+from rounding import assert_equal_up_to_rounding, reduction_depth
+
 # Few-shot training images per type: crack 2, the others 1 (first floor(n/3) of each type).
 COUNTS = {"pill": {"crack": 6, "scratch": 3, "spot": 3, "stain": 3}}
 TINY = dict(rank=2, text_encoder_rank=2, resolution=64, progress=False)
@@ -165,14 +167,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(mvtec_root, tiny_base_dir,
         train_adapters(bcm_config(mvtec_root, tiny_base_dir, tmp_path / "b", learning_rate=2e-3))
     resumed = train_adapters(config)
 
+    # Bitwise: the resumed run reloads the same files, restores adapters, optimizer and random state exactly,
+    # then runs the same kernels on the same shapes as the straight run.
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys() and any(k.endswith("bcm.alpha") for k in a)
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst <= 1e-6, worst
+    assert all(torch.equal(a[k], b[k]) for k in a)
     log_a, log_b = read_loss_log(straight), read_loss_log(resumed)
     assert [r["step"] for r in log_b] == [1, 2, 3, 4, 5]
     assert [r["epoch"] for r in log_b] == [0, 0, 1, 1, 2]
-    assert [r["loss"] for r in log_a] == pytest.approx([r["loss"] for r in log_b], abs=1e-6)
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
 
     # A finished run is a no-op: no model is loaded, nothing is rewritten.
     mtime = (resumed / "adapters.safetensors").stat().st_mtime_ns
@@ -212,8 +215,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(mvtec_root, tiny_base_d
         loss.backward()
         grads.append([p.grad.clone() for p in t.trainable])
     assert all(g is not None for g in grads[1])
+    # Recomputed activations are the same, but checkpointing reorders the backward graph, and with it the order
+    # in which gradients of a shared input accumulate: up to rounding through forward and backward.
+    steps = 2 * reduction_depth(t.pipe.unet, t.pipe.text_encoder)
     for g0, g1 in zip(*grads):
-        torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-6)
+        assert_equal_up_to_rounding(g1, g0, steps)
 
 
 # --- several types, and the command line ----------------------------------------------------------------------

@@ -15,7 +15,8 @@ from .images import load_mask, load_mask_for, load_rgb
 from .mvtec import DefectSample
 
 
-def _problems(sample: DefectSample) -> list[str]:
+def sample_problems(sample: DefectSample) -> list[str]:
+    """What is wrong with one (image, mask) sample, one message per problem naming the file; [] if usable."""
     problems: list[str] = []
     image = None
     try:
@@ -51,7 +52,7 @@ def validate_training_samples(samples: Iterable[DefectSample]) -> list[DefectSam
     problems: list[str] = []
     usable = 0
     for s in samples:
-        p = _problems(s)
+        p = sample_problems(s)
         problems.extend(p)
         usable += not p
     if usable < 1:

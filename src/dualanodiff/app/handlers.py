@@ -1,0 +1,449 @@
+"""What the pages do, without Gradio: each method takes plain values and returns plain values (or raises
+`InputError` with the message to show), so the app's logic is tested without a browser.
+
+Every piece of work is a call to the library the CLI uses: `TrainConfig` + `train_adapters`,
+`GenerateConfig` + `generate_to_folder`, `read_generated`, `export_anomalib`, `localize_category`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.generated import GeneratedPair, read_generated
+from ..data.images import load_mask, load_rgb
+from ..data.mvtec import list_anomaly_types, list_categories
+from ..errors import InputError
+from ..export import export_anomalib
+from ..generate import SCHEDULERS, GenerateConfig
+from ..io import read_json_object
+from ..training import TrainConfig, resolve_config, training_samples
+from ..training.loop import complete_config
+from . import dataset
+from .evaluation import StudyRequest, check_study, study_resolution
+from .jobs import Jobs, JobStatus
+from .progress import generation_progress, status_html, training_progress
+from .review import set_verdict, zip_folder
+from .workspace import Project, Workspace
+
+DEMO_BASE = "demo"  # what the base field holds for the built-in demo base
+# The demo's settings (`dualanodiff demo`): what trains the tiny demo base in minutes on a CPU.
+DEMO_TRAINING = {"max_steps": 400, "learning_rate": 1e-3, "rank": 16, "batch_size": 4}
+DEMO_SAMPLER_STEPS = 25
+PAINT_SIDE = 512  # small images are enlarged to about this side for painting, then the mask is scaled back
+
+
+class AppHandlers:
+    """The app's state (a workspace and its jobs) and every action of its pages."""
+
+    def __init__(self, workspace: str | os.PathLike, threads: int | None = None):
+        self.workspace = Workspace(workspace)
+        self.workspace.folder.mkdir(parents=True, exist_ok=True)
+        self.jobs = Jobs(self.workspace.jobs_dir, threads=threads)
+
+    @property
+    def project(self) -> Project:
+        return self.workspace.project()
+
+    # -- data --------------------------------------------------------------------------------------------
+    def use_uploads(self, category: str, anomaly: str) -> Project:
+        return self.workspace.uploaded_project(category.strip(), anomaly.strip())
+
+    def add_uploads(
+        self,
+        category: str,
+        anomaly: str,
+        defects: list[str] | None,
+        masks: list[str] | None,
+        normal_train: list[str] | None,
+        normal_test: list[str] | None,
+    ) -> list[str]:
+        """Add uploaded files to the uploaded-data project ``category``/``anomaly``; one note per file."""
+        self._no_training("change the data")
+        project = self.use_uploads(category, anomaly)
+        notes = []
+        if defects:
+            notes += dataset.add_defect_images(project, defects)
+        if masks:
+            notes += dataset.add_masks(project, masks)
+        if normal_train:
+            notes += dataset.add_images(project, normal_train, project.normal_train_dir)
+        if normal_test:
+            notes += dataset.add_images(project, normal_test, project.normal_test_dir)
+        return notes
+
+    def mvtec_choices(self, root: str, category: str | None = None) -> tuple[list[str], list[str]]:
+        """(categories of ``root``, anomaly types of ``category``) of an MVTec AD folder."""
+        root = os.path.expanduser(root.strip())
+        categories = list_categories(root)
+        types = list_anomaly_types(root, category) if category in categories else []
+        return categories, types
+
+    def use_mvtec(self, root: str, category: str, anomaly: str) -> Project:
+        root = os.path.abspath(os.path.expanduser(root.strip()))
+        categories, types = self.mvtec_choices(root, category)
+        if category not in categories or anomaly not in types:
+            raise InputError(f"{root}: choose a category and an anomaly type of that folder")
+        return self.workspace.set_project(Project(root, category, anomaly, uploaded=False))
+
+    def data_overview(self) -> tuple[list[tuple[Any, str]], list[str], str]:
+        """(gallery items: image with its mask in red and the checks' verdict, image names, summary)."""
+        from ..report import overlay_mask
+
+        project = self.project
+        entries = dataset.defect_entries(project)
+        items = []
+        for entry in entries:
+            try:
+                image = load_rgb(entry.image)
+                if entry.mask is not None and entry.ok:
+                    image = overlay_mask(image, load_mask(entry.mask))
+            except InputError:
+                image = np.zeros((64, 64, 3), np.uint8)
+            caption = (
+                f"{entry.name}: ok" if entry.ok else "; ".join(_relative(p, project) for p in entry.problems)
+            )
+            items.append((image, caption))
+        good_train = dataset.list_images(project.normal_train_dir)
+        good_test = dataset.list_images(project.normal_test_dir)
+        usable = sum(e.ok for e in entries)
+        where = "uploaded data" if project.uploaded else f"MVTec AD folder {project.root}"
+        summary = (
+            f"**{project.category} / {project.anomaly}** ({where}): {len(entries)} defect image(s), {usable} "
+            f"ready to train; {len(good_train)} normal training image(s), {len(good_test)} normal test image(s)."
+        )
+        problems = [_relative(p, project) for e in entries for p in e.problems]
+        if problems:
+            summary += "\n\nThe command line's checks say:\n" + "\n".join(f"- {p}" for p in problems)
+        return items, [e.name for e in entries], summary
+
+    def paint_background(self, image_name: str) -> dict[str, Any]:
+        """The editor's value for painting the mask of a defect image: the image (enlarged when small)
+        and its current mask, if any, as a white layer."""
+        project = self.project
+        image_path = dataset.defect_image(project, image_name)
+        image = load_rgb(image_path)
+        scale = max(1, PAINT_SIDE // max(image.shape[:2]))
+        big = np.kron(image, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else image
+        layer = np.zeros((*big.shape[:2], 4), np.uint8)
+        mask_path = project.mask_path(image_path)
+        if mask_path.is_file():
+            mask = load_mask(mask_path, size=(image.shape[1], image.shape[0]))
+            mask = np.kron(mask, np.ones((scale, scale), bool)) if scale > 1 else mask
+            layer[mask] = (255, 255, 255, 255)
+        return {"background": big, "layers": [layer], "composite": None}
+
+    def save_painting(self, image_name: str, editor: dict[str, Any] | None) -> Path:
+        """Save what was painted over a defect image as its mask (any painted pixel of any layer)."""
+        self._no_training("change the data")
+        if not image_name:
+            raise InputError("choose the image to paint a mask for")
+        nothing = InputError(f"{image_name}: nothing painted; paint the defect with the brush first")
+        layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
+        if not layers:
+            raise nothing
+        painted = np.zeros(layers[0].shape[:2], bool)
+        for layer in layers:
+            painted |= (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer.max(-1) > 0)
+        project = self.project
+        image = load_rgb(dataset.defect_image(project, image_name))
+        mask = _shrink(painted, image.shape[:2])
+        if not mask.any():  # an empty mask is no mask: keep the saved one rather than break the image
+            raise nothing
+        return dataset.save_painted_mask(project, image_name, mask)
+
+    def remove_image(self, image_name: str) -> None:
+        self._no_training("change the data")
+        dataset.remove_defect_image(self.project, image_name)
+
+    def _no_training(self, what: str) -> None:
+        if self.jobs.status("train").running:
+            raise InputError(f"a training job is reading the data: stop it or wait, then {what}")
+
+    # -- train ---------------------------------------------------------------------------------------------
+    def train_config(
+        self,
+        base: str,
+        images: str,
+        preset: str,
+        max_steps: float | None,
+        learning_rate: float | None,
+        rank: float | None,
+        batch_size: float | None,
+        resolution: float | None,
+        seed: float | None,
+        checkpoint_every: float | None,
+        mixed_precision: str,
+        start_over: bool,
+    ) -> TrainConfig:
+        """The `TrainConfig` of the Train page's fields; ``images``: ``all`` or ``split`` (few-shot split)."""
+        project = self.project
+        base = (base or "").strip() or DEMO_BASE
+        data: dict[str, Any]
+        if images == "split":
+            data = {"data": project.root, "split": "strict"}
+        else:
+            data = {"images": str(project.defect_dir), "masks": str(project.mask_dir)}
+        config = TrainConfig(
+            base=base,
+            out=str(self.workspace.adapters_root),
+            category=project.category,
+            anomaly=project.anomaly,
+            preset=preset,
+            max_steps=_int_or_none(max_steps, "steps"),
+            learning_rate=_float_or_none(learning_rate),
+            rank=_int_or_none(rank, "rank") or 32,
+            text_encoder_rank=_int_or_none(rank, "rank") or 32,
+            batch_size=_int_or_none(batch_size, "batch size"),
+            resolution=_int_or_none(resolution, "resolution") or None,
+            seed=_int_or_none(seed, "seed") or 0,
+            checkpoint_every=_int_or_none(checkpoint_every, "checkpoint every") or 0,
+            mixed_precision=mixed_precision,
+            resume=not start_over,
+            **data,
+        )
+        return config
+
+    def start_training(self, config: TrainConfig) -> JobStatus:
+        """Check everything the CLI checks before loading a model, then train in the background."""
+        self.jobs.check_idle("train")
+        resolved = resolve_config(config)
+        samples = training_samples(resolved)  # the data first: no model is touched for a broken file
+        if config.base == DEMO_BASE:
+            config = replace(config, base=str(self.workspace.demo_base()))
+            resolved = replace(resolved, base=config.base)
+        complete_config(replace(resolved, anomaly=resolved.anomaly or samples[0].anomaly_type))
+        return self.jobs.start("train", {"config": config.to_dict()}, self.workspace.folder)
+
+    def training_view(self) -> tuple[str, list[dict[str, Any]], str]:
+        """(status HTML, loss log rows, where the adapters are and how the CLI uses them)."""
+        from ..training.checkpoint import read_loss_log
+
+        status = self.jobs.status("train")
+        run_dir = self._run_dir(status)
+        done, total, loss = training_progress(run_dir)
+        detail = f"step {done} of {total or '?'}" + (f", loss {loss:.4g}" if loss is not None else "")
+        html = status_html(status, done, total, detail if status.running else "")
+        adapters = ""
+        if (run_dir / "adapters.safetensors").is_file():
+            base = read_json_object(run_dir / "train_config.json").get("config", {}).get("base", "BASE")
+            adapters = (
+                f"Adapters: `{run_dir}`\n\nOn the command line:\n\n"
+                f"```\ndualanodiff generate --base {base} --adapters {run_dir} --num-pairs 100 --out my-pairs\n```"
+            )
+        return html, read_loss_log(run_dir), adapters
+
+    def last_training_fields(self) -> list[Any] | None:
+        """The Train page's fields as the last training job had them (a reload shows what was run)."""
+        config = self.jobs.status("train").params.get("config")
+        if not config:
+            return None
+        base = DEMO_BASE if config["base"] == str(self.workspace.folder / "base" / "demo") else config["base"]
+        return [
+            base,
+            "split" if config.get("data") else "all",
+            config["preset"],
+            config["max_steps"],
+            config["learning_rate"],
+            config["rank"],
+            config["batch_size"],
+            config["resolution"],
+            config["seed"],
+            config["checkpoint_every"],
+            config["mixed_precision"],
+        ]
+
+    def _run_dir(self, status: JobStatus) -> Path:
+        config = status.params.get("config")
+        if config:
+            return TrainConfig.from_dict(config).output_dir()
+        return self.workspace.adapters_dir(self.project)
+
+    # -- generate ------------------------------------------------------------------------------------------
+    def default_adapters(self) -> str:
+        return str(self.workspace.adapters_dir(self.project))
+
+    def generate_config(
+        self,
+        adapters: str,
+        base: str,
+        num_pairs: float,
+        seed: float,
+        scheduler: str,
+        steps: float,
+        guidance: float,
+        max_mask_area: float,
+        batch_size: float,
+    ) -> GenerateConfig:
+        """The `GenerateConfig` of the Generate page; the base defaults to the one the adapters trained on."""
+        adapters = (adapters or "").strip() or self.default_adapters()
+        base = (base or "").strip()
+        if not base:
+            trained = read_json_object(Path(adapters) / "train_config.json").get("config", {})
+            base = trained.get("base") or ""
+            if not base:
+                raise InputError(f"{adapters}: no adapters trained there yet; train them, or give their base")
+        if scheduler not in SCHEDULERS:
+            raise InputError(f"sampler: choose one of {', '.join(SCHEDULERS)}")
+        return GenerateConfig(
+            base=base,
+            adapters=adapters,
+            out=str(self.workspace.generated_dir(self.project)),
+            num_pairs=_int_or_none(num_pairs, "pairs") or 0,
+            seed=_int_or_none(seed, "seed") or 0,
+            scheduler=scheduler,
+            steps=_int_or_none(steps, "steps") or 0,
+            guidance=float(guidance),
+            max_mask_area=float(max_mask_area),
+            batch_size=_int_or_none(batch_size, "batch size") or 0,
+            anomaly_type=self.project.anomaly,
+        )
+
+    def start_generation(self, config: GenerateConfig, discard: bool) -> JobStatus:
+        self.jobs.check_idle("generate")
+        if not (Path(config.adapters) / "adapters.safetensors").is_file():
+            raise InputError(
+                f"{config.adapters}: no adapters.safetensors there (train first, or check the path)"
+            )
+        return self.jobs.start(
+            "generate", {"config": asdict(config), "discard": bool(discard)}, self.workspace.folder
+        )
+
+    def last_generation_fields(self) -> list[Any] | None:
+        """The Generate page's fields as the last generation job had them."""
+        config = self.jobs.status("generate").params.get("config")
+        if not config:
+            return None
+        adapters = "" if config["adapters"] == self.default_adapters() else config["adapters"]
+        names = ("num_pairs", "seed", "scheduler", "steps", "guidance", "max_mask_area", "batch_size")
+        return [adapters, config["base"], *(config[n] for n in names)]
+
+    def generated_folder(self) -> Path:
+        out = self.jobs.status("generate").params.get("config", {}).get("out")
+        return Path(out) if out else self.workspace.generated_dir(self.project)
+
+    def generation_view(self) -> str:
+        status = self.jobs.status("generate")
+        num_pairs = int(status.params.get("config", {}).get("num_pairs") or 0)
+        done = generation_progress(self.generated_folder(), num_pairs) if num_pairs else 0
+        return status_html(status, done, num_pairs, f"{done} of {num_pairs} pairs" if status.running else "")
+
+    def generated_signature(self) -> tuple | None:
+        """Changes whenever the generated folder's pairs or verdicts do (its manifest only ever grows or is
+        rewritten), without reading the folder."""
+        try:
+            stat = (self.generated_folder() / "manifest.jsonl").stat()
+        except OSError:
+            return None
+        return str(self.generated_folder()), stat.st_size, stat.st_mtime_ns
+
+    def generated_pairs(self) -> list[GeneratedPair]:
+        folder = self.generated_folder()
+        if not (folder / "manifest.jsonl").is_file():
+            return []
+        try:
+            return read_generated(folder, include_rejected=True)
+        except InputError:
+            return []
+
+    def set_verdict(self, name: str, keep: bool) -> dict[str, Any]:
+        if not name:
+            raise InputError("choose a pair in the gallery first")
+        return set_verdict(self.generated_folder(), name, keep)
+
+    def dataset_zip(self) -> Path:
+        folder = self.generated_folder()
+        return zip_folder(folder, self.workspace.downloads_dir / f"{self.project.category}-{folder.name}.zip")
+
+    def anomalib_export(self) -> tuple[Path, str]:
+        """Export the kept pairs with the project's normal images for anomalib; (zip, the Folder call)."""
+        project = self.project
+        normal = project.normal_train_dir
+        if not dataset.list_images(normal):
+            raise InputError(
+                f"{normal}: no normal images; an anomalib dataset needs defect-free images (add some on the Data page)"
+            )
+        test = project.normal_test_dir if dataset.list_images(project.normal_test_dir) else None
+        out = self.workspace.export_dir(project)
+        summary = export_anomalib([self.generated_folder()], normal, out, normal_test=test)
+        target = self.workspace.downloads_dir / f"{project.category}-anomalib.zip"
+        return zip_folder(out, target), summary["folder_call"]
+
+    # -- evaluate ------------------------------------------------------------------------------------------
+    def study_request(
+        self, epochs: float, samples: float, resolution: float, width: float, seed: float
+    ) -> StudyRequest:
+        project = self.project
+        adapters = self.workspace.adapters_dir(project)
+        return StudyRequest(
+            root=project.root,
+            category=project.category,
+            anomaly=project.anomaly,
+            generated=str(self.generated_folder()),
+            out=str(self.workspace.evaluation_dir(project)),
+            adapters=str(adapters) if adapters.is_dir() else None,
+            epochs=_int_or_none(epochs, "epochs") or 0,
+            samples_per_epoch=_int_or_none(samples, "samples per epoch") or 0,
+            resolution=_int_or_none(resolution, "resolution") or 0,
+            base_channels=_int_or_none(width, "U-Net width") or 0,
+            seed=_int_or_none(seed, "seed") or 0,
+        )
+
+    def study_fields(self) -> list[Any]:
+        """The Evaluate page's fields as the last study had them, else the defaults for this data."""
+        params = self.jobs.status("evaluate").params
+        names = ("epochs", "samples_per_epoch", "resolution", "base_channels", "seed")
+        if params:
+            return [params[n] for n in names]
+        request = StudyRequest(root="", category="-", anomaly="-", generated="", out="")
+        request.resolution = study_resolution([e.image for e in dataset.defect_entries(self.project)])
+        return [getattr(request, n) for n in names]
+
+    def start_study(self, request: StudyRequest) -> JobStatus:
+        self.jobs.check_idle("evaluate")
+        check_study(request)
+        return self.jobs.start("evaluate", request.to_dict(), self.workspace.folder)
+
+    def study_view(self) -> tuple[str, Path | None]:
+        """(status HTML, the report when there is one)."""
+        status = self.jobs.status("evaluate")
+        out = status.params.get("out")
+        report = Path(out) / "report.html" if out else None
+        html = status_html(status)
+        return html, report if report is not None and report.is_file() and status.state == "done" else None
+
+
+def _relative(problem: str, project: Project) -> str:
+    """A problem message with the project's folders left out of the file names it gives."""
+    for folder in (project.defect_dir, project.mask_dir, Path(project.root)):
+        problem = problem.replace(f"{folder}{os.sep}", "")
+    return problem
+
+
+def _shrink(painted: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A painted (possibly enlarged) mask at the image's ``shape``: a pixel is set where at least half of
+    the painted pixels that cover it are set."""
+    from PIL import Image
+
+    if painted.shape == tuple(shape):
+        return painted
+    levels = Image.fromarray(painted.astype(np.float32)).resize((shape[1], shape[0]), Image.BOX)
+    return np.asarray(levels) >= 0.5
+
+
+def _int_or_none(value: Any, name: str) -> int | None:
+    """A whole number from a number field (None when left empty); InputError naming the field otherwise."""
+    if value is None or value == "":
+        return None
+    number = float(value)
+    if not number.is_integer():
+        raise InputError(f"{name}: expected a whole number, got {value}")
+    return int(number)
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None or value == "" else float(value)

@@ -1,0 +1,504 @@
+"""The Gradio page: four tabs (Data, Train, Generate, Evaluate) over `AppHandlers`.
+
+Nothing here computes anything: each event calls a handler and shows its result, or the one-line
+`InputError` it raised, next to the control that caused it. A timer reads the jobs' state from disk every
+second, so a reload or a second tab shows the same progress.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from ..errors import InputError
+from ..generate import SCHEDULERS
+from ..report import loss_curve_png
+from ..training import PRESETS
+from .gallery import triple_image, verdict
+from .handlers import DEMO_BASE, DEMO_SAMPLER_STEPS, DEMO_TRAINING, AppHandlers
+
+POLL_SECONDS = 1.0
+CSS = """
+.dad-status, .dad-progress { min-height: 1.6em; }
+.dad-progress progress { width: 100%; height: 1.1em; }
+.dad-error { color: #c62828; }
+#gen-gallery .thumbnail-item { aspect-ratio: 5 / 2; }  /* a triple is 3:1 (Gradio's tiles are square) */
+"""
+
+
+def _error(err: Exception) -> str:
+    return f'<div class="dad-error">{html.escape(str(err))}</div>'
+
+
+def _note(text: str) -> str:
+    return f'<div class="dad-note">{html.escape(text)}</div>'
+
+
+def _guard(fn: Callable[..., str]) -> Callable[..., str]:
+    """Run an action; an InputError becomes its message in red instead of a Gradio error popup."""
+
+    def run(*args):
+        try:
+            return fn(*args)
+        except InputError as err:
+            return _error(err)
+
+    return run
+
+
+def _send(seen: dict[str, Any], name: str, key: Any, make: Callable[[], Any]) -> Any:
+    """What a poll sends to one output: ``make()`` when ``key`` changed since this page's last poll (``seen``
+    is the page's state in this browser tab), else nothing, so an idle page costs neither side any work."""
+    if name in seen and seen[name] == key:
+        return gr.update()
+    seen[name] = key
+    return make()
+
+
+def _restore(last_fields: Callable[[], list[Any] | None], count: int) -> list[Any]:
+    """A page's fields as its last job had them, or left as they are when there was none."""
+    return last_fields() or [gr.update()] * count
+
+
+def build_app(handlers: AppHandlers, banner: str = "") -> gr.Blocks:
+    h = handlers
+    with gr.Blocks(title="dualanodiff") as app:
+        gr.Markdown(
+            "# dualanodiff: few defect images in, a checked synthetic dataset out\n"
+            f"Working folder `{h.workspace.folder}`. {banner}"
+        )
+        with gr.Tabs():
+            with gr.Tab("1. Data", id="data"):
+                data_view = _data_tab(h)
+            pages = []
+            with gr.Tab("2. Train", id="train"):
+                pages.append(_train_tab(h))
+            with gr.Tab("3. Generate", id="generate"):
+                pages.append(_generate_tab(h))
+            with gr.Tab("4. Evaluate", id="evaluate"):
+                pages.append(_evaluate_tab(h))
+        timer = gr.Timer(POLL_SECONDS)
+        app.load(*data_view)
+        for poll, (last_fields, fields) in pages:
+            timer.tick(*poll, show_progress="hidden")
+            app.load(*poll)
+            # After a reload the fields show what the last job ran with, not the defaults.
+            app.load(functools.partial(_restore, last_fields, len(fields)), None, fields)
+    return app
+
+
+# -- data ----------------------------------------------------------------------------------------------------
+
+
+def _data_tab(h: AppHandlers):
+    project = h.project
+    gr.Markdown(
+        "Give a few images of one defect type, each with a mask (white where the defect is). Upload the masks, "
+        "or paint them below. Every image is checked as `dualanodiff train` checks it; problems show beside it."
+    )
+    with gr.Row():
+        category = gr.Textbox(
+            project.category, label="Category (the part, e.g. hazelnut)", elem_id="category"
+        )
+        anomaly = gr.Textbox(project.anomaly, label="Defect type (e.g. crack)", elem_id="anomaly")
+    with gr.Row():
+        defects = gr.File(file_count="multiple", label="Defect images", elem_id="defect-files")
+        masks = gr.File(
+            file_count="multiple", label="Masks: <name>.png or <name>_mask.png", elem_id="mask-files"
+        )
+    with gr.Row():
+        normal_train = gr.File(
+            file_count="multiple",
+            label="Normal images (defect-free; for the anomalib export and the study)",
+            elem_id="normal-train-files",
+        )
+        normal_test = gr.File(
+            file_count="multiple", label="Normal test images (for the study)", elem_id="normal-test-files"
+        )
+    add = gr.Button("Add to the dataset", variant="primary", elem_id="add-data")
+    notes = gr.HTML(elem_id="data-notes")
+    with gr.Accordion("Or use an MVTec AD folder on this machine", open=not project.uploaded):
+        with gr.Row():
+            root = gr.Textbox(project.root if not project.uploaded else "", label="MVTec AD root folder")
+            look = gr.Button("Look", scale=0)
+        with gr.Row():
+            mv_category = gr.Dropdown([], label="Category")
+            mv_anomaly = gr.Dropdown([], label="Defect type")
+            use = gr.Button("Use this data", scale=0)
+    summary = gr.Markdown(elem_id="data-summary")
+    gallery = gr.Gallery(
+        label="Defect images (mask in red)", columns=6, height="auto", format="png", elem_id="data-gallery"
+    )
+    with gr.Accordion("Paint a mask", open=True):
+        with gr.Row():
+            chosen = gr.Dropdown([], label="Image", elem_id="paint-image")
+        editor = gr.ImageEditor(
+            label="Paint the defect white; the eraser removes paint",
+            type="numpy",
+            image_mode="RGBA",
+            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+            eraser=gr.Eraser(default_size=24),
+            layers=False,
+            transforms=(),
+            sources=(),
+            elem_id="paint-editor",
+        )
+        with gr.Row():
+            save = gr.Button("Save mask", variant="primary", elem_id="save-mask")
+            remove = gr.Button("Remove this image", variant="stop", elem_id="remove-image")
+        paint_note = gr.HTML(elem_id="paint-note")
+
+    def overview():
+        items, names, text = h.data_overview()
+        return items, text, gr.update(choices=names, value=names[0] if names else None)
+
+    def add_files(cat, kind, d, m, nt, nte):
+        try:
+            lines = h.add_uploads(cat, kind, d, m, nt, nte)
+            message = "".join(_note(line) for line in lines) or _note("nothing to add: choose files first")
+        except InputError as err:
+            message = _error(err)
+        return (message, None, None, None, None, *overview())
+
+    views = [gallery, summary, chosen]
+    add.click(
+        add_files,
+        [category, anomaly, defects, masks, normal_train, normal_test],
+        [notes, defects, masks, normal_train, normal_test, *views],
+    )
+
+    def look_up(folder, cat):
+        try:
+            cats, types = h.mvtec_choices(folder, cat)
+            return gr.update(choices=cats, value=cat if cat in cats else None), gr.update(choices=types), ""
+        except InputError as err:
+            return gr.update(choices=[]), gr.update(choices=[]), _error(err)
+
+    look.click(look_up, [root, mv_category], [mv_category, mv_anomaly, notes])
+    mv_category.change(look_up, [root, mv_category], [mv_category, mv_anomaly, notes])
+
+    def use_folder(folder, cat, kind):
+        try:
+            p = h.use_mvtec(folder, cat, kind)
+            return (_note(f"using {p.root}: {p.category} / {p.anomaly} (read only)"), *overview())
+        except InputError as err:
+            return (_error(err), *overview())
+
+    use.click(use_folder, [root, mv_category, mv_anomaly], [notes, *views])
+
+    def open_editor(name):
+        if not name:
+            return None, ""
+        try:
+            return h.paint_background(name), _note(f"{name}: paint the defect white, then save the mask")
+        except InputError as err:
+            return None, _error(err)
+
+    chosen.change(open_editor, chosen, [editor, paint_note])
+
+    def save_mask(name, value):
+        try:
+            path = h.save_painting(name, value)
+            return (_note(f"mask saved: {path.name}"), *overview()[:2])
+        except InputError as err:
+            return (_error(err), *overview()[:2])
+
+    save.click(save_mask, [chosen, editor], [paint_note, gallery, summary])
+
+    def remove_image(name):
+        try:
+            h.remove_image(name)
+            return (_note(f"removed {name}"), *overview())
+        except InputError as err:
+            return (_error(err), *overview())
+
+    remove.click(remove_image, chosen, [paint_note, *views])
+    return overview, None, views
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+
+
+def _train_tab(h: AppHandlers):
+    gr.Markdown(
+        "Train the adapters of the defect type (both LoRA branches, SAIM, the text encoder's LoRA). The built-in "
+        "demo base runs offline on a CPU in minutes; for real images give a Stable Diffusion 1.5 folder or hub "
+        "id (a GPU machine). The adapters land where `dualanodiff generate --adapters` reads them."
+    )
+    with gr.Row():
+        base = gr.Textbox(
+            DEMO_BASE,
+            label="Base model (--base): 'demo' for the built-in demo base, or an SD 1.5 folder / hub id",
+            elem_id="train-base",
+        )
+        images = gr.Radio(
+            [
+                ("all defect images", "all"),
+                ("few-shot split: first third trains, the rest is kept for the study", "split"),
+            ],
+            value="all",
+            label="Training images",
+            elem_id="train-images",
+        )
+    with gr.Row():
+        preset = gr.Dropdown(
+            list(PRESETS), value="paper", label="Preset (--preset): fills what is left empty"
+        )
+        steps = gr.Number(
+            DEMO_TRAINING["max_steps"],
+            label="Steps (--max-steps; empty: the preset's)",
+            elem_id="train-steps",
+        )
+        lr = gr.Number(DEMO_TRAINING["learning_rate"], label="Learning rate (--lr; empty: the preset's)")
+        rank = gr.Number(DEMO_TRAINING["rank"], label="LoRA rank (--rank)", precision=0)
+    with gr.Row():
+        batch = gr.Number(DEMO_TRAINING["batch_size"], label="Pairs per step (--batch-size)", precision=0)
+        resolution = gr.Number(0, label="Resolution (--resolution; 0: the base's)", precision=0)
+        seed = gr.Number(0, label="Seed (--seed)", precision=0)
+        every = gr.Number(50, label="Checkpoint every (--checkpoint-every, steps)", precision=0)
+        precision = gr.Dropdown(["no", "bf16", "fp16"], value="no", label="Mixed precision (GPU: bf16)")
+    start_over = gr.Checkbox(False, label="Start over (discard this type's earlier checkpoints and adapters)")
+    with gr.Row():
+        start = gr.Button("Start / resume training", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+    message = gr.HTML(elem_id="train-message")
+    status = gr.HTML(elem_id="train-status")
+    with gr.Row():
+        plot = gr.Image(
+            label="Training loss", show_label=False, type="pil", interactive=False, elem_id="train-loss"
+        )
+        where = gr.Markdown(elem_id="train-adapters")
+
+    @_guard
+    def start_training(*fields):
+        config = h.train_config(*fields)
+        h.start_training(config)
+        return _note("training started")
+
+    start.click(
+        start_training,
+        [base, images, preset, steps, lr, rank, batch, resolution, seed, every, precision, start_over],
+        message,
+    )
+
+    def stop_training():
+        h.jobs.stop("train")
+        return _note("stop sent: the run ends after the current step (press again to kill it)")
+
+    stop.click(stop_training, None, message)
+
+    seen = gr.State({})
+
+    def refresh(last):
+        html_status, log, adapters = h.training_view()
+
+        def curve():
+            steps_, losses = [r["step"] for r in log], [r["loss"] for r in log]
+            title = "training loss (epsilon MSE per step)"
+            return loss_curve_png(steps_, losses, title=title) if len(log) >= 2 else None
+
+        return (
+            _send(last, "status", html_status, lambda: html_status),
+            _send(last, "plot", (len(log), log[-1]["loss"] if log else None), curve),
+            _send(last, "where", adapters, lambda: adapters),
+            last,
+        )
+
+    fields = [base, images, preset, steps, lr, rank, batch, resolution, seed, every, precision]
+    return (refresh, seen, [status, plot, where, seen]), (h.last_training_fields, fields)
+
+
+# -- generate ------------------------------------------------------------------------------------------------
+
+
+def _generate_tab(h: AppHandlers):
+    gr.Markdown(
+        "Generate (whole image, anomaly part, mask) triples with the trained adapters. Pairs whose mask is empty "
+        "or too large are rejected automatically; click a pair to keep or reject it by hand. Download the dataset "
+        "in the generated-data layout (`image/`, `part/`, `mask/`, `rejected/`, `manifest.jsonl`), or exported "
+        "for anomalib."
+    )
+    with gr.Row():
+        adapters = gr.Textbox("", label="Adapters folder (empty: this project's)", elem_id="gen-adapters")
+        base = gr.Textbox("", label="Base (empty: the one the adapters trained on)", elem_id="gen-base")
+    with gr.Row():
+        pairs = gr.Number(16, label="Pairs (--num-pairs)", precision=0, elem_id="gen-pairs")
+        seed = gr.Number(0, label="Seed (--seed; pair i uses seed + i)", precision=0)
+        sampler = gr.Dropdown(list(SCHEDULERS), value="pndm", label="Sampler (--scheduler)")
+        steps = gr.Number(
+            DEMO_SAMPLER_STEPS, label="Sampler steps (--steps)", precision=0, elem_id="gen-steps"
+        )
+        guidance = gr.Number(2.5, label="Guidance (--guidance)")
+        area = gr.Number(0.5, label="Largest mask area kept (--max-area)", elem_id="gen-area")
+        batch = gr.Number(8, label="Pairs per call (--batch-size)", precision=0)
+    discard = gr.Checkbox(False, label="Discard the earlier pairs first (needed to change the settings)")
+    with gr.Row():
+        start = gr.Button("Generate", variant="primary", elem_id="gen-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
+    message = gr.HTML(elem_id="gen-message")
+    status = gr.HTML(elem_id="gen-status")
+    gallery = gr.Gallery(
+        label="Pairs: whole image | anomaly part | mask overlay",
+        columns=2,
+        height="auto",
+        object_fit="contain",  # with the CSS's 5:2 tiles, the whole triple, a little room for its caption
+        format="png",
+        elem_id="gen-gallery",
+    )
+    names = gr.State([])
+    seen = gr.State({})
+    with gr.Row():
+        selected = gr.Textbox("", label="Selected pair", interactive=False, elem_id="gen-selected")
+        keep = gr.Button("Keep", elem_id="gen-keep")
+        reject = gr.Button("Reject", elem_id="gen-reject")
+    verdict_note = gr.HTML(elem_id="gen-verdict")
+    with gr.Row():
+        make_zip = gr.Button("Prepare the dataset zip", elem_id="gen-zip")
+        zip_file = gr.DownloadButton("Download the dataset zip", visible=False, elem_id="gen-zip-download")
+        make_export = gr.Button("Export for anomalib", elem_id="gen-export")
+        export_file = gr.DownloadButton(
+            "Download the anomalib export", visible=False, elem_id="gen-export-download"
+        )
+    download_note = gr.HTML(elem_id="gen-download-note")
+    folder_call = gr.Code(language="python", label="Load the export with anomalib", visible=False)
+
+    @_guard
+    def start_generation(*fields):
+        *values, drop = fields
+        h.start_generation(h.generate_config(*values), drop)
+        return _note("generation started")
+
+    start.click(
+        start_generation,
+        [adapters, base, pairs, seed, sampler, steps, guidance, area, batch, discard],
+        message,
+    )
+
+    def stop_generation():
+        h.jobs.stop("generate")
+        return _note("stop sent (press again to kill it)")
+
+    stop.click(stop_generation, None, message)
+
+    def gallery_items(last: dict[str, Any]):
+        """(gallery, pair names): rebuilt only when the folder's manifest changed."""
+
+        def build():
+            found = h.generated_pairs()
+            return [(triple_image(p), f"{p.name}: {verdict(p)}") for p in found], [p.name for p in found]
+
+        update = _send(last, "gallery", h.generated_signature(), build)
+        return (*update, last) if isinstance(update, tuple) else (update, gr.update(), last)
+
+    def refresh(last):
+        html_status = h.generation_view()
+        return (_send(last, "status", html_status, lambda: html_status), *gallery_items(last))
+
+    def select(evt: gr.SelectData, listed):
+        index = evt.index if isinstance(evt.index, int) else evt.index[0]
+        return listed[index] if 0 <= index < len(listed) else ""
+
+    gallery.select(select, names, selected)
+
+    def judge(name, keep_it, last):
+        try:
+            record = h.set_verdict(name, keep_it)
+            note = _note(f"{name}: {'kept' if record['kept'] else 'rejected'} by hand")
+        except InputError as err:
+            note = _error(err)
+        return (note, *gallery_items(last))
+
+    keep.click(lambda n, s: judge(n, True, s), [selected, seen], [verdict_note, gallery, names, seen])
+    reject.click(lambda n, s: judge(n, False, s), [selected, seen], [verdict_note, gallery, names, seen])
+
+    def prepare_zip():
+        try:
+            path = h.dataset_zip()
+            return gr.update(value=str(path), visible=True), _note(f"ready: {path.name}")
+        except InputError as err:
+            return gr.update(visible=False), _error(err)
+
+    make_zip.click(prepare_zip, None, [zip_file, download_note])
+
+    def prepare_export():
+        try:
+            path, call = h.anomalib_export()
+            return (
+                gr.update(value=str(path), visible=True),
+                gr.update(value=call, visible=True),
+                _note(f"ready: {path.name}"),
+            )
+        except InputError as err:
+            return gr.update(visible=False), gr.update(visible=False), _error(err)
+
+    make_export.click(prepare_export, None, [export_file, folder_call, download_note])
+    fields = [adapters, base, pairs, seed, sampler, steps, guidance, area, batch]
+    return (refresh, seen, [status, gallery, names, seen]), (h.last_generation_fields, fields)
+
+
+# -- evaluate ------------------------------------------------------------------------------------------------
+
+
+def _evaluate_tab(h: AppHandlers):
+    gr.Markdown(
+        "The quick localization study: a defect detector (DRAEM's U-Net) trained on your normal images plus the "
+        "kept generated pairs, and one on the normal images alone, both tested on the real defect images the "
+        "adapters did not see (train with the few-shot split) and on normal test images. A rough look in minutes; "
+        "`dualanodiff evaluate localization` runs the paper's full protocol."
+    )
+    from .evaluation import QUICK
+
+    with gr.Row():
+        epochs = gr.Number(QUICK["loc_epochs"], label="Epochs", precision=0, elem_id="eval-epochs")
+        samples = gr.Number(
+            QUICK["loc_samples_per_epoch"], label="Samples per epoch", precision=0, elem_id="eval-samples"
+        )
+        resolution = gr.Number(
+            256, label="Resolution (multiple of 32)", precision=0, elem_id="eval-resolution"
+        )
+        width = gr.Number(
+            64, label="U-Net width (16 is enough for a look on a CPU)", precision=0, elem_id="eval-width"
+        )
+        seed = gr.Number(0, label="Seed", precision=0)
+    with gr.Row():
+        start = gr.Button("Run the study", variant="primary", elem_id="eval-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
+    message = gr.HTML(elem_id="eval-message")
+    status = gr.HTML(elem_id="eval-status")
+    download = gr.DownloadButton("Download report.html", visible=False, elem_id="eval-download")
+    report = gr.HTML(elem_id="eval-report")
+    seen = gr.State({})
+
+    @_guard
+    def start_study(*fields):
+        h.start_study(h.study_request(*fields))
+        return _note("study started")
+
+    start.click(start_study, [epochs, samples, resolution, width, seed], message)
+
+    def stop_study():
+        h.jobs.stop("evaluate")
+        return _note("stop sent (press again to kill it)")
+
+    stop.click(stop_study, None, message)
+
+    def refresh(last):
+        html_status, path = h.study_view()
+
+        def show_report():
+            if path is None:
+                return gr.update(visible=False), ""
+            page = html.escape(path.read_text(encoding="utf-8"), quote=True)
+            frame = f'<iframe title="report" srcdoc="{page}" style="width:100%;height:900px;border:1px solid #ccc"></iframe>'
+            return gr.update(value=str(path), visible=True), frame
+
+        shown = _send(last, "report", path and (str(path), path.stat().st_mtime_ns), show_report)
+        shown = shown if isinstance(shown, tuple) else (shown, gr.update())
+        return (_send(last, "status", html_status, lambda: html_status), *shown, last)
+
+    fields = [epochs, samples, resolution, width, seed]
+    return (refresh, seen, [status, download, report, seen]), (h.study_fields, fields)

@@ -1,0 +1,260 @@
+"""The web app's logic without a browser: safe upload names, the data page's checks, background jobs with
+their state on disk (stop, resume, a second start refused), keep/reject by hand, the zips, the study's
+refusals. The browser tests (test_app_browser.py) drive the same through the page."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dualanodiff.app.dataset import add_masks, defect_entries
+from dualanodiff.app.handlers import AppHandlers, _shrink
+from dualanodiff.app.workspace import Project, path_inside, safe_filename
+from dualanodiff.data.generated import manifest_records, read_generated
+from dualanodiff.errors import InputError
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("../../etc/passwd", "passwd"),
+        ("..\\..\\windows\\system.ini", "system.ini"),
+        ("/abs/path/img.PNG", "img.png"),
+        (".hidden.png", "hidden.png"),
+        ("..", "upload"),
+        ("....png", "upload.png"),
+        ("a\0b.png", "ab.png"),
+        ("défaut été.png", "defaut_ete.png"),
+        ("x" * 300 + ".png", "x" * 96 + ".png"),
+        ("rm -rf *;.jpg", "rm_-rf_.jpg"),
+    ],
+)
+def test_uploaded_names_are_plain_names(name, expected, tmp_path):
+    assert safe_filename(name) == expected
+    inside = path_inside(tmp_path, name)
+    assert inside.parent == tmp_path.resolve()
+
+
+def test_an_upload_with_a_hostile_name_lands_inside_the_project(tmp_path):
+    project = Project(str(tmp_path / "data"), "part", "defect")
+    upload_dir = tmp_path / "uploads" / "a" / "b"
+    upload_dir.mkdir(parents=True)
+    evil = upload_dir / "..png"  # the browser's name, as Gradio stores it
+    Image.new("RGB", (8, 8)).save(evil, format="PNG")
+    handlers = AppHandlers(tmp_path / "work")
+    handlers.workspace.set_project(project)
+    notes = handlers.add_uploads("part", "defect", [str(evil)], None, None, None)
+    assert notes == ["added test/defect/upload.png"]
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.png") if "uploads" not in p.parts)
+    assert written == [Path("work/data/part/test/defect/upload.png")]
+
+
+def _defects(root: Path, n: int = 4) -> list[tuple[Path, Path]]:
+    """n synthetic pill/crack images and their masks (64 px)."""
+    pairs = []
+    for image in sorted((root / "pill" / "test" / "crack").glob("*.png"))[:n]:
+        pairs.append((image, root / "pill" / "ground_truth" / "crack" / f"{image.stem}_mask.png"))
+    return pairs
+
+
+def test_data_checks_show_beside_each_image(synthetic_pill_root, tmp_path):
+    handlers = AppHandlers(tmp_path / "work")
+    (a, a_mask), (b, _), (c, c_mask) = _defects(synthetic_pill_root, 3)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    small = tmp_path / f"{c.stem}_mask.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(small)
+    notes = handlers.add_uploads(
+        "pill", "crack", [str(a), str(b), str(c), str(broken)], [str(a_mask), str(small)], None, None
+    )
+    assert any(n.startswith("added test/crack/broken.png") for n in notes)
+    entries = {e.name: e for e in defect_entries(handlers.project)}
+    assert entries[a.name].ok and entries[a.name].mask is not None
+    assert entries[b.name].problems == (f"{b.name}: no mask yet (upload {b.stem}_mask.png or paint one)",)
+    assert "mask size 32x32 differs from image" in entries[c.name].problems[0]
+    assert "cannot read image" in entries["broken.png"].problems[0]
+    items, names, summary = handlers.data_overview()
+    assert names == sorted(entries) and len(items) == 4
+    assert "4 defect image(s), 1 ready to train" in summary
+    # The same checks as the command line: training refuses these files before loading anything.
+    config = handlers.train_config("demo", "all", "paper", 2, 1e-3, 4, 2, None, 0, 0, "no", False)
+    with pytest.raises(InputError, match=r"2 image\(s\) without a mask"):
+        handlers.start_training(config)
+    # A mask for no image is refused with a reason; one whose stem matches is stored as <stem>_mask.png.
+    stray = tmp_path / "nothing_mask.png"
+    shutil.copy(a_mask, stray)
+    assert add_masks(handlers.project, [str(stray)]) == [
+        "nothing_mask.png: no defect image named nothing.* to match it; add the image first"
+    ]
+
+
+def test_painted_mask_is_scaled_back_to_the_image(synthetic_pill_root, tmp_path):
+    handlers = AppHandlers(tmp_path / "work")
+    ((image, _),) = _defects(synthetic_pill_root, 1)
+    handlers.add_uploads("pill", "crack", [str(image)], None, None, None)
+    value = handlers.paint_background(image.name)
+    big = value["background"]
+    assert big.shape[:2] == (512, 512)  # 64 px enlarged 8x for the brush
+    layer = np.zeros((512, 512, 4), np.uint8)
+    layer[80:160, 240:400] = (255, 255, 255, 255)  # image pixels rows 10-19, columns 30-49
+    path = handlers.save_painting(image.name, {"background": big, "layers": [layer], "composite": None})
+    saved = np.asarray(Image.open(path)) > 0
+    expected = np.zeros((64, 64), bool)
+    expected[10:20, 30:50] = True
+    np.testing.assert_array_equal(saved, expected)
+    with pytest.raises(InputError, match="nothing painted"):
+        handlers.save_painting(image.name, {"layers": []})
+    with pytest.raises(InputError, match="nothing painted"):  # a cleared layer keeps the saved mask
+        handlers.save_painting(image.name, {"layers": [np.zeros_like(layer)]})
+    np.testing.assert_array_equal(np.asarray(Image.open(path)) > 0, expected)
+    # Reopened, the editor shows the saved mask as the painted layer.
+    again = handlers.paint_background(image.name)["layers"][0][..., 3] > 0
+    np.testing.assert_array_equal(_shrink(again, (64, 64)), expected)
+
+
+def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, tmp_path):
+    handlers = AppHandlers(tmp_path / "work", threads=1)
+    defects = _defects(synthetic_pill_root, 4)
+    good = sorted((synthetic_pill_root / "pill" / "train" / "good").glob("*.png"))
+    handlers.add_uploads(
+        "pill",
+        "crack",
+        [str(i) for i, _ in defects],
+        [str(m) for _, m in defects],
+        [str(g) for g in good],
+        None,
+    )
+    config = handlers.train_config("demo", "all", "paper", 4, 1e-3, 4, 2, None, 0, 2, "no", False)
+    status = handlers.start_training(config)
+    assert status.running
+    with pytest.raises(InputError, match="a train job is already running"):
+        handlers.jobs.start("train", {"config": config.to_dict()}, handlers.workspace.folder)
+    status = handlers.jobs.wait("train", timeout=300)
+    assert status.state == "done", handlers.jobs.log("train")
+    run_dir = Path(status.result["adapters"])
+    assert run_dir == handlers.workspace.adapters_dir(handlers.project)
+    assert (run_dir / "adapters.safetensors").is_file()
+    html, log, where = handlers.training_view()
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and "done" in html
+    assert f"--adapters {run_dir}" in where
+
+    # A fresh handler (a page reload, an app restart) reads the same state from disk.
+    assert AppHandlers(tmp_path / "work").jobs.status("train").state == "done"
+
+    gen = handlers.generate_config("", "", 4, 0, "ddim", 2, 2.5, 1.0, 4)
+    handlers.start_generation(gen, discard=False)
+    # Another tab, or another app on the same folder, sees it running and is refused.
+    with pytest.raises(InputError, match="a generate job is already running .* maybe from another tab"):
+        AppHandlers(tmp_path / "work").start_generation(gen, discard=False)
+    status = handlers.jobs.wait("generate", timeout=300)
+    assert status.state == "done", handlers.jobs.log("generate")
+    assert status.result["complete"] == 4
+    pairs = handlers.generated_pairs()
+    assert [p.name for p in pairs] == ["00000", "00001", "00002", "00003"]
+
+    name = next(p.name for p in pairs if p.kept)
+    record = handlers.set_verdict(name, keep=False)
+    assert record["kept"] is False and record["reject_reason"] == "rejected by hand"
+    folder = handlers.generated_folder()
+    assert (folder / "rejected" / "image" / f"{name}.png").is_file()
+    assert not (folder / "image" / f"{name}.png").exists()
+    assert name not in {p.name for p in read_generated(folder, include_rejected=False)} or not any(
+        p.kept for p in handlers.generated_pairs()
+    )
+    assert manifest_records(folder)[name]["verdict_by_hand"] == "rejected"
+
+    archive = handlers.dataset_zip()
+    with zipfile.ZipFile(archive) as z:
+        entries = set(z.namelist())
+    top = folder.name
+    assert f"{top}/manifest.jsonl" in entries and f"{top}/config.json" in entries
+    assert f"{top}/rejected/image/{name}.png" in entries and f"{top}/rejected/mask/{name}.png" in entries
+    assert not any("/.dualanodiff/" in e for e in entries)
+    for pair in handlers.generated_pairs():
+        where_ = "" if pair.kept else "rejected/"
+        assert {f"{top}/{where_}{k}/{pair.name}.png" for k in ("image", "part", "mask")} <= entries
+
+    # Keeping it again puts it back; the export holds exactly the kept pairs.
+    handlers.set_verdict(name, keep=True)
+    kept = [p for p in handlers.generated_pairs() if p.kept]
+    assert name in {p.name for p in kept}
+    zip_path, call = handlers.anomalib_export()
+    assert "Folder(" in call and "abnormal_dir=['test/crack']" in call
+    with zipfile.ZipFile(zip_path) as z:
+        names = z.namelist()
+    assert len([n for n in names if n.startswith("pill/test/crack/")]) == len(kept)
+    assert len([n for n in names if n.startswith("pill/ground_truth/crack/")]) == len(kept)
+    assert "pill/export.json" in names and any(n.startswith("pill/train/good/") for n in names)
+
+
+def test_stop_keeps_the_work_and_start_resumes(synthetic_pill_root, tmp_path):
+    handlers = AppHandlers(tmp_path / "work", threads=1)
+    defects = _defects(synthetic_pill_root, 4)
+    handlers.add_uploads(
+        "pill", "crack", [str(i) for i, _ in defects], [str(m) for _, m in defects], None, None
+    )
+    config = handlers.train_config("demo", "all", "paper", 400, 1e-3, 4, 2, None, 0, 5, "no", False)
+    handlers.start_training(config)
+    run_dir = handlers.workspace.adapters_dir(handlers.project)
+    import time
+
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((run_dir / "checkpoints").glob("step-*")):
+        time.sleep(0.5)
+    assert list((run_dir / "checkpoints").glob("step-*")), handlers.jobs.log("train")
+    handlers.jobs.stop("train")
+    status = handlers.jobs.wait("train", timeout=60)
+    assert status.state == "stopped" and "start it again to resume" in status.message
+    steps = json.loads((run_dir / "train_config.json").read_text())["total_steps"]
+    assert steps == 400 and not (run_dir / "adapters.safetensors").exists()
+    # Resumed with fewer steps than the checkpoint holds: the library's own refusal, in one line.
+    short = handlers.train_config("demo", "all", "paper", 2, 1e-3, 4, 2, None, 0, 5, "no", False)
+    handlers.start_training(short)
+    status = handlers.jobs.wait("train", timeout=120)
+    assert status.state == "failed" and "beyond this run's 2 steps" in status.message
+
+
+def test_the_study_refuses_test_images_the_adapters_trained_on(synthetic_pill_root, tmp_path):
+    from dualanodiff.app.evaluation import StudyRequest, check_study
+
+    run = tmp_path / "adapters"
+    run.mkdir()
+    images = sorted((synthetic_pill_root / "pill" / "test" / "crack").glob("*.png"))
+    (run / "train_config.json").write_text(json.dumps({"train_images": [str(p) for p in images]}))
+    request = StudyRequest(
+        root=str(synthetic_pill_root), category="pill", anomaly="crack", generated=str(tmp_path / "gen"),
+        out=str(tmp_path / "eval"), adapters=str(run), epochs=1, samples_per_epoch=4, resolution=64,
+    )  # fmt: skip
+    with pytest.raises(InputError, match=r"trained on 4 of the 4 held-out test images .*few-shot split"):
+        check_study(request)
+
+
+def test_the_app_says_where_it_listens():
+    from dualanodiff.app import serving_note
+
+    assert serving_note("127.0.0.1", 7860) == (
+        "Serving on http://127.0.0.1:7860, on this machine only (127.0.0.1); `--host 0.0.0.0` serves other machines."
+    )
+    note = serving_note("0.0.0.0", 8080)
+    assert note.startswith(
+        "Serving on 0.0.0.0:8080 (http://127.0.0.1:8080 here): every machine that can reach"
+    )
+    assert "no login" in note
+
+
+def test_without_the_extra_the_command_says_what_to_install(monkeypatch, tmp_path, capsys):
+    import sys
+
+    from dualanodiff.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now raises ImportError
+    assert main(["app", "--workspace", str(tmp_path / "w")]) == 2
+    assert capsys.readouterr().err == (
+        'dualanodiff app: error: the app needs the [app] extra (gradio): pip install "dualanodiff[app]"\n'
+    )
