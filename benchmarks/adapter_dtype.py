@@ -31,7 +31,7 @@ from dualanodiff.pipeline import DualAnoDiffPipeline, to_uint8
 
 def train_demo_adapters(work: Path, steps: int) -> tuple[Path, Path]:
     """(base folder, adapter folder): the demo's base and recipe, one anomaly type, fp32 adapters."""
-    from dualanodiff.demo_base import demo_base_folder
+    from dualanodiff.demo.base import demo_base_folder
     from dualanodiff.synthetic import make_synthetic
     from dualanodiff.training import TrainConfig, train_adapters
 

@@ -1,154 +1,196 @@
-"""The method in miniature: DualAnoDiff vs Crop&Paste vs no generated data, and DualAnoDiff with SAIM off.
+"""The method in miniature, over several seeds: what DualAnoDiff's data is worth against copy-paste and noise.
 
-    python scripts/miniature_study.py --out study            # pill/stain, the demo's full sizes
-    python scripts/miniature_study.py --out study --category weave --anomaly hole
+    python scripts/miniature_study.py --out study --seeds 0,1,2        # the README's table (hours of CPU)
+    python scripts/miniature_tables.py study/study.json                # its tables and the demo's ranges
 
-Runs `dualanodiff demo` (full sizes) in ``OUT/demo``, then trains adapters of the same type with SAIM off
-(all else equal), generates the same number of pairs, trains the same downstream U-Net on them, and measures
-mask alignment with the same reference segmenter. Writes ``OUT/study.json`` and prints a markdown table
-(the one in docs/demo.md).
+Per seed (each seed is a new synthetic dataset, new adapters, new pairs and new detectors), in OUT/seed-<s>/:
+
+- ``demo``: `dualanodiff demo` at its default settings: DualAnoDiff pairs (DPM-Solver++, 20 steps), Crop&Paste
+  pairs, no generated data, and the mask alignment of the pairs;
+- ``perlin``: DRAEM's Perlin-noise anomalies, the same number of pairs;
+- ``pndm-50``: the demo's adapters sampled with PNDM, 50 steps (the paper's sampler) instead of DPM-Solver++ 20;
+- ``saim-off``: adapters trained and sampled without SAIM, all else equal;
+- ``bcm``: adapters trained and sampled with BCM (backgrounds: train/good with their foreground masks).
+
+Every variant is the protocol runner (`run_benchmark`) on the demo's data and base, so a detector is trained and
+tested exactly as in the demo. Every step resumes; a variant whose adapters equal the demo's reuses them. After
+each seed, writes OUT/study.json from every finished seed in OUT (every run's figures, per-method mean and
+standard deviation, times, the stack), so seeds may run in parallel processes:
+``for s in 0 1 2; do python scripts/miniature_study.py --out study --seeds $s & done``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from dualanodiff.benchmark import run_benchmark
 from dualanodiff.data.generated import read_generated
-from dualanodiff.demo import DemoConfig, _localization_rows, run_demo
-from dualanodiff.demo_alignment import SegmenterConfig, pairs_alignment, train_segmenter
-from dualanodiff.evaluate.localization import LocalizationConfig
-from dualanodiff.evaluate.protocol import localize_category, paper_milestones
-from dualanodiff.generate import GenerateConfig, generate_to_folder
+from dualanodiff.demo.alignment import load_segmenter, pairs_alignment
+from dualanodiff.demo.expected import figures, spread
+from dualanodiff.demo.run import DemoConfig, benchmark_config, localization_rows, run_demo, stack
+from dualanodiff.errors import InputError
 from dualanodiff.io import write_json_atomic
-from dualanodiff.train import TrainConfig, train_adapters
+
+# name: (label, benchmark overrides, reuses the demo's adapters)
+VARIANTS: dict[str, tuple[str, dict, bool]] = {
+    "perlin": ("DRAEM-Perlin", {"methods": ["perlin"]}, False),
+    "pndm-50": (
+        "DualAnoDiff, PNDM 50 steps",
+        {"methods": ["dualanodiff"], "scheduler": "pndm", "sampler_steps": 50},
+        True,
+    ),
+    "saim-off": ("DualAnoDiff, SAIM off", {"methods": ["dualanodiff"], "train_saim": False}, False),
+    "bcm": ("DualAnoDiff with BCM", {"methods": ["dualanodiff"], "bcm": True}, False),
+}
+DEMO_LABELS = {"DualAnoDiff": "DualAnoDiff (DPM-Solver++ 20 steps)"}
+METRICS = ("pixel AP", "pixel AUROC", "AU-PRO", "image AUROC")
 
 
-def saim_off(cfg: DemoConfig, out: Path) -> dict:
-    """The demo's DualAnoDiff step with ``saim=False``: adapters, pairs, detector, alignment."""
-    demo = Path(cfg.out)
-    data, base = demo / "data", demo / "base"
+def _reuse_adapters(demo_bench: Path, variant_out: Path, category: str, anomaly: str) -> None:
+    """Give a variant the demo's finished training step (same key, so the runner skips it)."""
+    marker = f"train--{category}--{anomaly}.json"
+    if (variant_out / "steps" / marker).is_file():
+        return
+    shutil.copytree(demo_bench / "adapters", variant_out / "adapters", dirs_exist_ok=True)
+    (variant_out / "steps").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(demo_bench / "steps" / marker, variant_out / "steps" / marker)
+
+
+def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
+    """One variant on the demo's data and base; its localization rows, alignment and pair counts."""
+    label, overrides, reuse = VARIANTS[name]
+    demo = seed_dir / "demo"
+    out = seed_dir / name
+    if reuse:
+        _reuse_adapters(demo / "benchmark", out, cfg.category, cfg.anomaly)
     started = time.perf_counter()
-    adapters = train_adapters(
-        TrainConfig(
-            base=str(base),
-            out=str(out / "adapters"),
-            data=str(data),
-            category=cfg.category,
-            anomaly=cfg.anomaly,
-            preset="official-code",
-            max_steps=cfg.train_steps,
-            batch_size=cfg.train_batch_size,
-            learning_rate=cfg.train_lr,
-            rank=cfg.train_rank,
-            text_encoder_rank=cfg.train_rank,
-            saim=False,
-            resolution=cfg.resolution,
-            seed=cfg.seed,
+    bench_cfg = replace(benchmark_config(cfg, demo / "data", demo / "base", out), **overrides)
+    try:
+        bench = run_benchmark(bench_cfg)
+    except InputError as err:  # e.g. no pair passed the mask gate: a result of the study, not a crash
+        print(f"[study] {name}: {err}", flush=True)
+        return {"label": label, "error": str(err), "seconds": round(time.perf_counter() - started, 1)}
+    method = bench_cfg.methods[0]
+    row = localization_rows(bench["results"]["localization"], cfg)
+    row = [r for r in row if r["training data"] != "no generated data"][0]
+    result = {"label": label, **{k: row[k] for k in row if k != "training data"}}
+    gen_dir = out / "generated" / method / cfg.category / cfg.anomaly
+    if method == "dualanodiff":
+        pairs = read_generated(gen_dir, include_rejected=True)
+        kept = [p for p in pairs if p.record.get("kept")]
+        align = pairs_alignment(load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly), kept)
+        result.update(
+            kept=len(kept), generated=len(pairs), iou_median=align["iou_median"], iou_mean=align["iou_mean"]
         )
-    )
-    import zlib
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
 
-    gen_dir = out / "generated" / cfg.category / cfg.anomaly
-    generate_to_folder(
-        GenerateConfig(
-            base=str(base),
-            adapters=str(adapters),
-            out=str(gen_dir),
-            num_pairs=cfg.num_pairs,
-            batch_size=16,
-            steps=cfg.sampler_steps,
-            guidance=cfg.guidance,
-            seed=(cfg.seed + zlib.crc32(f"{cfg.category}/{cfg.anomaly}".encode()))
-            % 2**31,  # as the benchmark
-            resolution=cfg.resolution,
-            max_mask_area=cfg.max_mask_area,
-            device="cpu",
-        ),
-        process_index=0,
-        num_processes=1,
+
+def run_seed(args, seed: int) -> dict:
+    seed_dir = Path(args.out) / f"seed-{seed}"
+    done = seed_dir / "seed.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg = DemoConfig(
+        out=str(seed_dir / "demo"), seed=seed, threads=args.threads, progress=args.progress,
+        base_weights=args.base_weights,
+    ).resolved()  # fmt: skip
+    started = time.perf_counter()
+    demo = run_demo(cfg)
+    runs: dict[str, dict] = {}
+    for row in demo["localization"]:
+        label = DEMO_LABELS.get(row["training data"], row["training data"])
+        runs[label] = {"label": label, **{k: v for k, v in row.items() if k != "training data"}}
+    align = demo["alignment"]
+    runs[DEMO_LABELS["DualAnoDiff"]].update(
+        kept=demo["pairs"]["kept"], generated=demo["pairs"]["generated"],
+        iou_median=align["dualanodiff"]["iou_median"], iou_mean=align["dualanodiff"]["iou_mean"],
+    )  # fmt: skip
+    runs["Crop&Paste"].update(
+        iou_median=align["crop-paste"]["iou_median"], iou_mean=align["crop-paste"]["iou_mean"]
     )
-    pairs = read_generated(gen_dir)
-    loc = localize_category(
-        str(data),
-        cfg.category,
-        {cfg.anomaly: pairs},
-        LocalizationConfig(
-            epochs=cfg.loc_epochs,
-            samples_per_epoch=cfg.loc_samples_per_epoch,
-            lr_milestones=paper_milestones(cfg.loc_epochs),
-            resolution=cfg.resolution,
-            base_channels=cfg.loc_base_channels,
-            runs=1,
-            seed=cfg.seed,
-            device="cpu",
-        ),
-        out / "localization",
-        anomaly_types=[cfg.anomaly],
-    )
-    seg = train_segmenter(cfg.category, cfg.resolution, SegmenterConfig(steps=cfg.seg_steps, seed=cfg.seed))
-    return {
-        "metrics": loc["metrics"],
-        "alignment": pairs_alignment(seg, pairs),
-        "kept": len(pairs),
+    for name in args.variants:
+        print(f"[study] seed {seed}: {name}", flush=True)
+        result = run_variant(name, cfg, seed_dir)
+        runs[result["label"]] = result
+    out = {
+        "seed": seed,
+        "runs": runs,
+        "demo": {k: demo[k] for k in ("timings", "loss", "pairs", "checks")},
+        "figures": figures(demo),  # what the demo's report sets beside the study's range
         "seconds": round(time.perf_counter() - started, 1),
+        "settings": asdict(cfg),
     }
+    write_json_atomic(done, out)
+    return out
+
+
+def aggregate(seeds: list[dict]) -> dict:
+    """Per method and figure: mean, sample standard deviation, min, max over the seeds."""
+    out: dict[str, dict] = {}
+    labels = [label for label in seeds[0]["runs"]] if seeds else []
+    for label in labels:
+        stats = {}
+        for key in (*METRICS, "iou_median", "kept_pct"):
+            values = []
+            for s in seeds:
+                run = s["runs"].get(label, {})
+                v = (
+                    100.0 * run["kept"] / run["generated"]
+                    if key == "kept_pct" and run.get("generated")
+                    else run.get(key)
+                )
+                if v is not None:
+                    values.append(float(v))
+            if values:
+                stats[key] = spread(values)
+        out[label] = stats
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
-    p.add_argument("--category", default="pill")
-    p.add_argument("--anomaly", default="spot")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="study folder (resumes)")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {','.join(VARIANTS)}")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--base-weights", default=None, help="folder of demo base weights (default: the shipped ones)"
+    )
+    p.add_argument("--progress", action="store_true", help="progress bars of every step")
     args = p.parse_args()
+    args.variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    cfg = DemoConfig(
-        out=str(out / "demo"),
-        category=args.category,
-        anomaly=args.anomaly,
-        seed=args.seed,
-        threads=args.threads,
-    ).resolved()
-    demo = run_demo(cfg)
-    off = saim_off(cfg, out / "saim-off")
-    rows = demo["localization"]
-    rows.append(
-        {
-            "training data": "DualAnoDiff, SAIM off",
-            **_localization_rows(
-                {"results": {"localization": {"dualanodiff": {cfg.category: off["metrics"]}}}}, cfg
-            )[0],
-        }
-    )
-    rows[-1]["training data"] = "DualAnoDiff, SAIM off"
-    align = {**demo["alignment"], "dualanodiff, SAIM off": off["alignment"]}
-    write_json_atomic(
-        out / "study.json", {"localization": rows, "alignment": align, "timings": demo["timings"]}
-    )
-    names = {"dualanodiff": "DualAnoDiff", "crop-paste": "Crop&Paste", "real test images": "real test images"}
-    print(f"\n{cfg.category}/{cfg.anomaly}, seed {cfg.seed}\n")
-    print("| training data | pixel AP | pixel AUROC | AU-PRO | image AUROC | mask IoU (mean) |")
-    print("|---|---|---|---|---|---|")
-    keys = {
-        "DualAnoDiff": "dualanodiff",
-        "Crop&Paste": "crop-paste",
-        "DualAnoDiff, SAIM off": "dualanodiff, SAIM off",
-    }
-    for r in rows:
-        a = align.get(keys.get(r["training data"], ""), {})
-        print(
-            f"| {r['training data']} | {r['pixel AP']} | {r['pixel AUROC']} | {r['AU-PRO']} | {r['image AUROC']} | "
-            f"{a.get('iou_mean', '-')} |"
+    for seed in (int(s) for s in args.seeds.split(",")):
+        print(f"[study] seed {seed}", flush=True)
+        run_seed(args, seed)
+        # Every finished seed in OUT, so several processes (one per seed) may share one study folder.
+        seeds = sorted(
+            (json.loads(p.read_text()) for p in out.glob("seed-*/seed.json")), key=lambda s: s["seed"]
         )
-    print(f"| (reference segmenter on real test images) | | | | | {align['real test images']['iou_mean']} |")
-    print(json.dumps({names.get(k, k): v for k, v in align.items()}))
+        study = {
+            "settings": seeds[0]["settings"],
+            "seeds": [s["seed"] for s in seeds],
+            "variants": args.variants,
+            "stack": stack(),
+            "per_seed": seeds,
+            "summary": aggregate(seeds),
+        }
+        write_json_atomic(out / "study.json", study)
+    print(
+        f"wrote {Path(args.out) / 'study.json'}; tables: python scripts/miniature_tables.py {Path(args.out) / 'study.json'}"
+    )
 
 
 if __name__ == "__main__":

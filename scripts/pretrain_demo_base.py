@@ -1,14 +1,14 @@
 """Make the demo base shipped in `src/dualanodiff/assets/` (deterministic for a seed, CPU).
 
-    python scripts/pretrain_demo_base.py                       # writes src/dualanodiff/assets/demo_base.*
-    python scripts/pretrain_demo_base.py --out /tmp/base --stages unet   # retrain the UNet on the saved VAE
+    python scripts/pretrain_demo_base.py --preview docs/demo_base_preview.png   # all stages, then the preview
+    python scripts/pretrain_demo_base.py --stages segmenter                     # redo one stage on the saved rest
+    python scripts/pretrain_demo_base.py --preview-only --preview p.png         # only the preview
 
-Measured run time of the shipped weights: 10.5 minutes on CPU (VAE 257 s, UNet 356 s; `times` in
-demo_base.json), one torch thread (`--threads 1`, the default: on 2 cores shared with other work one thread ran
-several times faster than two). Every random draw comes from seeded generators; bit-identical reruns need the
-same torch version and thread count (CPU float reductions depend on both); a second full run to compare bit for
-bit has not been done. `--stages vae` then `--stages unet` is meant to equal one run (the UNet stage sees the
-fp16-rounded VAE either way).
+Stages (`dualanodiff.demo.pretrain`): the VAE, the UNet, and the reference segmenters of the mask-alignment
+measure; each is written to --out as it finishes, and a stage left out is read from --out. Run times (wall and
+CPU per stage) and the stack are recorded in demo_base.json. One torch thread by default: on 2 cores shared with
+other work one thread ran several times faster than two. Every random draw comes from seeded generators;
+bit-identical reruns need the same torch version and thread count (CPU float reductions depend on both).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from dualanodiff.pretrain import PretrainConfig, pretrain_base
+from dualanodiff.demo.pretrain import STAGES, PretrainConfig, pretrain_base
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "dualanodiff" / "assets"
 
@@ -27,10 +27,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default=str(ASSETS), help="folder for demo_base.safetensors/.json")
-    parser.add_argument("--stages", default="vae,unet", help="comma list of vae,unet")
-    parser.add_argument(
-        "--preview", default=None, help="also write a PNG: real / VAE reconstruction / samples"
-    )
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {','.join(STAGES)}")
+    parser.add_argument("--preview", default=None, help="also write a PNG: renders, reconstructions, samples")
     parser.add_argument(
         "--preview-only", action="store_true", help="only write --preview from --out's weights"
     )
@@ -44,10 +42,13 @@ def main() -> None:
         out = pretrain_base(cfg, args.out, stages=tuple(args.stages.split(",")))
         print(f"wrote {out}")
     if args.preview:
-        from dualanodiff.demo_base import load_demo_base
-        from dualanodiff.io import save_image_atomic
-        from dualanodiff.pretrain import preview_grid
+        import torch
 
+        from dualanodiff.demo.base import load_demo_base
+        from dualanodiff.demo.pretrain import preview_grid
+        from dualanodiff.io import save_image_atomic
+
+        torch.set_num_threads(cfg.threads)
         save_image_atomic(args.preview, preview_grid(load_demo_base(args.out)))
         print(f"wrote {args.preview}")
 

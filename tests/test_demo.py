@@ -1,4 +1,5 @@
-"""The demo: the shipped base (loads, deterministic, has learned the domain) and `dualanodiff demo --quick`."""
+"""The demo: the shipped base (loads, deterministic, has learned the domain, can draw the test defects), its
+reference segmenter, the study's ranges, and `dualanodiff demo --quick`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import jaccard_score
 
-from dualanodiff.demo_alignment import iou
-from dualanodiff.demo_base import ASSETS, META_NAME, WEIGHTS_NAME, demo_base_folder, load_demo_base
+from dualanodiff.demo.alignment import iou, load_segmenter, mask_alignment, through_vae
+from dualanodiff.demo.base import ASSETS, META_NAME, WEIGHTS_NAME, demo_base_folder, load_demo_base
 from dualanodiff.errors import InputError
 from dualanodiff.model.base import build_base, load_base
 from dualanodiff.synthetic import synthetic_sample
@@ -35,15 +36,17 @@ def _normals(n: int = 6) -> torch.Tensor:
 
 def test_shipped_weights_are_small_fp16_and_described():
     weights = ASSETS / WEIGHTS_NAME
-    assert weights.stat().st_size < 8 * 2**20
+    assert weights.stat().st_size <= 25 * 10**6  # the issue's limit
     meta = json.loads((ASSETS / META_NAME).read_text())
     assert meta["config"]["resolution"] == 64 and meta["scaling_factor"] > 0
+    assert set(meta["segmenters"]) == {"pill", "weave"}
     from safetensors import safe_open
 
     with safe_open(str(weights), "pt") as f:
         keys = list(f.keys())
-        assert {f.get_tensor(k).dtype for k in keys[:20]} == {torch.float16}
-    assert any(k.startswith("unet.") for k in keys) and any(k.startswith("vae.") for k in keys)
+        assert {f.get_tensor(k).dtype for k in keys} == {torch.float16}
+    for prefix in ("unet.", "vae.", "segmenter.pill.", "segmenter.weave."):
+        assert any(k.startswith(prefix) for k in keys), prefix
     assert not any(k.startswith("text_encoder.") for k in keys)  # rebuilt from its seed instead
 
 
@@ -57,8 +60,9 @@ def test_shipped_base_loads_deterministically(demo_base):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    # SD 1.5's layout: 16 transformer blocks, 32 attention layers.
+    # SD 1.5's layout: 16 transformer blocks, 32 attention layers; a 4x VAE: 16x16 latents for 64 px.
     assert len(demo_base.unet.attn_processors) == 32
+    assert demo_base.unet.config.sample_size == 16 and len(demo_base.vae.config.block_out_channels) == 3
     assert (
         demo_base.vae.config.scaling_factor == json.loads((ASSETS / META_NAME).read_text())["scaling_factor"]
     )
@@ -82,6 +86,19 @@ def test_vae_reconstructs_unseen_synthetic_images_unlike_a_random_one(demo_base)
 
     trained, random = err(demo_base.vae), err(build_base("tiny").vae)
     assert trained < 0.15 < random  # mean absolute error in [-1, 1] units
+
+
+@torch.no_grad()
+def test_vae_draws_the_test_defects_it_never_saw(demo_base):
+    """The pretraining saw generic marks, never the test types; still, a pill/spot pit must come back from the
+    VAE close to where and what it was, or the adapters have nothing to learn with."""
+    samples = [synthetic_sample("pill", "testcheck", "spot", i, 0, 64) for i in range(8)]
+    images = np.stack([s.image for s in samples])
+    rec = through_vae(demo_base.vae, images).astype(float)
+    for s, r in zip(samples, rec):
+        to_defect = np.abs(r[s.mask] - s.image[s.mask].astype(float)).mean()
+        to_clean = np.abs(r[s.mask] - s.clean[s.mask].astype(float)).mean()
+        assert to_defect < to_clean  # the reconstruction is nearer the defect than the clean surface
 
 
 @torch.no_grad()
@@ -117,6 +134,43 @@ def test_unet_predicts_noise_on_unseen_normal_latents(demo_base):
 def test_missing_weights_name_the_folder(tmp_path):
     with pytest.raises(InputError, match=str(tmp_path).replace("\\", "\\\\") + ".*demo_base.safetensors"):
         load_demo_base(tmp_path)
+
+
+def test_reference_segmenter_finds_real_defects_and_not_normal_pixels(demo_base):
+    """On fresh real renders of pill/spot (decoded by the VAE, as generated images are), the shipped segmenter's
+    masks overlap the ground truth; on normal renders it marks almost nothing."""
+    seg = load_segmenter("pill", anomaly="spot")
+    spots = [synthetic_sample("pill", "testcheck", "spot", i, 0, 64) for i in range(8)]
+    decoded = through_vae(demo_base.vae, np.stack([s.image for s in spots]))
+    assert mask_alignment(seg, list(decoded), [s.mask for s in spots])["iou_median"] > 0.4
+    normals = np.stack([synthetic_sample("pill", "testcheck", "good", i, 0, 64).image for i in range(8)])
+    from dualanodiff.demo.alignment import segment
+
+    assert segment(seg, list(through_vae(demo_base.vae, normals)), seg.threshold).mean() < 0.01
+
+
+def test_a_run_is_set_beside_the_study():
+    """Inside the study's range widened by one sd: normal; below it: flagged; other settings: no verdict."""
+    from dualanodiff.demo import DemoConfig
+    from dualanodiff.demo.expected import compare_with_study
+
+    cfg = DemoConfig().resolved()
+    expected = {
+        "seeds": 3,
+        "settings": {"category": "pill", "anomaly": "spot", "train_steps": cfg.train_steps},
+        "figures": {
+            "pixel AP, DualAnoDiff": {"mean": 50.0, "sd": 5.0, "min": 45.0, "max": 55.0},
+            "median mask IoU, DualAnoDiff": {"mean": 0.6, "sd": 0.05, "min": 0.55, "max": 0.65},
+        },
+    }
+    summary = {
+        "localization": [{"training data": "DualAnoDiff", "pixel AP": 41.0}],
+        "alignment": {"dualanodiff": {"iou_median": 0.2}},
+    }
+    rows = {r["figure"]: r["verdict"] for r in compare_with_study(summary, cfg, expected)["rows"]}
+    assert rows == {"pixel AP, DualAnoDiff": "normal", "median mask IoU, DualAnoDiff": "LOWER than the study"}
+    other = compare_with_study(summary, DemoConfig(quick=True).resolved(), expected)
+    assert not other["applies"] and "train_steps" in other["why"] and other["rows"] == []
 
 
 def test_iou_matches_sklearn():
@@ -169,6 +223,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     parsed.feed(report.read_text(encoding="utf-8"))
     expected = [
         "What you are looking at",
+        "Is this run normal?",
         "Few-shot training images",
         "Generated pairs: whole image / anomaly part / mask overlay",
         "Baseline: Crop&Paste pairs",
@@ -181,11 +236,11 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert any(h.startswith(heading) for h in parsed.h2), (heading, parsed.h2)
     for label in ("DualAnoDiff", "Crop&Paste", "no generated data"):
         assert label in parsed.td
-    # Every picture is embedded and decodes; pill/spot has 13 images, so 4 few-shot (image, overlay) pairs.
+    # Every picture is embedded and decodes; pill/spot has 16 images, so 5 few-shot (image, overlay) pairs.
     assert all(s.startswith("data:image/png;base64,") for s in parsed.srcs)
     for s in parsed.srcs:
         Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).verify()
-    assert len(parsed.srcs) >= 2 * 4 + 3 * 8 + 2 * 6 + 1  # few-shot, triples, Crop&Paste, loss chart
+    assert len(parsed.srcs) >= 2 * 5 + 3 * 8 + 2 * 6 + 1  # few-shot, triples, Crop&Paste, loss chart
 
     results = json.loads((out / "demo_results.json").read_text())
     assert {r["training data"] for r in results["localization"]} == {
@@ -194,3 +249,77 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         "no generated data",
     }
     assert results["timings"]["total_s"] > 0
+
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_tables_are_the_json_mean_sd_and_paired_differences(tmp_path):
+    """The README's table is computed from study.json: mean and sample sd over seeds, paired differences."""
+    import statistics
+
+    study_mod, tables = _script("miniature_study"), _script("miniature_tables")
+    ddf, cp = "DualAnoDiff (DPM-Solver++ 20 steps)", "Crop&Paste"
+    ap = {ddf: [40.0, 50.0, 45.0], cp: [30.0, 52.0, 35.0]}
+    per_seed = [
+        {
+            "seed": s,
+            "runs": {
+                m: {"pixel AP": ap[m][s], "pixel AUROC": 90.0, "AU-PRO": 80.0, "image AUROC": 99.0}
+                for m in ap
+            },
+            "figures": {"pixel AP, DualAnoDiff": ap[ddf][s]},
+        }
+        for s in range(3)
+    ]
+    for s in per_seed:
+        s["runs"][ddf].update(kept=60, generated=64, iou_median=0.5 + 0.1 * s["seed"])
+    from dataclasses import asdict
+
+    from dualanodiff.demo import DemoConfig
+
+    study = {
+        "settings": asdict(DemoConfig().resolved()),
+        "seeds": [0, 1, 2],
+        "stack": {"torch": "2.x", "python": "3.11", "machine": "x86_64", "threads": "1"},
+        "per_seed": per_seed,
+        "summary": study_mod.aggregate(per_seed),
+    }
+    table = tables.study_table(study)
+    mean, sd = statistics.fmean(ap[ddf]), statistics.stdev(ap[ddf])
+    assert f"| {ddf} | **{mean:.1f} ± {sd:.1f}** |" in table  # the best mean is bold
+    diffs = [a - b for a, b in zip(ap[ddf], ap[cp])]
+    assert f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} | +10.0, -2.0, +10.0 |" in table
+    assert "0.60 ± 0.10" in table and "94 ± 0" in table  # median IoU, kept %
+    expected = tables.expected_file(study, None)
+    assert expected["figures"]["pixel AP, DualAnoDiff"]["mean"] == round(mean, 3)
+    assert expected["settings"]["anomaly"] == "spot"
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("a\n<!-- miniature-table:start -->\nold\n<!-- miniature-table:end -->\nb\n")
+    tables.replace_between(doc, "miniature-table", table)
+    assert doc.read_text() == f"a\n<!-- miniature-table:start -->\n{table}<!-- miniature-table:end -->\nb\n"
+
+
+def test_part_match_is_best_where_the_part_was_cut_and_not_for_a_defect_elsewhere():
+    from dualanodiff.demo.alignment import cut_out, part_match_rank
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(90, 110, (64, 64, 3)).astype(np.uint8)
+    image[10:16, 10:16] = (200, 40, 40)  # the defect
+    here = np.zeros((64, 64), bool)
+    here[10:16, 10:16] = True
+    assert part_match_rank(image, cut_out(image, here), here) == 1.0
+    elsewhere = np.roll(here, (30, 30), axis=(0, 1))  # a part whose defect is where the image has none
+    part = np.full_like(image, 128)
+    part[elsewhere] = (200, 40, 40)
+    assert part_match_rank(image, part, elsewhere) < 0.5
+    assert part_match_rank(image, part, np.zeros((64, 64), bool)) is None

@@ -93,6 +93,25 @@ def test_whole_image_branch_equals_diffusers_stable_diffusion(tiny_base_dir, sch
     assert_equal_up_to_rounding(got, want, pipeline_depth(sd, num_inference_steps=6), magnitude=1.0)
 
 
+def test_zero_mean_noise_samples_each_seeds_own_draw_centred(pipe, adapters):
+    """The option equals passing the seeds' draws, each map centred by hand, as ``latents``; off, the draws."""
+    pipe.load_adapters(adapters)
+    seeds = [3, 11]
+    draws = torch.stack([torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    mean = draws.mean((-2, -1), keepdim=True)
+    by_hand = (draws - mean) / (draws - mean).pow(2).sum((-2, -1), keepdim=True).div(63).sqrt()
+    kw = dict(num_pairs=2, num_inference_steps=3, output_type="np")
+    centred = pipe(seeds=seeds, zero_mean_noise=True, **kw)
+    want = pipe(latents=by_hand, **kw)
+    assert (
+        np.abs(centred.images - want.images).max() <= 1e-5
+        and np.abs(centred.parts - want.parts).max() <= 1e-5
+    )
+    plain = pipe(seeds=seeds, **kw)
+    assert np.abs(plain.parts - pipe(latents=draws, **kw).parts).max() <= 1e-5
+    assert np.abs(plain.parts - centred.parts).max() > 1e-3  # the draws' means do matter
+
+
 def test_guidance_at_most_one_skips_the_unconditional_rows(pipe):
     calls = []
     original = pipe.unet.forward

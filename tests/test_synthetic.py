@@ -21,13 +21,8 @@ from dualanodiff.data import (
     validate_training_samples,
 )
 from dualanodiff.errors import InputError
-from dualanodiff.synthetic import (
-    DEFAULT_DEFECT_COUNTS,
-    DEFECT_TYPES,
-    apply_defect,
-    make_synthetic,
-    synthetic_sample,
-)
+from dualanodiff.synthetic import DEFAULT_DEFECT_COUNTS, DEFECT_TYPES, make_synthetic, synthetic_sample
+from dualanodiff.synthetic.common import composite
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +69,48 @@ def test_masks_are_exactly_the_changed_pixels(dataset):
         assert np.array_equal(load_rgb(s.image), ref.clean) and not ref.mask.any()
 
 
-@pytest.mark.parametrize("kind", ["crack", "scratch", "stain"])
 @pytest.mark.parametrize("value", [0, 255])
-def test_defect_on_flat_image_still_changes_every_masked_pixel(kind, value):
-    # On flat black / white the painted colour often equals the original: the nudge must kick in.
-    clean = np.full((64, 64, 3), value, np.uint8)
-    out, mask = apply_defect("weave", kind, clean, None, np.random.default_rng(1))
-    assert mask.any() and np.array_equal(mask, (out != clean).any(-1))
+def test_composite_changes_every_pixel_of_the_region(value):
+    # Where the re-rendered colour happens to equal the original, the nudge must kick in.
+    clean = np.full((16, 16, 3), value, np.uint8)
+    changed = clean.copy()
+    changed[:4] = 255 - value
+    region = np.zeros((16, 16), bool)
+    region[2:8, 2:8] = True  # half of it re-renders to the same colour
+    out, mask = composite(clean, changed, region)
+    assert np.array_equal(mask, region) and np.array_equal(mask, (out != clean).any(-1))
+    assert np.array_equal(out[~region], clean[~region])
+
+
+def _defect_pixels(module, kind: str, scene) -> tuple[np.ndarray, np.ndarray]:
+    """A defect drawn with fixed random draws into ``scene``: (its pixels' colours, its region)."""
+    changed, region = module.DEFECTS[kind](scene, np.random.default_rng(7))
+    return changed[region].astype(float), region
+
+
+@pytest.mark.parametrize(
+    ("category", "kind", "change"),
+    [
+        # light from the other side; a pill of another colour; another backing behind the cloth
+        ("pill", "spot", lambda s: {"light": s.light * np.array([-1.0, -1.0, 1.0])}),
+        ("pill", "stain", lambda s: {"albedo": s.albedo[..., ::-1].copy()}),
+        ("weave", "hole", lambda s: {"backing": s.backing[::-1].copy() + 0.3}),
+    ],
+)
+def test_a_defect_looks_different_in_another_scene(category, kind, change):
+    """The same defect (same region, same random draws) in a scene that differs in one respect has other
+    colours: a defect's look follows the light, surface and background where it lands, so a defect pasted
+    from another image is not what the renderer would have drawn there."""
+    from dataclasses import replace
+
+    from dualanodiff.synthetic import pill, weave
+
+    module = pill if category == "pill" else weave
+    scene = module.make_scene(np.random.default_rng(1), 64)
+    here, region = _defect_pixels(module, kind, scene)
+    there, region_there = _defect_pixels(module, kind, replace(scene, **change(scene)))
+    assert np.array_equal(region, region_there) and region.sum() >= 4
+    assert np.abs(here - there).mean() > 10  # grey levels of 255
 
 
 def test_deterministic_for_a_seed(tmp_path):

@@ -64,7 +64,7 @@ from .io import write_json_atomic, write_text_atomic
 from .locking import output_lock
 from .masks.foreground import SOURCES as FOREGROUND_SOURCES
 from .progress import progress_shown
-from .train import TrainConfig, train_adapters
+from .training import TrainConfig, train_adapters
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ class BenchmarkConfig:
     train_rank: int = 32
     train_text_encoder_rank: int = 32
     train_resolution: int | None = None  # None: the base's native size
+    train_saim: bool = True  # False: the two branches do not interact (the ablation of the miniature study)
     bcm: bool = False
     # BCM foregrounds: "auto" | "u2net" (with u2net_weights) | "none"; None: ROOT/<category>/foreground/ if it
     # exists, else "auto" (training and generation alike)
@@ -133,6 +134,9 @@ class BenchmarkConfig:
     scheduler: str | None = None
     background_every: int | None = None  # BCM
     background_noise: str | None = None  # BCM: "shared" | "independent"
+    zero_mean_noise: bool = (
+        False  # centre the initial noise (GenerateConfig; the demo's 16x16 latents need it)
+    )
     gen_batch_size: int = 8
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
     mask_method: str = "auto"
@@ -351,6 +355,7 @@ class _Benchmark:
             split=c.split,
             preset=c.train_preset,
             bcm=c.bcm,
+            saim=c.train_saim,
             epochs=c.train_epochs,
             max_steps=c.train_steps,
             batch_size=c.train_batch_size,
@@ -398,6 +403,7 @@ class _Benchmark:
             scheduler=c.scheduler,
             background_every=c.background_every,
             background_noise=c.background_noise,
+            zero_mean_noise=c.zero_mean_noise,
             category=category,
             seed=_type_seed(c.seed, category, kind),
             mixed_precision=c.mixed_precision,

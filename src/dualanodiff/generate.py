@@ -111,6 +111,9 @@ class GenerateConfig:
     anomaly_type: str | None = None  # default: the type the adapters were trained on (adapter_config.json)
     global_prompt: str = GLOBAL_PROMPT
     part_prompt: str = PART_PROMPT
+    zero_mean_noise: bool = (
+        False  # centre each initial noise map (`DualAnoDiffPipeline.__call__`; small latents)
+    )
     device: str | None = None
     # Speed and memory (all but tiling keep the pairs the same to float rounding, so a resume may change them):
     compile: bool = False  # torch.compile the UNet (a one-off compilation, then faster steps)
@@ -261,6 +264,8 @@ def generate_to_folder(
     masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
 
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
+    if not config.zero_mean_noise:  # recorded only when on: folders made before the option still resume
+        del record_config["zero_mean_noise"]
     record_config["adapter_identity"] = adapter_identity(adapters)
     record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
     if bcm:
@@ -349,6 +354,7 @@ def _generate_pairs(
             part_prompt=config.part_prompt,
             output_type="np",
             background_noise=config.background_noise,
+            zero_mean_noise=config.zero_mean_noise,
         )
         for k, index in enumerate(indices):
             image, part = to_uint8(out.images[k]), to_uint8(out.parts[k])

@@ -67,6 +67,11 @@ class DualAnoDiffOutput(BaseOutput):
     seeds: list[int]
 
 
+def centred_noise(noise: torch.Tensor) -> torch.Tensor:
+    """Noise maps (..., h, w) with each map's mean removed and its std set to 1."""
+    return (noise - noise.mean((-2, -1), keepdim=True)) / noise.std((-2, -1), keepdim=True)
+
+
 class DualAnoDiffPipeline(DiffusionPipeline):
     """A Stable Diffusion pipeline whose UNet denoises (whole image, anomaly part) pairs jointly."""
 
@@ -240,6 +245,7 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         bcm_mode: str = "folded",
         merge_lora: bool = True,
         background_noise: str = "shared",
+        zero_mean_noise: bool = False,
     ) -> DualAnoDiffOutput | tuple:
         """Generate ``num_pairs`` (whole image, anomaly part) pairs, and masks when ``masker`` is given.
 
@@ -256,6 +262,10 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         ``background_noise``: BCM under guidance, how the unconditional (grey) and conditional background rows
         are noised at each step: "shared" (one draw per pair and step for both), or "independent" (a draw for
         each, as the authors' inference does). Both come from the pair's own generator.
+        ``zero_mean_noise``: centre each drawn initial noise map (per pair, branch and channel: zero mean, unit
+        std). SD's schedule keeps a little of the image at its last step, so the UNet reads an image's mean colour
+        from the noise (Lin et al. 2023); on small latents (16x16: four times SD's 64x64 in that mean's spread)
+        this tints the part branch's grey canvas (docs/demo.md). Given ``latents`` are used as they are.
         """
         if num_pairs < 1:
             raise InputError(f"num_pairs must be at least 1, got {num_pairs}")
@@ -300,6 +310,8 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         )
         if latents is None:
             latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
+            if zero_mean_noise:
+                latents = centred_noise(latents)
         elif tuple(latents.shape) != (num_pairs, *shape):
             raise InputError(f"latents must have shape {(num_pairs, *shape)}, got {tuple(latents.shape)}")
         self.scheduler.set_timesteps(num_inference_steps, device=device)

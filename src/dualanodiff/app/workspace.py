@@ -144,7 +144,7 @@ class Workspace:
 
     def demo_base(self) -> Path:
         """The built-in demo base as a diffusers folder (written on first use; no download)."""
-        from ..demo_base import demo_base_folder
+        from ..demo.base import demo_base_folder
 
         return demo_base_folder(self.folder / "base" / "demo")
 

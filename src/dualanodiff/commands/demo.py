@@ -6,16 +6,30 @@ from ..checks import int_arg, name_arg, seed_arg
 from . import add_progress_argument
 
 
+def _measured_times() -> str:
+    """The run times measured by benchmarks/bench_demo.py, as shipped in the demo's reference file."""
+    from ..demo.expected import read_expected
+
+    times = (read_expected() or {}).get("times", {})
+    if "full" not in times or "quick" not in times:
+        return "(Run times not measured for this version.)"
+    full, quick = times["full"], times["quick"]
+    return (
+        f"Measured on a {full['machine']} with one thread: {full['wall_s'] / 60:.1f} minutes "
+        f"({full['cpu_s']:.0f} s CPU); --quick {quick['wall_s']:.0f} s."
+    )
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
         help="run the whole method on a synthetic dataset on CPU and write an HTML report (start here)",
         description=(
-            "Make a synthetic defect dataset, take the shipped tiny base (pretrained on its normal images), train "
-            "DualAnoDiff adapters for one defect type from its few-shot split, generate (image, part, mask) "
-            "pairs, train a downstream detector on DualAnoDiff pairs, Crop&Paste pairs and no generated data, and "
-            "write report.html. About 5-10 minutes on a 2-core CPU; --quick takes about a minute (toy sizes). "
-            "A rerun in the same --out resumes."
+            "Make a synthetic defect dataset, take the shipped small base (pretrained on synthetic images and "
+            "generic marks), train DualAnoDiff adapters for one defect type from its few-shot split, generate "
+            "(image, part, mask) pairs, train a downstream detector on DualAnoDiff pairs, Crop&Paste pairs and no "
+            "generated data, and write report.html, which sets the run beside the miniature study's range. "
+            f"{_measured_times()} A rerun in the same --out resumes."
         ),
     )
     p.add_argument("--out", default="dualanodiff-demo", help="folder for the data, models and report")

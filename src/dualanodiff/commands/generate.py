@@ -103,6 +103,12 @@ def register(subparsers) -> None:
         "one each, as the authors' inference (independent); both seeded per pair (default: the preset's)",
     )
     p.add_argument(
+        "--zero-mean-noise",
+        action="store_true",
+        help="centre each pair's initial noise (zero mean per channel): on small latents (e.g. the demo base's "
+        "16x16) the noise's mean colour otherwise tints the part's grey canvas and the masks fail",
+    )
+    p.add_argument(
         "--category",
         default=PRESET_DEFAULT,
         help="the category, for the screw settings of --preset official-code (default: the adapters')",
@@ -167,6 +173,7 @@ def run(args) -> int:
         foreground=getattr(args, "foreground", None),
         background_every=getattr(args, "background_every", None),
         background_noise=getattr(args, "background_noise", None),
+        zero_mean_noise=getattr(args, "zero_mean_noise", False),
         category=getattr(args, "category", None),
         mask_method=args.method,
         u2net_weights=args.u2net_weights,

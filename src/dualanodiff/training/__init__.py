@@ -1,5 +1,5 @@
 """Training the adapters of one or several anomaly types (METHOD section 6): config and presets, data
-sources, the Accelerate loop, checkpoints. `dualanodiff.train` re-exports the public names."""
+sources, the Accelerate loop, checkpoints; `from dualanodiff.training import TrainConfig, train_adapters`."""
 
 from .checkpoint import LOSS_LOG, list_checkpoints, read_loss_log
 from .config import PRESETS, Preset, TrainConfig, identity, resolve_config, steps_per_epoch, total_steps

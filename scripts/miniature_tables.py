@@ -1,0 +1,236 @@
+"""The miniature study's tables and the demo's reference figures, from the JSON files that measured them.
+
+    python scripts/miniature_tables.py study/study.json --times benchmarks/results/demo-cpu.json
+
+Writes, from ``study.json`` (scripts/miniature_study.py), the timing file (benchmarks/bench_demo.py) and the
+shipped base's ``demo_base.json``:
+
+- the tables between the ``<!-- miniature-table:start/end -->``, ``<!-- demo-times:start/end -->`` and
+  ``<!-- demo-base:start/end -->`` markers of README.md and docs/demo.md, so every figure there is a measured one;
+- ``src/dualanodiff/assets/demo_expected.json``: the study's spread of each figure the demo's report checks, the
+  settings it holds for, and the measured run times (read by the report and by `dualanodiff demo --help`).
+
+``--print`` only prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+from dualanodiff.demo.base import ASSETS, META_NAME
+from dualanodiff.demo.expected import EXPECTED_NAME, MATCHED, spread
+from dualanodiff.io import write_json_atomic, write_text_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER = (
+    "DualAnoDiff (DPM-Solver++ 20 steps)",
+    "DualAnoDiff, PNDM 50 steps",
+    "DualAnoDiff, SAIM off",
+    "DualAnoDiff with BCM",
+    "Crop&Paste",
+    "DRAEM-Perlin",
+    "no generated data",
+)
+COMPARISONS = (
+    ("DualAnoDiff (DPM-Solver++ 20 steps)", "Crop&Paste"),
+    ("DualAnoDiff (DPM-Solver++ 20 steps)", "DRAEM-Perlin"),
+    ("DualAnoDiff (DPM-Solver++ 20 steps)", "no generated data"),
+    ("DualAnoDiff (DPM-Solver++ 20 steps)", "DualAnoDiff, SAIM off"),
+    ("DualAnoDiff with BCM", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+    ("DualAnoDiff, PNDM 50 steps", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+)
+
+
+def _cell(stats: dict | None, bold: bool = False, digits: int = 1) -> str:
+    if not stats:
+        return "-"
+    text = f"{stats['mean']:.{digits}f} ± {stats['sd']:.{digits}f}"
+    return f"**{text}**" if bold else text
+
+
+def _stack(study: dict) -> str:
+    s = study["stack"]
+    return f"torch {s['torch']}, Python {s['python']}, {s['machine']} CPU, {s['threads']} thread(s)"
+
+
+def study_table(study: dict) -> str:
+    """Mean ± sd over seeds per kind of training data, and the paired per-seed differences of pixel AP."""
+    summary = study["summary"]
+    cfg = study["settings"]
+    seeds = ", ".join(str(s) for s in study["seeds"])
+    best = max(summary[k]["pixel AP"]["mean"] for k in ORDER if k in summary and "pixel AP" in summary[k])
+    lines = [
+        f"`{cfg['category']}/{cfg['anomaly']}`, seeds {seeds} (mean ± standard deviation over seeds; each seed a new "
+        f"dataset, adapters, pairs and detectors); {cfg['train_steps']} adapter steps, {cfg['num_pairs']} pairs per "
+        f"generator, detector {cfg['loc_epochs']} epochs x {cfg['loc_samples_per_epoch']} samples at "
+        f"{cfg['resolution']} px. Measured with {_stack(study)}; `study.json` by `scripts/miniature_study.py`.",
+        "",
+        "| training data of the detector | pixel AP | pixel AUROC | AU-PRO | image AUROC | median mask IoU | kept pairs % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label in ORDER:
+        if label not in summary:
+            continue
+        failed = sum("error" in seed["runs"].get(label, {}) for seed in study["per_seed"])
+        s = summary[label]
+        ap = s.get("pixel AP")
+        cells = [
+            _cell(ap, bold=ap is not None and ap["mean"] == best),
+            _cell(s.get("pixel AUROC")),
+            _cell(s.get("AU-PRO")),
+            _cell(s.get("image AUROC")),
+            _cell(s.get("iou_median"), digits=2),
+            _cell(s.get("kept_pct"), digits=0),
+        ]
+        note = f" (failed in {failed} seed(s): no pair passed the mask gate)" if failed else ""
+        lines.append(f"| {label}{note} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences of pixel AP (the same seed's two runs; mean ± sd over seeds):", ""]
+    lines += ["| comparison | difference | per seed | verdict |", "|---|---|---|---|"]
+    for a, b in COMPARISONS:
+        if a not in summary or b not in summary:
+            continue
+        pairs = [(s["runs"].get(a, {}), s["runs"].get(b, {})) for s in study["per_seed"]]
+        diffs = [x["pixel AP"] - y["pixel AP"] for x, y in pairs if "pixel AP" in x and "pixel AP" in y]
+        if not diffs:
+            continue
+        d = spread(diffs)
+        verdict = (
+            "tie (within one sd)" if abs(d["mean"]) <= d["sd"] else ("higher" if d["mean"] > 0 else "lower")
+        )
+        per_seed = ", ".join(f"{v:+.1f}" for v in diffs)
+        lines.append(f"| {a} minus {b} | {d['mean']:+.1f} ± {d['sd']:.1f} | {per_seed} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def times_text(times: dict) -> str:
+    meta, runs = times["meta"], times["results"]
+    parts = []
+    for mode, command in (("full", "dualanodiff demo"), ("quick", "dualanodiff demo --quick")):
+        mine = [r for r in runs if r["mode"] == mode]
+        if not mine:
+            continue
+        wall = statistics.median(r["wall_s"] for r in mine)
+        cpu = statistics.median(r["cpu_s"] for r in mine)
+        load = max(r["load_before"] for r in mine)
+        parts.append(
+            f"`{command}`: {wall:.0f} s wall, {cpu:.0f} s CPU ({mine[0]['threads']} thread; load average "
+            f"{load:.1f} before the run)"
+        )
+    where = f"{meta['cpu_count']}-core {meta['device']}, torch {meta['torch']}, {meta['date']}"
+    return "Measured run times (`benchmarks/bench_demo.py`, " + where + "): " + "; ".join(parts) + ".\n"
+
+
+def base_text(meta: dict) -> str:
+    t, c = meta["times"], meta["config"]
+    segs = "; ".join(
+        f"{cat}: " + ", ".join(f"{kind} {iou:.2f}" for kind, iou in s["val_iou_mean"].items())
+        for cat, s in meta["segmenters"].items()
+    )
+    size = (ASSETS / "demo_base.safetensors").stat().st_size / 1e6
+    unet = f"UNet {c['unet_steps']} steps (batch {c['unet_batch']})"
+    if "unet_snapshot_step" in meta:  # a long run stopped early: the shipped UNet is one of its snapshots
+        unet = (
+            f"UNet: the EMA snapshot at step {meta['unet_snapshot_step']} of a {c['unet_steps']}-step run "
+            f"(batch {c['unet_batch']}; the run was stopped there for time)"
+        )
+    cpu = ", ".join(
+        f"{stage} {t[f'{stage}_cpu_s'] / 60:.0f}"
+        for stage in ("vae", "unet", "segmenter")
+        if f"{stage}_cpu_s" in t
+    )
+    return (
+        f"Shipped: UNet, VAE and reference segmenters as fp16 safetensors ({size:.1f} MB) and `demo_base.json`. "
+        f"Pretraining: VAE {c['vae_steps']} steps, {unet}, segmenters {c['segmenter_steps']} steps each; CPU "
+        f"minutes with one torch thread, as recorded: {cpu or 'none recorded'}; torch {meta['stack']['torch']}. "
+        f"Final losses: VAE reconstruction {meta['final_losses'].get('vae')}, UNet epsilon MSE "
+        f"{meta['final_losses'].get('unet', 'not recorded')}. Reference segmenters, mean IoU on held-out "
+        f"VAE-decoded renders per type: {segs}.\n"
+    )
+
+
+def expected_file(study: dict, times: dict | None) -> dict:
+    figures: dict[str, list[float]] = {}
+    for seed in study["per_seed"]:
+        for name, value in seed["figures"].items():
+            if value is not None:
+                figures.setdefault(name, []).append(float(value))
+    out = {
+        "seeds": len(study["seeds"]),
+        "stack": _stack(study),
+        "settings": {k: study["settings"][k] for k in MATCHED},
+        "figures": {name: spread(values) for name, values in figures.items()},
+    }
+    if times:
+        out["times"] = {
+            mode: {
+                "wall_s": statistics.median(r["wall_s"] for r in times["results"] if r["mode"] == mode),
+                "cpu_s": statistics.median(r["cpu_s"] for r in times["results"] if r["mode"] == mode),
+                "cpu_in_run_s": statistics.median(
+                    r["stages_s"]["cpu_before_report_s"] for r in times["results"] if r["mode"] == mode
+                ),
+                "machine": f"{times['meta']['cpu_count']}-core {times['meta']['device']}",
+            }
+            for mode in ("full", "quick")
+            if any(r["mode"] == mode for r in times["results"])
+        }
+    return out
+
+
+def replace_between(path: Path, name: str, text: str) -> None:
+    """Replace what lies between ``<!-- name:start -->`` and ``<!-- name:end -->`` in ``path``."""
+    source = path.read_text(encoding="utf-8")
+    pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+    if not pattern.search(source):
+        raise SystemExit(f"{path}: no <!-- {name}:start --> ... <!-- {name}:end --> markers")
+    write_text_atomic(path, pattern.sub(lambda m: m.group(1) + text + m.group(2), source))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "study",
+        type=Path,
+        nargs="?",
+        help="study.json written by scripts/miniature_study.py (none: --base-only)",
+    )
+    parser.add_argument(
+        "--base-only",
+        action="store_true",
+        help="only fill docs/demo.md's demo-base figures from demo_base.json",
+    )
+    parser.add_argument("--times", type=Path, default=None, help="JSON written by benchmarks/bench_demo.py")
+    parser.add_argument("--print", action="store_true", help="print the tables; write nothing")
+    args = parser.parse_args()
+    base_meta = json.loads((ASSETS / META_NAME).read_text())
+    if args.base_only:
+        replace_between(ROOT / "docs" / "demo.md", "demo-base", base_text(base_meta))
+        print("wrote the demo base's figures into docs/demo.md")
+        return
+    if args.study is None:
+        parser.error("give study.json, or --base-only")
+    study = json.loads(args.study.read_text())
+    times = json.loads(args.times.read_text()) if args.times else None
+    table = study_table(study)
+    if args.print:
+        print(table)
+        print(base_text(base_meta))
+        if times:
+            print(times_text(times))
+        return
+    for doc in (ROOT / "README.md", ROOT / "docs" / "demo.md"):
+        replace_between(doc, "miniature-table", table)
+        if times:
+            replace_between(doc, "demo-times", times_text(times))
+    replace_between(ROOT / "docs" / "demo.md", "demo-base", base_text(base_meta))
+    write_json_atomic(ASSETS / EXPECTED_NAME, expected_file(study, times))
+    print(f"wrote the tables into README.md and docs/demo.md, and {ASSETS / EXPECTED_NAME}")
+
+
+if __name__ == "__main__":
+    main()
