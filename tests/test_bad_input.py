@@ -9,6 +9,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +215,10 @@ def test_read_only_output_folder_is_refused_before_work(ctx, capsys):
     assert list(locked.iterdir()) == []
 
 
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def test_a_weights_file_is_never_unpickled_into_code(ctx, capsys, tmp_path):
     """A pickle that would run code when loaded is refused as a weights file, and the code does not run."""
     ran = tmp_path / "code-ran"
@@ -225,7 +230,10 @@ def test_a_weights_file_is_never_unpickled_into_code(ctx, capsys, tmp_path):
     hostile = tmp_path / "hostile.pth"
     hostile.write_bytes(pickle.dumps({"x": Hostile()}))
     argv = _evaluate(ctx, "quality", "--generated", str(ctx.generated), "--inception-weights", str(hostile))
-    code, err = run_in_process(argv, capsys)
+    with warnings.catch_warnings():  # warnings printed as a user's shell shows them: none may add a line
+        warnings.simplefilter("always")
+        warnings.showwarning = _print_warning
+        code, err = run_in_process(argv, capsys)
     assert code == 2 and "hostile.pth: cannot read" in err and err.count("\n") == 1
     assert not ran.exists()
 

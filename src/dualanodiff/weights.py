@@ -8,6 +8,7 @@ runs its code). Every failure is an :class:`InputError` naming the file and what
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -28,7 +29,11 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():
+                # torch warns of any pickle protocol but 2 ("Detected pickle protocol 4 ..."): a second line
+                # before ours that tells the user nothing (what it fails to read, our error names).
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip, safetensors and torch errors all mean "not a usable file"
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InputError(f"{path}: cannot read {what} ({type(err).__name__}: {detail})") from None
