@@ -165,19 +165,24 @@ def expected_file(study: dict, times: dict | None) -> dict:
         "figures": {name: spread(values) for name, values in figures.items()},
     }
     if times:
-        out["times"] = {
-            mode: {
-                "wall_s": statistics.median(r["wall_s"] for r in times["results"] if r["mode"] == mode),
-                "cpu_s": statistics.median(r["cpu_s"] for r in times["results"] if r["mode"] == mode),
-                "cpu_in_run_s": statistics.median(
-                    r["stages_s"]["cpu_before_report_s"] for r in times["results"] if r["mode"] == mode
-                ),
-                "machine": f"{times['meta']['cpu_count']}-core {times['meta']['device']}",
-            }
-            for mode in ("full", "quick")
-            if any(r["mode"] == mode for r in times["results"])
-        }
+        out["times"] = times_summary(times)
     return out
+
+
+def times_summary(times: dict) -> dict:
+    """Per mode, the median wall and CPU time of bench_demo.py's runs (what `demo --help` and the report show)."""
+    return {
+        mode: {
+            "wall_s": statistics.median(r["wall_s"] for r in times["results"] if r["mode"] == mode),
+            "cpu_s": statistics.median(r["cpu_s"] for r in times["results"] if r["mode"] == mode),
+            "cpu_in_run_s": statistics.median(
+                r["stages_s"]["cpu_before_report_s"] for r in times["results"] if r["mode"] == mode
+            ),
+            "machine": f"{times['meta']['cpu_count']}-core {times['meta']['device']}",
+        }
+        for mode in ("full", "quick")
+        if any(r["mode"] == mode for r in times["results"])
+    }
 
 
 def replace_between(path: Path, name: str, text: str) -> None:
@@ -197,7 +202,7 @@ def main() -> None:
         "study",
         type=Path,
         nargs="?",
-        help="study.json written by scripts/miniature_study.py (none: --base-only)",
+        help="study.json written by scripts/miniature_study.py (none: --times alone, or --base-only)",
     )
     parser.add_argument(
         "--base-only",
@@ -212,8 +217,16 @@ def main() -> None:
         replace_between(ROOT / "docs" / "demo.md", "demo-base", base_text(base_meta))
         print("wrote the demo base's figures into docs/demo.md")
         return
+    if args.study is None and args.times is not None and not args.print:
+        # No study yet: the measured times alone, the same figures in README.md, docs/demo.md and `demo --help`.
+        times = json.loads(args.times.read_text())
+        for doc in (ROOT / "README.md", ROOT / "docs" / "demo.md"):
+            replace_between(doc, "demo-times", times_text(times))
+        write_json_atomic(ASSETS / EXPECTED_NAME, {"times": times_summary(times)})
+        print(f"wrote the run times into README.md and docs/demo.md, and {ASSETS / EXPECTED_NAME}")
+        return
     if args.study is None:
-        parser.error("give study.json, or --base-only")
+        parser.error("give study.json, --times alone, or --base-only")
     study = json.loads(args.study.read_text())
     times = json.loads(args.times.read_text()) if args.times else None
     table = study_table(study)

@@ -323,3 +323,20 @@ def test_part_match_is_best_where_the_part_was_cut_and_not_for_a_defect_elsewher
     part[elsewhere] = (200, 40, 40)
     assert part_match_rank(image, part, elsewhere) < 0.5
     assert part_match_rank(image, part, np.zeros((64, 64), bool)) is None
+
+
+def test_times_without_a_study_give_the_cpu_row_only():
+    """Before any study: the measured CPU time alone sets the run beside the benchmark machine, and says so."""
+    from dualanodiff.demo import DemoConfig
+    from dualanodiff.demo.expected import compare_with_study
+
+    cfg = DemoConfig().resolved()
+    expected = {"times": {cfg.mode: {"wall_s": 200.0, "cpu_s": 199.0, "cpu_in_run_s": 100.0, "machine": "m"}}}
+    summary = {"localization": [{"training data": "DualAnoDiff", "pixel AP": 41.0}], "timings": {}}
+    for mine, verdict in ((140.0, "normal"), (160.0, "SLOWER than measured (another CPU, or other load)")):
+        summary["timings"]["cpu_before_report_s"] = mine
+        checks = compare_with_study(summary, cfg, expected)
+        assert checks["applies"] and "no miniature study" in checks["why"]
+        assert [(r["figure"], r["verdict"]) for r in checks["rows"]] == [
+            ("CPU seconds of the run (before the report)", verdict)
+        ]
