@@ -195,6 +195,11 @@ def readme_paragraph(results: dict) -> str:
         f"NVIDIA libraries ({d['gpu_only_gb']:.1f} GB with Triton) in a {d['venv_gb']:.1f} GB venv, also for the "
         f"CPU-only demo. It took {d['install_s'] / 60:.1f} min on a {m['cores']}-core {m['cpu']}"
     )
+    if any("find-links" in line or "index-url" in line for line in m["pip_config"]):
+        facts += (
+            " (from this machine's local wheels and package mirrors, as its pip configuration in the results file"
+            " says; downloading adds the time to fetch them)"
+        )
     if "tests_s" in d:
         passed = re.search(r"\d+ passed", d["tests_summary"])
         facts += (
