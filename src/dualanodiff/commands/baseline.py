@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..checks import name_arg, pairs_arg, resolution_arg, seed_arg
-from . import add_progress_argument
+from . import add_progress_argument, add_split_argument
 
 
 def register(subparsers) -> None:
@@ -35,12 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--num-pairs", type=pairs_arg, default=500, help="pairs to write")
     p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     p.add_argument("--seed", type=seed_arg, default=0, help="pair i is drawn from seed + i")
-    p.add_argument(
-        "--split",
-        choices=["strict", "paper-compat"],
-        default="strict",
-        help="few-shot split rule (see `dualanodiff train --help`)",
-    )
+    add_split_argument(p)
     p.add_argument(
         "--resolution",
         type=resolution_arg,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..checks import MAX_RESOLUTION, float_arg, int_arg, name_arg, pairs_arg, resolution_arg, seed_arg
-from . import add_progress_argument
+from . import add_progress_argument, add_split_argument
 from .evaluate import add_quality_images_argument
 
 _DESCRIPTION = """\
@@ -74,12 +74,7 @@ def register(subparsers) -> None:
         help="comma list from dualanodiff, crop-paste, perlin, none (default: all four)",
     )
     what.add_argument("--quick", action="store_true", help="the quick profile's sizes instead of the paper's")
-    what.add_argument(
-        "--split",
-        choices=["strict", "paper-compat"],
-        default="strict",
-        help="few-shot split: strict (default) or the authors' rule whose extra training image is also a test image",
-    )
+    add_split_argument(what)
     what.add_argument("--seed", type=seed_arg, default=0, help="seed of every random draw (default 0)")
     what.add_argument(
         "--device", help="torch device for generation and evaluation (default: cuda if available)"

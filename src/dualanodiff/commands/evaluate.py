@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..checks import MAX_RESOLUTION, float_arg, int_arg, name_arg, seed_arg
-from . import add_progress_argument
+from . import add_progress_argument, add_split_argument
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,7 @@ def _common(p, generated_required: bool) -> None:
         "crop-paste, perlin; 'none' with --no-generated)",
     )
     p.add_argument("--out", default="evaluation", help="results folder")
-    p.add_argument(
-        "--split",
-        choices=["strict", "paper-compat"],
-        default="strict",
-        help="few-shot split: strict = first floor(n/3) of each type train the generator, the rest are test; "
-        "paper-compat = the authors' rule, whose extra training image is also a test image",
-    )
+    add_split_argument(p)
     p.add_argument("--seed", type=seed_arg, default=0, help="seed of every random draw")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     add_progress_argument(p)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..checks import float_arg, int_arg, name_arg, resolution_arg, seed_arg
-from . import add_progress_argument
+from . import add_progress_argument, add_split_argument
 
 _DESCRIPTION = """\
 Train DualAnoDiff adapters (per-branch UNet LoRA, SAIM, optionally BCM, and a text-encoder LoRA) on the few-shot
@@ -54,13 +54,7 @@ def register(subparsers) -> None:
         help="anomaly type, a comma list, or 'all' (every type of the category); with --images the name of "
         "the type (default: the name of the folder holding --images)",
     )
-    data.add_argument(
-        "--split",
-        choices=["strict", "paper-compat"],
-        default="strict",
-        help="few-shot rule: strict = first floor(n/3) images (default); paper-compat = the authors' rule, one "
-        "more image when floor(n/3) is not a multiple of 3, which then is also a test image",
-    )
+    add_split_argument(data)
     data.add_argument("--images", help="folder of defect images of one type (instead of --data)")
     data.add_argument("--masks", help="their masks, matched by stem: <stem>.png or <stem>_mask.png")
     data.add_argument(
