@@ -12,6 +12,7 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -165,6 +166,20 @@ def resolve_generate_config(config: GenerateConfig, bcm: bool, category: str | N
 SPEED_OPTIONS = ("batch_size", "compile", "channels_last", "vae_slicing")
 
 
+def resolve_for_adapters(config: GenerateConfig) -> tuple[GenerateConfig, dict[str, Any], bool]:
+    """``config`` with its preset resolved for its adapters (which depends on BCM and the category they were
+    trained on), the adapters' training record, and whether they use BCM. Refuses a folder without adapters."""
+    adapters = Path(config.adapters)
+    if not (adapters / "adapters.safetensors").is_file():
+        raise InputError(
+            f"--adapters {adapters}: no adapters.safetensors there (train first, or check the path)"
+        )
+    meta = read_adapter_config(adapters)
+    training = meta.get("training") or {}
+    bcm = bool((meta.get("adapter") or {}).get("bcm"))
+    return resolve_generate_config(config, bcm, training.get("category")), training, bcm
+
+
 def apply_speed_options(
     pipe: DualAnoDiffPipeline,
     *,
@@ -226,15 +241,7 @@ def generate_to_folder(
 
     # Everything that can be checked without the model is checked before anything is written or loaded.
     check_device(config.device)
-    adapters = Path(config.adapters)
-    if not (adapters / "adapters.safetensors").is_file():
-        raise InputError(
-            f"--adapters {adapters}: no adapters.safetensors there (train first, or check the path)"
-        )
-    meta = read_adapter_config(adapters)
-    training = meta.get("training") or {}
-    bcm = bool((meta.get("adapter") or {}).get("bcm"))
-    config = resolve_generate_config(config, bcm, training.get("category"))
+    config, training, bcm = resolve_for_adapters(config)
     if pipe is None:
         resolution = check_resolution(config.resolution, read_base_shape(config.base))
     else:
@@ -266,7 +273,7 @@ def generate_to_folder(
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     if not config.zero_mean_noise:  # recorded only when on: folders made before the option still resume
         del record_config["zero_mean_noise"]
-    record_config["adapter_identity"] = adapter_identity(adapters)
+    record_config["adapter_identity"] = adapter_identity(config.adapters)
     record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
     if bcm:
         record_config["foreground_in_training"] = training.get("foreground")

@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.generated import manifest_records
 from ..errors import InputError
-from ..generate import GenerateConfig, generate_to_folder, resolve_generate_config
-from ..model.dual_unet import read_adapter_config
+from ..generate import GenerateConfig, generate_to_folder, resolve_for_adapters
 from ..sharding import Shard
 from . import check_ray_options
 from .progress import ClusterProgress
@@ -55,13 +54,7 @@ def generate_on_ray(
     if shards is not None and shards < 1:
         raise InputError(f"--ray-shards must be at least 1, got {shards}")
     check_ray_options(retries, cpus)
-    if not (Path(config.adapters) / "adapters.safetensors").is_file():
-        raise InputError(
-            f"--adapters {config.adapters}: no adapters.safetensors there (train first, or check the path)"
-        )
-    meta = read_adapter_config(config.adapters)  # the preset's sizes depend on the adapters (BCM, category)
-    bcm = bool((meta.get("adapter") or {}).get("bcm"))
-    config = resolve_generate_config(config, bcm, (meta.get("training") or {}).get("category"))
+    config, _, _ = resolve_for_adapters(config)  # the preset's sizes depend on the adapters (BCM, category)
     owned = len(range(outer.index, config.num_pairs, outer.count))
     inputs = local_inputs(
         base=config.base,
