@@ -100,7 +100,7 @@ def run_seed(args, seed: int) -> dict:
         return json.loads(done.read_text())
     cfg = DemoConfig(
         out=str(seed_dir / "demo"), seed=seed, threads=args.threads, progress=args.progress,
-        base_weights=args.base_weights,
+        base_weights=args.base_weights, quick=args.quick,
     ).resolved()  # fmt: skip
     started = time.perf_counter()
     demo = run_demo(cfg)
@@ -165,6 +165,9 @@ def main() -> None:
         "--base-weights", default=None, help="folder of demo base weights (default: the shipped ones)"
     )
     p.add_argument("--progress", action="store_true", help="progress bars of every step")
+    p.add_argument(
+        "--quick", action="store_true", help="the demo's --quick sizes: checks that the study runs (no figures)"
+    )
     args = p.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in args.variants if v not in VARIANTS]

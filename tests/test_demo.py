@@ -340,3 +340,23 @@ def test_times_without_a_study_give_the_cpu_row_only():
         assert [(r["figure"], r["verdict"]) for r in checks["rows"]] == [
             ("CPU seconds of the run (before the report)", verdict)
         ]
+
+
+def test_study_runs_every_variant_end_to_end(tmp_path, monkeypatch):
+    """The study at the demo's --quick sizes: every variant trains, generates and detects, and study.json has
+    each one's figures (the perlin variant once went missing: its rows were not read back)."""
+    study_mod = _script("miniature_study")
+    monkeypatch.setattr(
+        "sys.argv", ["miniature_study.py", "--out", str(tmp_path), "--seeds", "0", "--quick"]
+    )
+    study_mod.main()
+    study = json.loads((tmp_path / "study.json").read_text())
+    runs = study["per_seed"][0]["runs"]
+    labels = {label for label, _, _ in study_mod.VARIANTS.values()}
+    labels |= {"DualAnoDiff (DPM-Solver++ 20 steps)", "Crop&Paste", "no generated data"}
+    assert set(runs) == labels
+    for label, run in runs.items():
+        assert "error" not in run, (label, run)
+        assert 0.0 <= run["pixel AP"] <= 100.0, label
+    assert set(study["summary"]) == labels
+    assert study["settings"]["quick"] is True

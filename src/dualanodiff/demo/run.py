@@ -279,7 +279,10 @@ def real_alignment(seg, data: Path, cfg: DemoConfig) -> dict[str, Any]:
 def localization_rows(localization: dict[str, Any], cfg: DemoConfig) -> list[dict[str, Any]]:
     """One row per kind of training data: the detector's metrics on the real test images, in %."""
     rows = []
-    for method, label in METHOD_LABELS.items():
+    # The demo's methods first, in their order, then any other (the miniature study's variants, e.g. perlin).
+    methods = [*METHOD_LABELS, *(m for m in localization if m not in METHOD_LABELS)]
+    for method in methods:
+        label = METHOD_LABELS.get(method, method)
         r = localization.get(method, {}).get(cfg.category)
         if r is None:
             continue
