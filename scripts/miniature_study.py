@@ -166,7 +166,9 @@ def main() -> None:
     )
     p.add_argument("--progress", action="store_true", help="progress bars of every step")
     p.add_argument(
-        "--quick", action="store_true", help="the demo's --quick sizes: checks that the study runs (no figures)"
+        "--quick",
+        action="store_true",
+        help="the demo's --quick sizes: checks that the study runs (no figures)",
     )
     args = p.parse_args()
     args.variants = [v for v in args.variants.split(",") if v]

@@ -346,9 +346,7 @@ def test_study_runs_every_variant_end_to_end(tmp_path, monkeypatch):
     """The study at the demo's --quick sizes: every variant trains, generates and detects, and study.json has
     each one's figures (the perlin variant once went missing: its rows were not read back)."""
     study_mod = _script("miniature_study")
-    monkeypatch.setattr(
-        "sys.argv", ["miniature_study.py", "--out", str(tmp_path), "--seeds", "0", "--quick"]
-    )
+    monkeypatch.setattr("sys.argv", ["miniature_study.py", "--out", str(tmp_path), "--seeds", "0", "--quick"])
     study_mod.main()
     study = json.loads((tmp_path / "study.json").read_text())
     runs = study["per_seed"][0]["runs"]
