@@ -109,15 +109,20 @@ def compare_with_study(
     mine = summary.get("timings", {}).get("cpu_before_report_s")
     if measured and mine is not None and measured.get("cpu_in_run_s"):
         ref = measured["cpu_in_run_s"]
+        skipped = summary.get("timings", {}).get("steps_finished_before", 0)
+        if skipped:
+            verdict = f"not comparable: {skipped} step(s) had finished before and were skipped"
+        elif mine <= 1.5 * ref:
+            verdict = "normal"
+        else:
+            verdict = "SLOWER than measured (another CPU, or other load)"
         rows.append(
             {
                 "figure": "CPU seconds of the run (before the report)",
                 "this run": mine,
                 "study mean ± sd": f"{ref:.0f} (measured on a {measured['machine']})",
                 "study range": "",
-                "verdict": "normal"
-                if mine <= 1.5 * ref
-                else "SLOWER than measured (another CPU, or other load)",
+                "verdict": verdict,
             }
         )
     n = expected.get("seeds")

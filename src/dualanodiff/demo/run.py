@@ -210,6 +210,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     bench = run_benchmark(benchmark_config(cfg, data, base, out / "benchmark"))
     lap("benchmark_s", t0)
+    # A rerun skips the finished steps: its time says nothing about this machine's speed (`compare_with_study`).
+    timings["steps_finished_before"] = sum(s["status"] == "skipped" for s in bench["steps"])
 
     _say(cfg, "[demo 4/5] mask alignment: the reference segmenter on the generated images")
     t0 = time.perf_counter()
