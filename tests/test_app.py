@@ -200,9 +200,17 @@ def test_stop_keeps_the_work_and_start_resumes(synthetic_pill_root, tmp_path):
         "pill", "crack", [str(i) for i, _ in defects], [str(m) for _, m in defects], None, None
     )
     config = handlers.train_config("demo", "all", "paper", 400, 1e-3, 4, 2, None, 0, 5, "no", False)
-    handlers.start_training(config)
-    run_dir = handlers.workspace.adapters_dir(handlers.project)
+    import signal
     import time
+
+    # Started as from a background job (`nohup dualanodiff app &`), which leaves SIGINT ignored in the children:
+    # Stop must still stop (it once ran on to the end there).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        handlers.start_training(config)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    run_dir = handlers.workspace.adapters_dir(handlers.project)
 
     deadline = time.time() + 240
     while time.time() < deadline and not list((run_dir / "checkpoints").glob("step-*")):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -100,6 +101,9 @@ DONE_MESSAGES: dict[str, Callable[[dict[str, Any]], str]] = {
 def main(job_dir: str) -> int:
     from ..progress import quiet_libraries
 
+    # Stop is SIGINT (`Jobs.stop`). A process started from a background job (`nohup dualanodiff app &`, a script's
+    # `&`) inherits SIGINT ignored, and Python then leaves it ignored: the job would run on to its end. Take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     folder = Path(job_dir)
     job = read_json_object(folder / JOB_FILE)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
