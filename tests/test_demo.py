@@ -341,7 +341,8 @@ def test_times_without_a_study_give_the_cpu_row_only():
             ("CPU seconds of the run (before the report)", verdict)
         ]
     # A resumed run skipped its finished steps: a short time is no sign of a fast machine.
-    summary["timings"].update(cpu_before_report_s=0.2, steps_finished_before=6)
+    summary["timings"]["cpu_before_report_s"] = 0.2
+    summary["steps_finished_before"] = 6
     (row,) = compare_with_study(summary, cfg, expected)["rows"]
     assert row["verdict"] == "not comparable: 6 step(s) had finished before and were skipped"
 
