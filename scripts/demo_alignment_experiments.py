@@ -157,19 +157,15 @@ def initial_noise(seeds: list[int], settings: dict) -> torch.Tensor:
     return torch.stack([z[:, 0], centred_noise(z[:, 1])], 1)
 
 
-def load_pipe(base_dir: Path, adapter_dir: Path, scheduler: str):
-    from diffusers import DDIMScheduler
-
+def load_pipe(base_dir: Path, adapter_dir: Path):
+    """The base with the variant's adapters and the demo's sampler (DPM-Solver++)."""
     from dualanodiff.generate import make_scheduler
     from dualanodiff.pipeline import DualAnoDiffPipeline
 
     pipe = DualAnoDiffPipeline.from_pretrained(base_dir)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_adapters(adapter_dir)
-    config = pipe.scheduler.config
-    pipe.scheduler = (
-        DDIMScheduler.from_config(config) if scheduler == "ddim" else make_scheduler(scheduler, config)
-    )
+    pipe.scheduler = make_scheduler("dpm++", pipe.scheduler.config)
     return pipe
 
 
@@ -355,10 +351,9 @@ def main() -> None:
             "train_cpu_s": earlier.get("train_cpu_s") if train_cpu < 5 and earlier else train_cpu,
             "loss_first_last": [round(float(np.mean(losses[:w])), 4), round(float(np.mean(losses[-w:])), 4)],
         }
-        result["pairs"] = free_pairs(
-            load_pipe(base_dir, adapter_dir, "dpm++"), seg, settings, args.pairs, run
-        )
-        result["coupling"] = coupling(load_pipe(base_dir, adapter_dir, "dpm++"), seg, data, settings, run)
+        pipe = load_pipe(base_dir, adapter_dir)  # one load serves both: set_timesteps resets the sampler
+        result["pairs"] = free_pairs(pipe, seg, settings, args.pairs, run)
+        result["coupling"] = coupling(pipe, seg, data, settings, run)
         write_json_atomic(run / "result.json", result)
         summary["variants"][name] = result
         write_json_atomic(summary_file, summary)
