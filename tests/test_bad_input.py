@@ -133,6 +133,7 @@ CASES = [
     ("generate-out-is-file", lambda c: _generate(c, "--out", str(c.file)), ["--out", "is a file"]),
     ("generate-no-adapters", lambda c: _generate(c, "--adapters", str(c.out.parent / "nope")), ["--adapters", "nope"]),
     ("generate-type-escapes", lambda c: _generate(c, "--anomaly-type", "../x"), ["--anomaly-type", "plain name"]),
+    ("generate-mask-method", lambda c: _generate(c, "--method", "gray"), ["argument --method", "grey-canvas"]),
     pytest.param(
         "generate-no-gpu", lambda c: _generate(c, "--device", "cuda"), ["--device cuda", "no CUDA GPU"],
         marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has a GPU"),

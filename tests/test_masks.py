@@ -472,6 +472,19 @@ def test_build_masker_and_mask_from_part(tmp_path) -> None:
         mask_from_part(part, "grey", threshold=40.0), grey_mask(part, threshold=40.0)
     )
 
+    # grey-canvas: the distance from the part's own canvas colour, where a tinted canvas fools "grey".
+    tinted = _paint(
+        _grey_canvas(rng, 64, 64) + np.array([25.0, 20.0, 30.0]), region, np.full((64, 64, 3), 40.0)
+    )
+    canvas = build_masker("grey-canvas")
+    assert canvas.method == "grey-canvas" and canvas.threshold == 16.0
+    assert grey(tinted).mean() > 0.9 and _iou(canvas(tinted), region) >= 0.95
+    np.testing.assert_array_equal(canvas(tinted), grey_mask(tinted, grey="auto"))
+    with pytest.raises(
+        InputError, match="--method must be one of auto, grey, grey-canvas, u2net, got 'gray'"
+    ):
+        build_masker("gray")
+
     weights = tmp_path / "w.pth"
     torch.save(_randomised(U2NETP(), seed=11).state_dict(), weights)
     net = build_masker("auto", u2net_weights=weights, threshold=0.4, device="cpu")

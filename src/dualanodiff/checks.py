@@ -26,6 +26,9 @@ MAX_RESOLUTION = 4096
 # A million pairs is a thousand times the paper's 1,000 per type; the pending list of a run is built in
 # memory and every pair is three PNG files, so larger counts are sharded runs, not one folder.
 MAX_PAIRS = 1_000_000
+# How a pair's mask is cut from its part image (`masks.folder.build_masker`); here so the commands' --help
+# does not import torch.
+MASK_METHODS = ("auto", "grey", "grey-canvas", "u2net")
 
 
 def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from ..checks import MAX_RESOLUTION, float_arg, int_arg, name_arg, pairs_arg, resolution_arg, seed_arg
+from ..checks import (
+    MASK_METHODS,
+    MAX_RESOLUTION,
+    float_arg,
+    int_arg,
+    name_arg,
+    pairs_arg,
+    resolution_arg,
+    seed_arg,
+)
 from . import add_progress_argument, add_split_argument
 from .evaluate import add_quality_images_argument
 
@@ -139,9 +148,7 @@ def register(subparsers) -> None:
         type=resolution_arg,
         help="generated size (default: the base's; baselines: the normal images')",
     )
-    ge.add_argument(
-        "--mask-method", choices=["auto", "grey", "u2net"], default="auto", help="mask from part image"
-    )
+    ge.add_argument("--mask-method", choices=list(MASK_METHODS), default="auto", help="mask from part image")
     ge.add_argument("--u2net-weights", help="U^2-Net weights for --mask-method u2net / auto")
     ge.add_argument(
         "--max-mask-area",

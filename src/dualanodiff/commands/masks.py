@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..checks import float_arg
+from ..checks import MASK_METHODS, float_arg
 from . import add_progress_argument
 
 
@@ -31,9 +31,10 @@ def add_mask_arguments(p) -> None:
     """The mask options, shared by `masks` and `generate`."""
     p.add_argument(
         "--method",
-        choices=["auto", "grey", "u2net"],
+        choices=list(MASK_METHODS),
         default="auto",
-        help="auto: u2net when --u2net-weights is given, else grey",
+        help="auto: u2net when --u2net-weights is given, else grey; grey-canvas: distance from the part image's "
+        "own canvas colour (its median), for a part branch whose canvas comes out tinted",
     )
     p.add_argument(
         "--u2net-weights",
@@ -42,7 +43,7 @@ def add_mask_arguments(p) -> None:
     p.add_argument(
         "--threshold",
         type=float_arg(minimum=0),
-        help="grey: distance from mid-grey in grey levels of 255; u2net: probability (default: 16 for grey, 0.5 for u2net)",
+        help="grey, grey-canvas: distance from the canvas in grey levels of 255; u2net: probability (default: 16 for grey, 0.5 for u2net)",
     )
     p.add_argument(
         "--max-area",

@@ -17,17 +17,17 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..checks import check_float
+from ..checks import MASK_METHODS, check_float
 from ..data.generated import MANIFEST, PairFiles, manifest_records, pair_path, read_generated_config
 from ..data.images import image_size, load_rgb
 from ..errors import InputError
 from ..progress import progress_bar
 from .grey import DEFAULT_THRESHOLD as GREY_DEFAULT_THRESHOLD
-from .grey import grey_mask
+from .grey import GREY_LEVEL, grey_mask
 from .quality import DEFAULT_MAX_AREA_FRACTION, DEFAULT_MIN_AREA_FRACTION, judge_mask
 from .u2net import U2NetMasker, load_u2net
 
-Method = Literal["auto", "grey", "u2net"]
+Method = Literal["auto", "grey", "grey-canvas", "u2net"]
 U2NET_DEFAULT_THRESHOLD = 0.5
 
 
@@ -35,7 +35,7 @@ U2NET_DEFAULT_THRESHOLD = 0.5
 class PartMasker:
     """A callable part image (uint8 H x W x 3) -> bool mask, with the method and threshold it uses."""
 
-    method: Literal["grey", "u2net"]
+    method: Literal["grey", "grey-canvas", "u2net"]
     threshold: float
     fn: Callable[[np.ndarray], np.ndarray]
     many: Callable[[Sequence[np.ndarray]], list[np.ndarray]] | None = None
@@ -64,17 +64,19 @@ class PartMasker:
         return self.many(parts) if self.many is not None else [self.fn(p) for p in parts]
 
 
-def resolve_method(method: str, u2net_weights: str | os.PathLike | None) -> Literal["grey", "u2net"]:
+def resolve_method(
+    method: str, u2net_weights: str | os.PathLike | None
+) -> Literal["grey", "grey-canvas", "u2net"]:
     """``auto`` means U^2-Net when weights are given, the weight-free grey mask otherwise."""
     if method == "auto":
         return "u2net" if u2net_weights is not None else "grey"
-    if method == "grey":
-        return "grey"
+    if method in ("grey", "grey-canvas"):
+        return method
     if method == "u2net":
         if u2net_weights is None:
             raise InputError("--method u2net needs --u2net-weights (the original u2net.pth or u2netp.pth)")
         return "u2net"
-    raise InputError(f"--method must be auto, grey or u2net, got {method!r}")
+    raise InputError(f"--method must be one of {', '.join(MASK_METHODS)}, got {method!r}")
 
 
 def build_masker(
@@ -84,12 +86,16 @@ def build_masker(
     device: str | None = None,
     batch_size: int = 8,
 ) -> PartMasker:
-    """A part->mask callable. ``threshold`` is in grey levels of 255 for ``grey``, a probability for
-    ``u2net``; None takes the method's default (16 levels; 0.5)."""
+    """A part->mask callable. ``threshold`` is in grey levels of 255 for the grey methods, a probability for
+    ``u2net``; None takes the method's default (16 levels; 0.5). ``grey-canvas`` measures the distance from
+    the part image's own canvas colour (its per-channel median) instead of mid-grey: for a part branch whose
+    canvas comes out tinted (the demo's adapters after several hundred steps), where ``grey`` would mark the
+    whole canvas."""
     resolved = resolve_method(method, u2net_weights)
-    if resolved == "grey":
+    if resolved in ("grey", "grey-canvas"):
         t = GREY_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 255)
-        return PartMasker("grey", t, functools.partial(grey_mask, threshold=t))
+        canvas = "auto" if resolved == "grey-canvas" else GREY_LEVEL
+        return PartMasker(resolved, t, functools.partial(grey_mask, threshold=t, grey=canvas))
     t = U2NET_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 1, above=0)
     masker = U2NetMasker(load_u2net(u2net_weights, device=device), threshold=t, batch_size=batch_size)
     return PartMasker("u2net", t, masker, masker.batch, weights=str(Path(u2net_weights).resolve()))
