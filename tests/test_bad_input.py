@@ -133,6 +133,7 @@ CASES = [
     ("generate-out-is-file", lambda c: _generate(c, "--out", str(c.file)), ["--out", "is a file"]),
     ("generate-no-adapters", lambda c: _generate(c, "--adapters", str(c.out.parent / "nope")), ["--adapters", "nope"]),
     ("generate-type-escapes", lambda c: _generate(c, "--anomaly-type", "../x"), ["--anomaly-type", "plain name"]),
+    ("generate-zero-mean-noise", lambda c: _generate(c, "--zero-mean-noise", "global"), ["--zero-mean-noise", "global"]),
     ("generate-mask-method", lambda c: _generate(c, "--method", "gray"), ["argument --method", "grey-canvas"]),
     pytest.param(
         "generate-no-gpu", lambda c: _generate(c, "--device", "cuda"), ["--device cuda", "no CUDA GPU"],

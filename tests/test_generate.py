@@ -111,6 +111,15 @@ def test_zero_mean_noise_samples_each_seeds_own_draw_centred(pipe, adapters):
     assert np.abs(plain.parts - pipe(latents=draws, **kw).parts).max() <= 1e-5
     assert np.abs(plain.parts - centred.parts).max() > 1e-3  # the draws' means do matter
 
+    # "part": only the part branch's maps are centred; the whole image keeps its draw.
+    part_only = pipe(seeds=seeds, zero_mean_noise="part", **kw)
+    half = torch.stack([draws[:, 0], by_hand[:, 1]], 1)
+    want = pipe(latents=half, **kw)
+    assert np.abs(part_only.images - want.images).max() <= 1e-5
+    assert np.abs(part_only.parts - want.parts).max() <= 1e-5
+    with pytest.raises(InputError, match="zero_mean_noise must be False, True or 'part', got 'global'"):
+        pipe(seeds=seeds, zero_mean_noise="global", **kw)
+
 
 def test_guidance_at_most_one_skips_the_unconditional_rows(pipe):
     calls = []

@@ -134,9 +134,8 @@ class BenchmarkConfig:
     scheduler: str | None = None
     background_every: int | None = None  # BCM
     background_noise: str | None = None  # BCM: "shared" | "independent"
-    zero_mean_noise: bool = (
-        False  # centre the initial noise (GenerateConfig; the demo's 16x16 latents need it)
-    )
+    # Centre the initial noise: True (both branches) or "part" (GenerateConfig; the demo's 16x16 latents need it)
+    zero_mean_noise: bool | str = False
     gen_batch_size: int = 8
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
     mask_method: str = "auto"

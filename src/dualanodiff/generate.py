@@ -31,7 +31,7 @@ from .locking import output_lock
 from .masks import PartMasker, build_masker, judge_mask
 from .model.dual_unet import read_adapter_config
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
-from .pipeline import BACKGROUND_NOISE, DualAnoDiffPipeline, to_uint8
+from .pipeline import BACKGROUND_NOISE, ZERO_MEAN_NOISE, DualAnoDiffPipeline, to_uint8
 from .progress import progress_bar
 from .sharding import Shard, launcher_shard
 
@@ -112,9 +112,8 @@ class GenerateConfig:
     anomaly_type: str | None = None  # default: the type the adapters were trained on (adapter_config.json)
     global_prompt: str = GLOBAL_PROMPT
     part_prompt: str = PART_PROMPT
-    zero_mean_noise: bool = (
-        False  # centre each initial noise map (`DualAnoDiffPipeline.__call__`; small latents)
-    )
+    # Centre each initial noise map: True (both branches) or "part" (`DualAnoDiffPipeline.__call__`; small latents)
+    zero_mean_noise: bool | str = False
     device: str | None = None
     # Speed and memory (all but tiling keep the pairs the same to float rounding, so a resume may change them):
     compile: bool = False  # torch.compile the UNet (a one-off compilation, then faster steps)
@@ -142,6 +141,8 @@ class GenerateConfig:
         check_float(self.max_mask_area, "--max-area", above=0, maximum=1)
         if self.mask_threshold is not None:
             check_float(self.mask_threshold, "--threshold", minimum=0)
+        if self.zero_mean_noise not in ZERO_MEAN_NOISE:
+            raise InputError(f"--zero-mean-noise must be False, True or 'part', got {self.zero_mean_noise!r}")
         if self.anomaly_type is not None:
             check_name(self.anomaly_type, "--anomaly-type")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:

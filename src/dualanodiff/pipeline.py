@@ -67,6 +67,9 @@ class DualAnoDiffOutput(BaseOutput):
     seeds: list[int]
 
 
+ZERO_MEAN_NOISE = (False, True, "part")  # `DualAnoDiffPipeline.__call__`'s choices
+
+
 def centred_noise(noise: torch.Tensor) -> torch.Tensor:
     """Noise maps (..., h, w) with each map's mean removed and its std set to 1."""
     return (noise - noise.mean((-2, -1), keepdim=True)) / noise.std((-2, -1), keepdim=True)
@@ -245,7 +248,7 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         bcm_mode: str = "folded",
         merge_lora: bool = True,
         background_noise: str = "shared",
-        zero_mean_noise: bool = False,
+        zero_mean_noise: bool | str = False,
     ) -> DualAnoDiffOutput | tuple:
         """Generate ``num_pairs`` (whole image, anomaly part) pairs, and masks when ``masker`` is given.
 
@@ -263,12 +266,16 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         are noised at each step: "shared" (one draw per pair and step for both), or "independent" (a draw for
         each, as the authors' inference does). Both come from the pair's own generator.
         ``zero_mean_noise``: centre each drawn initial noise map (per pair, branch and channel: zero mean, unit
-        std). SD's schedule keeps a little of the image at its last step, so the UNet reads an image's mean colour
-        from the noise (Lin et al. 2023); on small latents (16x16: four times SD's 64x64 in that mean's spread)
-        this tints the part branch's grey canvas (docs/demo.md). Given ``latents`` are used as they are.
+        std); ``"part"``: the part branch's maps only. SD's schedule keeps a little of the image at its last step,
+        so the UNet reads an image's mean colour from the noise (Lin et al. 2023); on small latents (16x16: four
+        times SD's 64x64 in that mean's spread) this tints the part branch's grey canvas (docs/demo.md). Centring
+        the part alone keeps that canvas grey and leaves the whole image its colour from the noise, so whole
+        images keep their spread of colours. Given ``latents`` are used as they are.
         """
         if num_pairs < 1:
             raise InputError(f"num_pairs must be at least 1, got {num_pairs}")
+        if zero_mean_noise not in ZERO_MEAN_NOISE:
+            raise InputError(f"zero_mean_noise must be False, True or 'part', got {zero_mean_noise!r}")
         if output_type not in ("pil", "np", "pt"):
             raise InputError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         if self.adapter_config is None:
@@ -310,7 +317,9 @@ class DualAnoDiffPipeline(DiffusionPipeline):
         )
         if latents is None:
             latents = torch.stack([torch.randn(shape, generator=g) for g in generators])
-            if zero_mean_noise:
+            if zero_mean_noise == "part":
+                latents[:, 1] = centred_noise(latents[:, 1])
+            elif zero_mean_noise:
                 latents = centred_noise(latents)
         elif tuple(latents.shape) != (num_pairs, *shape):
             raise InputError(f"latents must have shape {(num_pairs, *shape)}, got {tuple(latents.shape)}")

@@ -104,8 +104,11 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--zero-mean-noise",
-        action="store_true",
-        help="centre each pair's initial noise (zero mean per channel): on small latents (e.g. the demo base's "
+        nargs="?",
+        const="both",
+        choices=["both", "part"],
+        help="centre each pair's initial noise (zero mean per channel) in both branches, or in the part branch "
+        "only (part: whole images keep their colour from the noise): on small latents (e.g. the demo base's "
         "16x16) the noise's mean colour otherwise tints the part's grey canvas and the masks fail",
     )
     p.add_argument(
@@ -173,7 +176,7 @@ def run(args) -> int:
         foreground=getattr(args, "foreground", None),
         background_every=getattr(args, "background_every", None),
         background_noise=getattr(args, "background_noise", None),
-        zero_mean_noise=getattr(args, "zero_mean_noise", False),
+        zero_mean_noise={None: False, "both": True, "part": "part"}[getattr(args, "zero_mean_noise", None)],
         category=getattr(args, "category", None),
         mask_method=args.method,
         u2net_weights=args.u2net_weights,
