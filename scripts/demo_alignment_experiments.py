@@ -1,12 +1,14 @@
 """Why the demo's two branches do not align: training variants, and a direct test of SAIM's coupling.
 
     python scripts/demo_alignment_experiments.py --out docs/results/demo_alignment/experiments   # CPU, 1 thread
+    python scripts/demo_alignment_experiments.py --type weave/hole --out docs/results/demo_alignment/experiments-weave-hole
 
-Each variant trains the adapters of ``pill/spot`` on the demo's data (300 steps, lr 1e-3, rank 16, batch 4 unless
-it says otherwise), samples 32 pairs as the demo does (DPM-Solver++ 20 steps, guidance 2.5) and measures them
-as `demo_alignment_diagnosis.py` does (mask gate, segmenter IoU, part match rank). Then the **coupling test**:
+Each variant trains the adapters of one type (``--type``, default ``pill/spot``) on the demo's data (300 steps, lr
+1e-3, rank 16, batch 4 unless it says otherwise), samples 32 pairs as the demo does (DPM-Solver++ 20 steps,
+guidance 2.5) and measures them as `demo_alignment_diagnosis.py` does (mask gate, segmenter IoU, part match rank),
+with the mask cut from mid-grey and from the part's own canvas colour. Then the **coupling test**:
 SAIM is what should make the part the part *of that* whole image, so force one branch to a real image and see
-whether the other follows. For each of the 16 real ``test/spot`` images, the global branch's latent is replaced
+whether the other follows. For each real test image of the type, the global branch's latent is replaced
 after every step of the demo's sampler (DPM-Solver++, 20 steps, guidance 2.5) by that image's latent noised to
 the next timestep, while the part branch samples freely; if the branches are coupled, the part draws its mark
 at the image's real defect. Measured by the part's rank there (`truth_rank`: its distance from the grey canvas
@@ -40,6 +42,7 @@ from dualanodiff.demo.alignment import MATCH_SHIFTS, iou, load_segmenter, part_m
 from dualanodiff.demo.base import demo_base_folder
 from dualanodiff.demo.run import stack
 from dualanodiff.io import save_image_atomic, write_json_atomic
+from dualanodiff.masks import build_masker
 from dualanodiff.masks.grey import grey_mask
 from dualanodiff.masks.quality import judge_mask
 from dualanodiff.model.encode import encode_latents
@@ -49,12 +52,13 @@ from dualanodiff.report import image_grid, overlay_mask
 CATEGORY, ANOMALY, GATE_MAX_AREA = "pill", "spot", 0.5
 DEFAULTS = dict(
     steps=300, lr=1e-3, saim=True, saim_zero_init=False, saim_lr_factor=1.0, defect_weight=0.0,
-    shared_noise=False, centred="both",
+    shared_noise=False, centred="both", independent_t=0.0,
+    shared_start=False, batch=4,
 )  # fmt: skip
 # name: (what it tests, settings that differ from DEFAULTS). "centred": which branches' initial noise is centred
 # ("both" is the demo's --zero-mean-noise; "part": the global branch keeps its noise's mean colour).
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "demo": ("the demo's recipe", {}),
+    "demo": ("the demo's recipe until weave/hole: 300 steps of 4 pairs, noise centred in both branches", {}),
     "no-saim": ("no SAIM at all: what the branches do uncoupled", {"saim": False}),
     "centred-part": ("initial noise centred in the part branch only", {"centred": "part"}),
     "long": ("5 times longer training (1,500 steps)", {"steps": 1500, "centred": "part"}),
@@ -78,6 +82,38 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "shared-noise": (
         "the same noise in both branches, in training and sampling",
         {"shared_noise": True, "centred": "both"},
+    ),
+    "centred-part-600": (
+        "initial noise centred in the part branch only, 600 steps",
+        {"centred": "part", "steps": 600},
+    ),
+    "centred-part-600-lr-2e-3": (
+        "initial noise centred in the part branch only, 600 steps at lr 2e-3",
+        {"centred": "part", "steps": 600, "lr": 2e-3},
+    ),
+    "centred-part-1000": (
+        "initial noise centred in the part branch only, 1,000 steps",
+        {"centred": "part", "steps": 1000},
+    ),
+    "centred-part-1200-batch-2": (
+        "initial noise centred in the part branch only, 1,200 steps of 2 pairs",
+        {"centred": "part", "steps": 1200, "batch": 2},
+    ),
+    "demo-2": (
+        "the demo's recipe since weave/hole: 750 steps of 2 pairs, initial noise centred in the part only",
+        {"centred": "part", "steps": 750, "batch": 2},
+    ),
+    "shared-start": (
+        "the demo's training; in sampling, the same initial noise in both branches",
+        {"shared_start": True},
+    ),
+    "independent-t": (
+        "half the pairs trained with the part's timestep drawn apart from the whole image's",
+        {"independent_t": 0.5},
+    ),
+    "independent-t-all": (
+        "every pair trained with the part's timestep drawn apart from the whole image's",
+        {"independent_t": 1.0},
     ),
 }
 
@@ -119,12 +155,28 @@ def _patched_training(settings: dict):
             w[0::2] += settings["defect_weight"] * under
             return (w * (pred - target) ** 2).sum() / w.sum()
 
+        add_noise = self.noise_scheduler.add_noise
+
+        def add_noise_apart(latents, noise, t_rows):
+            # The loop passes the same t_rows tensor on to the UNet: changing it here changes both.
+            if settings["independent_t"] and t_rows.numel() == latents.shape[0]:
+                g = torch.Generator().manual_seed(10_000 + step)
+                pairs = t_rows.numel() // 2
+                apart = torch.rand(pairs, generator=g) < settings["independent_t"]
+                t_part = torch.randint(
+                    0, self.noise_scheduler.config.num_train_timesteps, (pairs,), generator=g
+                )
+                t_rows[1::2] = torch.where(apart, t_part, t_rows[1::2].cpu()).to(t_rows.device)
+            return add_noise(latents, noise, t_rows)
+
         loop.F.mse_loss = weighted if settings["defect_weight"] else mse
         torch.randn = shared_randn
+        self.noise_scheduler.add_noise = add_noise_apart
         try:
             return step_loss(self, step)
         finally:
             loop.F.mse_loss, torch.randn = mse, randn
+            del self.noise_scheduler.add_noise
 
     loop._load_pipeline, torch.optim.AdamW, trainer.step_loss = load, optimizer, weighted_step_loss
     try:
@@ -138,7 +190,7 @@ def train(settings: dict, base_dir: Path, data: Path, run: Path) -> tuple[Path, 
 
     config = TrainConfig(
         base=str(base_dir), out=str(run), data=str(data), category=CATEGORY, anomaly=ANOMALY,
-        max_steps=settings["steps"], batch_size=4, learning_rate=settings["lr"], rank=16, text_encoder_rank=16,
+        max_steps=settings["steps"], batch_size=settings["batch"], learning_rate=settings["lr"], rank=16, text_encoder_rank=16,
         resolution=64, seed=0, progress=False, checkpoint_every=0, saim=settings["saim"],
         saim_zero_init=settings["saim_zero_init"],
     )  # fmt: skip
@@ -150,7 +202,7 @@ def train(settings: dict, base_dir: Path, data: Path, run: Path) -> tuple[Path, 
 def initial_noise(seeds: list[int], settings: dict) -> torch.Tensor:
     """The pipeline's per-seed draw (num_pairs, 2, 4, 16, 16), shared and centred as the variant says."""
     z = torch.stack([torch.randn((2, 4, 16, 16), generator=torch.Generator().manual_seed(s)) for s in seeds])
-    if settings["shared_noise"]:
+    if settings["shared_noise"] or settings["shared_start"]:
         z[:, 1] = z[:, 0]
     if settings["centred"] == "both":
         return centred_noise(z)
@@ -181,22 +233,27 @@ def free_pairs(pipe, seg, settings: dict, pairs: int, out: Path) -> dict:
         latents=initial_noise(seeds, settings), height=64, width=64, output_type="np",
     )  # fmt: skip
     images, parts = to_uint8(o.images), to_uint8(o.parts)
-    masks = [grey_mask(p) for p in parts]
     found = segment(seg, list(images), seg.threshold)
-    kept = [k for k, m in enumerate(masks) if judge_mask(m, max_area_fraction=GATE_MAX_AREA).kept]
-    rank = [part_match_rank(images[k], parts[k], masks[k]) for k in kept]
-    unrelated = [part_match_rank(images[(k + 1) % pairs], parts[k], masks[k]) for k in kept]
-    grid = []
-    for image, part, mask, seg_mask in list(zip(images, parts, masks, found))[:16]:
-        grid += [image, part, overlay_mask(image, mask), overlay_mask(image, seg_mask, (0, 255, 0))]
-    save_image_atomic(out / "pairs.png", image_grid(grid, 8))
-    return {
-        "kept_share": round(len(kept) / pairs, 3),
-        "median_iou_of_kept": _median([iou(found[k], masks[k]) for k in kept]),
-        "median_part_match_rank_of_kept": _median(rank),
-        "median_part_match_rank_unrelated": _median(unrelated),
-        "whole_images_without_defect_found": int(sum(1 for f in found if not f.any())),
-    }
+    result = {"whole_images_without_defect_found": int(sum(1 for f in found if not f.any()))}
+    # Masks cut as `dualanodiff generate` cuts them: "grey" (from mid-grey, the demo's method until the default
+    # type became weave/hole) and "grey-canvas" (from the part's own canvas colour, the demo's method since).
+    for method in ("grey", "grey-canvas"):
+        masks = [build_masker(method)(p) for p in parts]
+        kept = [k for k, m in enumerate(masks) if judge_mask(m, max_area_fraction=GATE_MAX_AREA).kept]
+        rank = [part_match_rank(images[k], parts[k], masks[k]) for k in kept]
+        unrelated = [part_match_rank(images[(k + 1) % pairs], parts[k], masks[k]) for k in kept]
+        suffix = "" if method == "grey" else "_canvas_mask"
+        result |= {
+            f"kept_share{suffix}": round(len(kept) / pairs, 3),
+            f"median_iou_of_kept{suffix}": _median([iou(found[k], masks[k]) for k in kept]),
+            f"median_part_match_rank_of_kept{suffix}": _median(rank),
+            f"median_part_match_rank_unrelated{suffix}": _median(unrelated),
+        }
+        grid = []
+        for image, part, mask, seg_mask in list(zip(images, parts, masks, found))[:16]:
+            grid += [image, part, overlay_mask(image, mask), overlay_mask(image, seg_mask, (0, 255, 0))]
+        save_image_atomic(out / f"pairs{suffix.replace('_', '-')}.png", image_grid(grid, 8))
+    return result
 
 
 def coupling(pipe, seg, data: Path, settings: dict, out: Path) -> dict:
@@ -284,10 +341,11 @@ def _median(values) -> float | None:
 def table(summary: dict) -> str:
     """The docs' table, from summary.json: free-run figures, then the coupling test (chance in brackets)."""
     lines = [
-        "| variant | loss, first to last 50 steps | pairs kept | median IoU | part match rank (unrelated) | "
+        "| variant | loss, first to last 50 steps | pairs kept | median IoU | pairs kept, canvas mask | median IoU, "
+        "canvas mask | part match rank (unrelated) | "
         "part follows a forced whole: part's rank at the real defect, forced (free) | whole follows a forced "
         "part: whole's match rank at the real defect, forced (free) |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in (n for n in VARIANTS if n in summary["variants"]):
         r = summary["variants"][name]
@@ -296,9 +354,13 @@ def table(summary: dict) -> str:
         def f(v):
             return "-" if v is None else f"{v:.3f}"
 
+        def share(v):
+            return "-" if v is None else f"{100 * v:.0f} %"
+
         lines.append(
             f"| `{name}`: {r['what']} | {r['loss_first_last'][0]:.3f} to {r['loss_first_last'][1]:.3f} | "
             f"{100 * p['kept_share']:.0f} % | {f(p['median_iou_of_kept'])} | "
+            f"{share(p.get('kept_share_canvas_mask'))} | {f(p.get('median_iou_of_kept_canvas_mask'))} | "
             f"{f(p['median_part_match_rank_of_kept'])} ({f(p['median_part_match_rank_unrelated'])}) | "
             f"{f(c['whole forced']['part_truth_rank'])} ({f(c['free']['part_truth_rank'])}) | "
             f"{f(c['part forced']['whole_match_rank'])} ({f(c['free']['whole_match_rank'])}) |"
@@ -316,6 +378,7 @@ def main() -> None:
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--type", default="pill/spot", help="CATEGORY/ANOMALY (default pill/spot)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--table", action="store_true", help="print the table of OUT/summary.json; run nothing"
@@ -325,6 +388,8 @@ def main() -> None:
         print(table(json.loads((Path(args.out) / "summary.json").read_text())), end="")
         return
     torch.set_num_threads(args.threads)
+    global CATEGORY, ANOMALY
+    CATEGORY, ANOMALY = args.type.split("/")
     from dualanodiff.synthetic import make_synthetic
 
     out = Path(args.out)
@@ -333,7 +398,12 @@ def main() -> None:
     seg = load_segmenter(CATEGORY, args.base_weights, ANOMALY)
     summary_file = out / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {"variants": {}}
-    summary.update(stack=stack(), base_weights=args.base_weights or "shipped", what=__doc__.split("\n\n")[0])
+    summary.update(
+        stack=stack(),
+        base_weights=args.base_weights or "shipped",
+        what=__doc__.split("\n\n")[0],
+        type=args.type,
+    )
     for name in args.variants:
         what, changes = VARIANTS[name]
         settings = {**DEFAULTS, **changes}
