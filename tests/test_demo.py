@@ -157,7 +157,7 @@ def test_a_run_is_set_beside_the_study():
     cfg = DemoConfig().resolved()
     expected = {
         "seeds": 3,
-        "settings": {"category": "pill", "anomaly": "spot", "train_steps": cfg.train_steps},
+        "settings": {"category": "weave", "anomaly": "hole", "train_steps": cfg.train_steps},
         "figures": {
             "pixel AP, DualAnoDiff": {"mean": 50.0, "sd": 5.0, "min": 45.0, "max": 55.0},
             "median mask IoU, DualAnoDiff": {"mean": 0.6, "sd": 0.05, "min": 0.55, "max": 0.65},
@@ -183,8 +183,8 @@ def test_iou_matches_sklearn():
 def test_demo_rejects_unknown_type(tmp_path):
     from dualanodiff.demo import DemoConfig, run_demo
 
-    with pytest.raises(InputError, match="pill/hole"):
-        run_demo(DemoConfig(out=str(tmp_path), quick=True, anomaly="hole", progress=False))
+    with pytest.raises(InputError, match="weave/spot"):
+        run_demo(DemoConfig(out=str(tmp_path), quick=True, anomaly="spot", progress=False))
 
 
 class _Report(HTMLParser):
@@ -236,7 +236,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         assert any(h.startswith(heading) for h in parsed.h2), (heading, parsed.h2)
     for label in ("DualAnoDiff", "Crop&Paste", "no generated data"):
         assert label in parsed.td
-    # Every picture is embedded and decodes; pill/spot has 16 images, so 5 few-shot (image, overlay) pairs.
+    # Every picture is embedded and decodes; weave/hole has 15 images, so 5 few-shot (image, overlay) pairs.
     assert all(s.startswith("data:image/png;base64,") for s in parsed.srcs)
     for s in parsed.srcs:
         Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).verify()
@@ -301,7 +301,7 @@ def test_study_tables_are_the_json_mean_sd_and_paired_differences(tmp_path):
     assert "0.60 ± 0.10" in table and "94 ± 0" in table  # median IoU, kept %
     expected = tables.expected_file(study, None)
     assert expected["figures"]["pixel AP, DualAnoDiff"]["mean"] == round(mean, 3)
-    assert expected["settings"]["anomaly"] == "spot"
+    assert expected["settings"]["anomaly"] == "hole"
 
     doc = tmp_path / "doc.md"
     doc.write_text("a\n<!-- miniature-table:start -->\nold\n<!-- miniature-table:end -->\nb\n")

@@ -34,8 +34,8 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", default="dualanodiff-demo", help="folder for the data, models and report")
     p.add_argument("--quick", action="store_true", help="toy sizes (the test suite's mode): checks it runs")
-    p.add_argument("--category", type=name_arg, default="pill", help="synthetic category: pill or weave")
-    p.add_argument("--anomaly", type=name_arg, default="spot", help="defect type of the category")
+    p.add_argument("--category", type=name_arg, default="weave", help="synthetic category: weave or pill")
+    p.add_argument("--anomaly", type=name_arg, default="hole", help="defect type of the category")
     p.add_argument(
         "--seed", type=seed_arg, default=0, help="seed of the data, the training and the generation"
     )

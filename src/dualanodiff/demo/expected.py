@@ -26,6 +26,8 @@ MATCHED = (
     "train_batch_size",
     "scheduler",
     "guidance",
+    "zero_mean_noise",
+    "mask_method",
     "train_steps",
     "num_pairs",
     "sampler_steps",
