@@ -46,7 +46,7 @@ from dualanodiff.masks import build_masker
 from dualanodiff.masks.grey import grey_mask
 from dualanodiff.masks.quality import judge_mask
 from dualanodiff.model.encode import encode_latents
-from dualanodiff.pipeline import centred_noise
+from dualanodiff.pipeline import centred_noise, to_uint8
 from dualanodiff.report import image_grid, overlay_mask
 
 CATEGORY, ANOMALY, GATE_MAX_AREA = "pill", "spot", 0.5
@@ -221,10 +221,6 @@ def load_pipe(base_dir: Path, adapter_dir: Path):
     return pipe
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    return (x * 255).round().astype(np.uint8)
-
-
 def free_pairs(pipe, seg, settings: dict, pairs: int, out: Path) -> dict:
     """The demo's sampling and measures on ``pairs`` seeds."""
     seeds = list(range(pairs))
@@ -238,7 +234,8 @@ def free_pairs(pipe, seg, settings: dict, pairs: int, out: Path) -> dict:
     # Masks cut as `dualanodiff generate` cuts them: "grey" (from mid-grey, the demo's method until the default
     # type became weave/hole) and "grey-canvas" (from the part's own canvas colour, the demo's method since).
     for method in ("grey", "grey-canvas"):
-        masks = [build_masker(method)(p) for p in parts]
+        masker = build_masker(method)
+        masks = [masker(p) for p in parts]
         kept = [k for k, m in enumerate(masks) if judge_mask(m, max_area_fraction=GATE_MAX_AREA).kept]
         rank = [part_match_rank(images[k], parts[k], masks[k]) for k in kept]
         unrelated = [part_match_rank(images[(k + 1) % pairs], parts[k], masks[k]) for k in kept]
