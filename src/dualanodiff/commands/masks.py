@@ -43,7 +43,7 @@ def add_mask_arguments(p) -> None:
     p.add_argument(
         "--threshold",
         type=float_arg(minimum=0),
-        help="grey, grey-canvas: distance from the canvas in grey levels of 255; u2net: probability (default: 16 for grey, 0.5 for u2net)",
+        help="grey, grey-canvas: distance from the canvas in grey levels of 255; u2net: probability (default: 16 for the grey methods, 0.5 for u2net)",
     )
     p.add_argument(
         "--max-area",

@@ -28,6 +28,7 @@ from .quality import DEFAULT_MAX_AREA_FRACTION, DEFAULT_MIN_AREA_FRACTION, judge
 from .u2net import U2NetMasker, load_u2net
 
 Method = Literal["auto", "grey", "grey-canvas", "u2net"]
+ResolvedMethod = Literal["grey", "grey-canvas", "u2net"]  # what `auto` resolves to, and the rest as given
 U2NET_DEFAULT_THRESHOLD = 0.5
 
 
@@ -35,7 +36,7 @@ U2NET_DEFAULT_THRESHOLD = 0.5
 class PartMasker:
     """A callable part image (uint8 H x W x 3) -> bool mask, with the method and threshold it uses."""
 
-    method: Literal["grey", "grey-canvas", "u2net"]
+    method: ResolvedMethod
     threshold: float
     fn: Callable[[np.ndarray], np.ndarray]
     many: Callable[[Sequence[np.ndarray]], list[np.ndarray]] | None = None
@@ -64,9 +65,7 @@ class PartMasker:
         return self.many(parts) if self.many is not None else [self.fn(p) for p in parts]
 
 
-def resolve_method(
-    method: str, u2net_weights: str | os.PathLike | None
-) -> Literal["grey", "grey-canvas", "u2net"]:
+def resolve_method(method: str, u2net_weights: str | os.PathLike | None) -> ResolvedMethod:
     """``auto`` means U^2-Net when weights are given, the weight-free grey mask otherwise."""
     if method == "auto":
         return "u2net" if u2net_weights is not None else "grey"
