@@ -63,8 +63,9 @@ class DemoConfig:
     resolution: int = 64
     train_lr: float = 1e-3
     train_rank: int = 16
-    # 2 pairs a step: a step of 4 costs 1.2 times a step of 2 here (fixed costs dominate at this size), and twice
-    # the steps of 2 pairs learn more than the steps of 4 in the same time (docs/demo.md).
+    # 2 pairs a step: a step of 2 costs 0.61 of a step of 4 here (fixed costs weigh at this size;
+    # benchmarks/results/training-demo-base-cpu.json), and 1,200 steps of 2 pairs align the pairs as well as
+    # 1,000 to 1,500 steps of 4 (docs/demo.md, item 7).
     train_batch_size: int = 2
     saim: bool = True
     bcm: bool = False
