@@ -121,6 +121,7 @@ class BenchmarkConfig:
     train_text_encoder_rank: int = 32
     train_resolution: int | None = None  # None: the base's native size
     train_saim: bool = True  # False: the two branches do not interact (the ablation of the miniature study)
+    train_probe_every: int = 0  # steps between probe-loss evaluations (`training.probe`); 0: none
     bcm: bool = False
     # BCM foregrounds: "auto" | "u2net" (with u2net_weights) | "none"; None: ROOT/<category>/foreground/ if it
     # exists, else "auto" (training and generation alike)
@@ -365,6 +366,7 @@ class _Benchmark:
             seed=c.seed,
             mixed_precision=c.mixed_precision,
             progress=c.progress,
+            probe_every=c.train_probe_every,
             foreground=c.foreground,
             u2net_weights=c.u2net_weights if c.foreground == "u2net" else None,
         )
@@ -376,6 +378,7 @@ class _Benchmark:
             "progress",
             "checkpoint_every",
             "keep_checkpoints",
+            "probe_every",
             "resume",
             "gradient_checkpointing",
         }

@@ -12,7 +12,7 @@ _DESCRIPTION = """\
 Train DualAnoDiff adapters (per-branch UNet LoRA, SAIM, optionally BCM, and a text-encoder LoRA) on the few-shot
 images of an anomaly type; the base model stays frozen. One adapter set per type, written to
 OUT/<category>/<anomaly>/ (adapters.safetensors, adapter_config.json, train_config.json with the resolved
-settings, loss_log.csv). Every input file is checked before the model is loaded.
+settings, loss_log.csv, and probe_log.csv with --probe-every). Every input file is checked before the model is loaded.
 
 Data: --data ROOT --category C (MVTec AD layout; the first third of each type's test images, sorted by name,
 are the training images; BCM foreground masks from ROOT/C/foreground/ or --foreground) or --images DIR --masks DIR
@@ -156,6 +156,14 @@ def register(subparsers) -> None:
         help="steps between checkpoints; 0: none (default 500)",
     )
     opt.add_argument(
+        "--probe-every",
+        type=int_arg(0),
+        default=0,
+        help="steps between probe-loss evaluations, written to probe_log.csv: the loss on one fixed set of "
+        "few-shot pairs, timesteps and noise, which falls as the adapters learn where the logged training "
+        "loss (new draws every step) stays noisy; 0: none (default 0)",
+    )
+    opt.add_argument(
         "--keep-checkpoints",
         type=int_arg(0),
         default=1,
@@ -178,7 +186,7 @@ def config_from_args(args):
     names = (
         "base out data category images masks foreground u2net_weights split preset bcm epochs max_steps batch_size "
         "learning_rate rank text_encoder_rank alpha saim saim_zero_init background_latent_scaling resolution "
-        "seed flips mixed_precision gradient_checkpointing save_dtype checkpoint_every keep_checkpoints resume progress"
+        "seed flips mixed_precision gradient_checkpointing save_dtype checkpoint_every probe_every keep_checkpoints resume progress"
     ).split()
     return TrainConfig(**{n: getattr(args, n) for n in names})
 

@@ -87,6 +87,9 @@ class TrainConfig:
     save_dtype: str = "fp32"  # precision of the final adapters.safetensors
     checkpoint_every: int = 500  # optimizer steps between checkpoints; 0: none
     keep_checkpoints: int = 1
+    # optimizer steps between probe-loss evaluations (`training.probe`: a fixed set of few-shot pairs, timesteps
+    # and noise, logged to probe_log.csv); 0: none
+    probe_every: int = 0
     resume: bool = True  # False: discard this type's earlier checkpoints and adapters and start over
     progress: bool = True
 
@@ -128,6 +131,7 @@ _NOT_IDENTITY = {
     "save_dtype",
     "checkpoint_every",
     "keep_checkpoints",
+    "probe_every",
     "resume",
     "progress",
 }
@@ -182,7 +186,7 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     for name in ("epochs", "max_steps", "batch_size", "rank"):
         if getattr(config, name) is not None:
             check_int(getattr(config, name), _flag(name), minimum=1)
-    for name in ("text_encoder_rank", "checkpoint_every", "keep_checkpoints"):
+    for name in ("text_encoder_rank", "checkpoint_every", "keep_checkpoints", "probe_every"):
         check_int(getattr(config, name), _flag(name), minimum=0)
     if config.resolution is not None:
         check_int(config.resolution, "--resolution", 8, MAX_RESOLUTION)  # the multiple: `complete_config`

@@ -44,6 +44,7 @@ from .checkpoint import (
     truncate_loss_log,
 )
 from .config import TrainConfig, identity, resolve_config, steps_per_epoch, total_steps
+from .probe import ProbeSet, append_probe_row, build_probe_set, row_losses, truncate_probe_log
 from .sources import data_hash, expand_anomaly_types, training_samples, write_estimated_foregrounds
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def derived_seed(seed: int, *keys: int) -> int:
     )
 
 
-_INIT, _EPOCH, _STEP = 0, 1, 2  # key spaces of `derived_seed`
+_INIT, _EPOCH, _STEP, _PROBE = 0, 1, 2, 3  # key spaces of `derived_seed`
 
 
 def epoch_order(seed: int, epoch: int, num_samples: int) -> list[int]:
@@ -339,6 +340,7 @@ class AdapterTrainer:
             return_tensors="pt",
         ).input_ids.to(self.accelerator.device)
         self.total = total_steps(config, len(samples), self.accelerator.num_processes)
+        self._probe: ProbeSet | None = None
 
     # ---- one step ------------------------------------------------------------------------------------
     def _batch(self, step: int) -> tuple[int, dict[str, torch.Tensor]]:
@@ -357,37 +359,111 @@ class AdapterTrainer:
 
     def step_loss(self, step: int) -> tuple[int, torch.Tensor]:
         """(epoch, loss) of optimizer step ``step`` (0-based), with the graph for backward."""
-        cfg, acc, pipe = self.config, self.accelerator, self.pipe
+        cfg, acc = self.config, self.accelerator
         device = acc.device
         epoch, batch = self._batch(step)
         pairs = batch["image"].shape[0]
         gen = torch.Generator().manual_seed(derived_seed(cfg.seed, _STEP, step, acc.process_index))
         with torch.no_grad():
-            # Rows interleaved [g0, p0, g1, p1, ...]: (B, 2, 3, R, R) -> (2B, 3, R, R).
-            x = torch.stack([batch["image"], batch["part"]], dim=1).flatten(0, 1)
-            latents = encode_latents(pipe.vae, x, gen).float()
-            if cfg.bcm:
-                bg = encode_latents(
-                    pipe.vae, batch["background"], gen, scale=cfg.background_latent_scaling == "correct"
-                ).float()
+            latents, bg = self._latents(batch, gen)
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (pairs,), generator=gen)
         noise = torch.randn(latents.shape, generator=gen).to(device)
+        bg_noise = torch.randn(bg.shape, generator=gen).to(device) if bg is not None else None
+        pred = self._noise_pred(self.unet, self.text_encoder, latents, t, noise, bg, bg_noise)
+        # Background rows are conditioning only: the loss is over the 2B pair rows, all weighted equally.
+        loss = F.mse_loss(pred, noise.float(), reduction="mean")
+        return epoch, loss
+
+    def _latents(
+        self, batch: dict[str, torch.Tensor], gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """VAE latents of a batch: pair rows interleaved [g0, p0, g1, p1, ...] (2B, C, h, w), and with BCM the
+        backgrounds (B, C, h, w)."""
+        cfg, pipe = self.config, self.pipe
+        # (B, 2, 3, R, R) -> (2B, 3, R, R).
+        x = torch.stack([batch["image"], batch["part"]], dim=1).flatten(0, 1)
+        latents = encode_latents(pipe.vae, x, gen).float()
+        bg = None
+        if cfg.bcm:
+            scale = cfg.background_latent_scaling == "correct"
+            bg = encode_latents(pipe.vae, batch["background"], gen, scale=scale).float()
+        return latents, bg
+
+    def _noise_pred(
+        self,
+        unet: torch.nn.Module,
+        text_encoder: torch.nn.Module,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        bg: torch.Tensor | None = None,
+        bg_noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The UNet's noise prediction (float32) for the 2B pair rows of ``latents`` noised to ``t`` (one
+        timestep per pair, shared by its two rows); with BCM one background row per pair rides in the same call,
+        noised to the pair's timestep."""
+        device = self.accelerator.device
+        pairs = t.shape[0]
         t_rows = t.repeat_interleave(2).to(device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, t_rows)
-        emb = self.text_encoder(self.prompt_ids)[0]  # (2, 77, D): global, part; recomputed (LoRA trains)
+        noisy = self.noise_scheduler.add_noise(latents.to(device), noise.to(device), t_rows)
+        emb = text_encoder(self.prompt_ids)[0]  # (2, 77, D): global, part; recomputed (LoRA trains)
         text = emb.repeat(pairs, 1, 1)
         kwargs = None
-        if cfg.bcm:
-            bg_noise = torch.randn(bg.shape, generator=gen).to(device)
-            noisy = torch.cat([noisy, self.noise_scheduler.add_noise(bg, bg_noise, t.to(device))])
+        if bg is not None:
+            noisy = torch.cat(
+                [noisy, self.noise_scheduler.add_noise(bg.to(device), bg_noise.to(device), t.to(device))]
+            )
             t_rows = torch.cat([t_rows, t.to(device)])
             text = torch.cat([text, emb[:1].expand(pairs, -1, -1)])
             kwargs = {"background_rows": pairs}
-        with acc.autocast():
-            pred = self.unet(noisy, t_rows, encoder_hidden_states=text, cross_attention_kwargs=kwargs).sample
-        # Background rows are conditioning only: the loss is over the 2B pair rows, all weighted equally.
-        loss = F.mse_loss(pred[: 2 * pairs].float(), noise.float(), reduction="mean")
-        return epoch, loss
+        with self.accelerator.autocast():
+            pred = unet(noisy, t_rows, encoder_hidden_states=text, cross_attention_kwargs=kwargs).sample
+        return pred[: 2 * pairs].float()
+
+    # ---- the probe loss (`training.probe`) -----------------------------------------------------------
+    def _probe_set(self) -> ProbeSet:
+        """Built once per process: every few-shot pair unflipped, its draws from the run's seed."""
+        if self._probe is None:
+            cfg = self.config
+            dataset = DefectPairDataset(
+                self.samples, resolution=cfg.resolution, flips=False, with_background=cfg.bcm, seed=cfg.seed
+            )
+            items = [dataset[i] for i in range(len(dataset))]
+            batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+            gen = torch.Generator().manual_seed(derived_seed(cfg.seed, _PROBE))
+            with torch.no_grad():
+                latents, bg = self._latents(batch, gen)
+            latents = latents.cpu()
+            bg = bg.cpu() if bg is not None else None
+            self._probe = build_probe_set(latents, self.noise_scheduler.config.num_train_timesteps, gen, bg)
+        return self._probe
+
+    @torch.no_grad()
+    def probe_loss(self) -> dict[str, float]:
+        """The probe's figures for the adapters as they are now (`training.probe.row_losses`).
+
+        Runs the unwrapped models in eval mode, in chunks of the training batch size, on this process only: no
+        collective is involved, so the main process alone may call it."""
+        probe, size = self._probe_set(), max(1, int(self.config.batch_size))
+        unet, text_encoder = self.pipe.unet, self.pipe.text_encoder
+        unet.eval()
+        text_encoder.eval()
+        try:
+            preds = []
+            for i in range(0, probe.pairs, size):
+                rows = slice(2 * i, 2 * (i + size))
+                bg = probe.background[i : i + size] if probe.background is not None else None
+                bg_noise = probe.background_noise[i : i + size] if bg is not None else None
+                t = probe.timesteps[i : i + size]
+                preds.append(
+                    self._noise_pred(
+                        unet, text_encoder, probe.latents[rows], t, probe.noise[rows], bg, bg_noise
+                    )
+                )
+        finally:
+            unet.train()
+            text_encoder.train()
+        return row_losses(torch.cat(preds).cpu(), probe.noise)
 
     # ---- the run -------------------------------------------------------------------------------------
     def _state(self, elapsed: float) -> dict:
@@ -433,6 +509,10 @@ class AdapterTrainer:
                 {"config": cfg.to_dict(), "identity": identity(cfg, self.data_hash), **info},
             )
             truncate_loss_log(self.run_dir, start)
+            truncate_probe_log(self.run_dir, start)
+        probing = main and cfg.probe_every > 0
+        if probing and start == 0:
+            append_probe_row(self.run_dir, 0, self.probe_loss())
         t0 = time.perf_counter()
         bar = progress_bar(
             total=self.total,
@@ -458,6 +538,8 @@ class AdapterTrainer:
                 if main:
                     log_file.write(f"{done},{epoch},{value:.6g},{lr:.6g},{elapsed:.3f}\n")
                     log_file.flush()
+                if probing and (done % cfg.probe_every == 0 or done == self.total):
+                    append_probe_row(self.run_dir, done, self.probe_loss())
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", epoch=epoch)
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < self.total:
