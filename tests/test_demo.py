@@ -230,6 +230,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         "Downstream localization",
         "Mask alignment",
         "Adapter training loss",
+        "Probe loss: what the adapters learn",
         "Settings",
     ]
     for heading in expected:
@@ -240,7 +241,9 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert all(s.startswith("data:image/png;base64,") for s in parsed.srcs)
     for s in parsed.srcs:
         Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1]))).verify()
-    assert len(parsed.srcs) >= 2 * 5 + 3 * 8 + 2 * 6 + 1  # few-shot, triples, Crop&Paste, loss chart
+    assert (
+        len(parsed.srcs) >= 2 * 5 + 3 * 8 + 2 * 6 + 2
+    )  # few-shot, triples, Crop&Paste, loss and probe charts
 
     results = json.loads((out / "demo_results.json").read_text())
     assert {r["training data"] for r in results["localization"]} == {
@@ -249,6 +252,8 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
         "no generated data",
     }
     assert results["timings"]["total_s"] > 0
+    probe = results["loss"]["probe"]  # --quick: 12 steps, a probe every 4
+    assert probe["steps"] == [0, 12] and probe["last"] < probe["first"]
 
 
 def _script(name: str):

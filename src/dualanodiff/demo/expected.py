@@ -35,6 +35,7 @@ MATCHED = (
     "loc_samples_per_epoch",
     "loc_base_channels",
     "max_mask_area",
+    "probe_every",
 )
 
 
@@ -51,6 +52,8 @@ def figures(summary: dict[str, Any]) -> dict[str, float | None]:
     )
     loss = summary.get("loss", {})
     out["adapter loss, last / first"] = round(loss["last"] / loss["first"], 3) if loss.get("first") else None
+    probe = loss.get("probe", {})
+    out["probe loss, last / first"] = round(probe["last"] / probe["first"], 3) if probe.get("first") else None
     return out
 
 

@@ -38,6 +38,7 @@ def write_demo_report(
     from ..data.images import load_mask, load_rgb
     from ..data.mvtec import anomaly_samples, few_shot_split
     from ..training.checkpoint import read_loss_log
+    from ..training.probe import read_probe_log
 
     report = Report(f"DualAnoDiff demo: {cfg.category} / {cfg.anomaly}")
     report.add_text(
@@ -134,6 +135,24 @@ def write_demo_report(
         )
     else:
         report.add_text("Adapter training loss", f"no loss log found in {run_dir}")
+    probe_rows = read_probe_log(run_dir)
+    if len(probe_rows) >= 2:
+        probe = summary.get("loss", {}).get("probe", {})
+        report.add_figure(
+            "Probe loss: what the adapters learn",
+            loss_curve_png(
+                [r["step"] for r in probe_rows],
+                [r["loss"] for r in probe_rows],
+                title="epsilon MSE on fixed few-shot pairs, timesteps and noise",
+            ),
+            caption=(
+                "The training loss above draws new timesteps and noise at every step, and that noise hides the "
+                "learning; the probe holds them fixed (every few-shot pair at 5 timesteps, one noise draw), so it "
+                f"changes only as the weights do: {probe.get('first')} before training, {probe.get('last')} "
+                f"after ({probe.get('fall_pct')} % lower; whole-image rows {probe.get('global_first')} to "
+                f"{probe.get('global_last')}, part rows {probe.get('part_first')} to {probe.get('part_last')})"
+            ),
+        )
     settings = {k: v for k, v in asdict(cfg).items() if k != "extra"}
     settings["timings_s"] = summary.get("timings", {})
     settings["base"] = "dualanodiff/assets/demo_base.safetensors (see docs/demo.md)"

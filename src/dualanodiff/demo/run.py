@@ -35,6 +35,7 @@ MODES: dict[str, dict[str, Any]] = {
         loc_samples_per_epoch=128,
         loc_base_channels=16,
         max_mask_area=0.5,
+        probe_every=50,
     ),
     "quick": dict(
         train_steps=12,
@@ -44,6 +45,7 @@ MODES: dict[str, dict[str, Any]] = {
         loc_samples_per_epoch=16,
         loc_base_channels=8,
         max_mask_area=1.0,  # toy training leaves whole-image masks: keep them, or nothing reaches the detector
+        probe_every=4,
     ),
 }
 METHOD_LABELS = {"dualanodiff": "DualAnoDiff", "crop-paste": "Crop&Paste", "none": "no generated data"}
@@ -88,6 +90,9 @@ class DemoConfig:
     loc_samples_per_epoch: int | None = None
     loc_base_channels: int | None = None
     max_mask_area: float | None = None
+    # steps between probe-loss evaluations (`training.probe`): the learning curve the report shows, since the
+    # training loss itself stays noisy (docs/demo.md)
+    probe_every: int | None = None
     progress: bool = True
     base_weights: str | None = None  # folder with demo_base.safetensors/.json; None: the shipped ones
     extra: dict[str, Any] = field(default_factory=dict)
@@ -126,6 +131,7 @@ def benchmark_config(cfg: DemoConfig, data: Path, base: Path, out: Path, methods
         train_lr=cfg.train_lr,
         train_rank=cfg.train_rank,
         train_text_encoder_rank=cfg.train_rank,
+        train_probe_every=cfg.probe_every,
         train_resolution=cfg.resolution,
         bcm=cfg.bcm,
         num_pairs=cfg.num_pairs,
@@ -317,15 +323,21 @@ def _pct(value: float | None) -> float | None:
 
 
 def loss_summary(run_dir: Path, window: int = 50) -> dict[str, Any]:
-    """The adapter loss: mean of the first and of the last ``window`` steps (the curve itself is in the log)."""
+    """The adapter loss: mean of the first and of the last ``window`` steps (the curve itself is in the log),
+    and the probe loss's first and last values (`training.probe.probe_summary`) under ``probe``."""
     from ..training.checkpoint import read_loss_log
+    from ..training.probe import probe_summary, read_probe_log
 
     losses = [r["loss"] for r in read_loss_log(run_dir)]
     if not losses:
         return {}
     w = max(1, min(window, len(losses) // 4))
     first, last = float(np.mean(losses[:w])), float(np.mean(losses[-w:]))
-    return {"steps": len(losses), "window": w, "first": round(first, 5), "last": round(last, 5)}
+    out = {"steps": len(losses), "window": w, "first": round(first, 5), "last": round(last, 5)}
+    probe = probe_summary(read_probe_log(run_dir))
+    if probe:
+        out["probe"] = probe
+    return out
 
 
 def load_results(out: str | Path) -> dict[str, Any]:
