@@ -9,6 +9,7 @@ Per seed (each seed is a new synthetic dataset, new adapters, new pairs and new 
   pairs, no generated data, and the mask alignment of the pairs;
 - ``perlin``: DRAEM's Perlin-noise anomalies, the same number of pairs;
 - ``pndm-50``: the demo's adapters sampled with PNDM, 50 steps (the paper's sampler) instead of DPM-Solver++ 20;
+- ``guidance-2.5``: the demo's adapters sampled at the paper's guidance scale, 2.5, instead of the demo's 5;
 - ``saim-off``: adapters trained and sampled without SAIM, all else equal;
 - ``bcm``: adapters trained and sampled with BCM (backgrounds: train/good with their foreground masks).
 
@@ -44,6 +45,11 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "pndm-50": (
         "DualAnoDiff, PNDM 50 steps",
         {"methods": ["dualanodiff"], "scheduler": "pndm", "sampler_steps": 50},
+        True,
+    ),
+    "guidance-2.5": (
+        "DualAnoDiff, guidance 2.5",
+        {"methods": ["dualanodiff"], "guidance": 2.5},
         True,
     ),
     "saim-off": ("DualAnoDiff, SAIM off", {"methods": ["dualanodiff"], "train_saim": False}, False),

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ORDER = (
     "DualAnoDiff (DPM-Solver++ 20 steps)",
     "DualAnoDiff, PNDM 50 steps",
+    "DualAnoDiff, guidance 2.5",
     "DualAnoDiff, SAIM off",
     "DualAnoDiff with BCM",
     "Crop&Paste",
@@ -42,7 +43,10 @@ COMPARISONS = (
     ("DualAnoDiff (DPM-Solver++ 20 steps)", "DualAnoDiff, SAIM off"),
     ("DualAnoDiff with BCM", "DualAnoDiff (DPM-Solver++ 20 steps)"),
     ("DualAnoDiff, PNDM 50 steps", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+    ("DualAnoDiff, guidance 2.5", "DualAnoDiff (DPM-Solver++ 20 steps)"),
 )
+# Paired differences of the median mask IoU: the settings that change the sampling of the same adapters.
+IOU_COMPARISONS = (("DualAnoDiff, guidance 2.5", "DualAnoDiff (DPM-Solver++ 20 steps)"),)
 
 
 def _cell(stats: dict | None, bold: bool = False, digits: int = 1) -> str:
@@ -66,7 +70,8 @@ def study_table(study: dict) -> str:
     lines = [
         f"`{cfg['category']}/{cfg['anomaly']}`, seeds {seeds} (mean ± standard deviation over seeds; each seed a new "
         f"dataset, adapters, pairs and detectors); {cfg['train_steps']} adapter steps, {cfg['num_pairs']} pairs per "
-        f"generator, detector {cfg['loc_epochs']} epochs x {cfg['loc_samples_per_epoch']} samples at "
+        f"generator (DualAnoDiff: DPM-Solver++ {cfg['sampler_steps']} steps, guidance {cfg['guidance']:g}, unless the "
+        f"row says otherwise), detector {cfg['loc_epochs']} epochs x {cfg['loc_samples_per_epoch']} samples at "
         f"{cfg['resolution']} px. Measured with {_stack(study)}; `study.json` by `scripts/miniature_study.py`.",
         "",
         "| training data of the detector | pixel AP | pixel AUROC | AU-PRO | image AUROC | median mask IoU | kept pairs % |",
@@ -88,22 +93,34 @@ def study_table(study: dict) -> str:
         ]
         note = f" (failed in {failed} seed(s): no pair passed the mask gate)" if failed else ""
         lines.append(f"| {label}{note} | " + " | ".join(cells) + " |")
-    lines += ["", "Paired differences of pixel AP (the same seed's two runs; mean ± sd over seeds):", ""]
+    lines += _paired(study, "pixel AP", "pixel AP", COMPARISONS, 1)
+    lines += _paired(study, "iou_median", "the median mask IoU", IOU_COMPARISONS, 3)
+    return "\n".join(lines) + "\n"
+
+
+def _paired(study: dict, key: str, name: str, comparisons, digits: int) -> list[str]:
+    """Table lines: the per-seed differences of ``key`` between two runs of the same seed, mean ± sd."""
+    summary = study["summary"]
+    lines = ["", f"Paired differences of {name} (the same seed's two runs; mean ± sd over seeds):", ""]
     lines += ["| comparison | difference | per seed | verdict |", "|---|---|---|---|"]
-    for a, b in COMPARISONS:
+    rows = 0
+    for a, b in comparisons:
         if a not in summary or b not in summary:
             continue
         pairs = [(s["runs"].get(a, {}), s["runs"].get(b, {})) for s in study["per_seed"]]
-        diffs = [x["pixel AP"] - y["pixel AP"] for x, y in pairs if "pixel AP" in x and "pixel AP" in y]
+        diffs = [x[key] - y[key] for x, y in pairs if x.get(key) is not None and y.get(key) is not None]
         if not diffs:
             continue
         d = spread(diffs)
         verdict = (
             "tie (within one sd)" if abs(d["mean"]) <= d["sd"] else ("higher" if d["mean"] > 0 else "lower")
         )
-        per_seed = ", ".join(f"{v:+.1f}" for v in diffs)
-        lines.append(f"| {a} minus {b} | {d['mean']:+.1f} ± {d['sd']:.1f} | {per_seed} | {verdict} |")
-    return "\n".join(lines) + "\n"
+        per_seed = ", ".join(f"{v:+.{digits}f}" for v in diffs)
+        lines.append(
+            f"| {a} minus {b} | {d['mean']:+.{digits}f} ± {d['sd']:.{digits}f} | {per_seed} | {verdict} |"
+        )
+        rows += 1
+    return lines if rows else []
 
 
 def times_text(times: dict) -> str:

@@ -287,6 +287,7 @@ def test_study_tables_are_the_json_mean_sd_and_paired_differences(tmp_path):
     ]
     for s in per_seed:
         s["runs"][ddf].update(kept=60, generated=64, iou_median=0.5 + 0.1 * s["seed"])
+        s["runs"]["DualAnoDiff, guidance 2.5"] = {"pixel AP": 40.0, "iou_median": 0.45 + 0.05 * s["seed"]}
     from dataclasses import asdict
 
     from dualanodiff.demo import DemoConfig
@@ -304,6 +305,8 @@ def test_study_tables_are_the_json_mean_sd_and_paired_differences(tmp_path):
     diffs = [a - b for a, b in zip(ap[ddf], ap[cp])]
     assert f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} | +10.0, -2.0, +10.0 |" in table
     assert "0.60 ± 0.10" in table and "94 ± 0" in table  # median IoU, kept %
+    # The guidance variant's IoU against the demo's, seed by seed: -0.05, -0.10, -0.15.
+    assert "| DualAnoDiff, guidance 2.5 minus DualAnoDiff (DPM-Solver++ 20 steps) | -0.100 ± 0.050 |" in table
     expected = tables.expected_file(study, None)
     assert expected["figures"]["pixel AP, DualAnoDiff"]["mean"] == round(mean, 3)
     assert expected["settings"]["anomaly"] == "hole"
