@@ -95,6 +95,7 @@ def study_table(study: dict) -> str:
         lines.append(f"| {label}{note} | " + " | ".join(cells) + " |")
     lines += _paired(study, "pixel AP", "pixel AP", COMPARISONS, 1)
     lines += _paired(study, "iou_median", "the median mask IoU", IOU_COMPARISONS, 3)
+    lines += _probe_lines(study)
     return "\n".join(lines) + "\n"
 
 
@@ -121,6 +122,20 @@ def _paired(study: dict, key: str, name: str, comparisons, digits: int) -> list[
         )
         rows += 1
     return lines if rows else []
+
+
+def _probe_lines(study: dict) -> list[str]:
+    """The DualAnoDiff adapters' probe loss (`dualanodiff.training.probe`) per seed, before and after training."""
+    probes = [(s["seed"], s.get("demo", {}).get("loss", {}).get("probe")) for s in study["per_seed"]]
+    if not all(p for _, p in probes):
+        return []
+    cells = [
+        f"seed {seed}: {p['first']:.4f} to {p['last']:.4f} ({-p['fall_pct']:+.1f} %; whole-image rows "
+        f"{p['global_first']:.4f} to {p['global_last']:.4f}, part rows {p['part_first']:.4f} to {p['part_last']:.4f})"
+        for seed, p in probes
+    ]
+    return ["", "Probe loss of the DualAnoDiff adapters (fixed few-shot pairs, timesteps and noise), before and "
+            "after training: " + "; ".join(cells) + "."]  # fmt: skip
 
 
 def times_text(times: dict) -> str:

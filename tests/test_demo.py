@@ -288,6 +288,8 @@ def test_study_tables_are_the_json_mean_sd_and_paired_differences(tmp_path):
     for s in per_seed:
         s["runs"][ddf].update(kept=60, generated=64, iou_median=0.5 + 0.1 * s["seed"])
         s["runs"]["DualAnoDiff, guidance 2.5"] = {"pixel AP": 40.0, "iou_median": 0.45 + 0.05 * s["seed"]}
+        probe = {"first": 0.1, "last": 0.08, "fall_pct": 20.0, "global_first": 0.14, "global_last": 0.11}
+        s["demo"] = {"loss": {"probe": {**probe, "part_first": 0.06, "part_last": 0.05}}}
     from dataclasses import asdict
 
     from dualanodiff.demo import DemoConfig
@@ -307,6 +309,10 @@ def test_study_tables_are_the_json_mean_sd_and_paired_differences(tmp_path):
     assert "0.60 ± 0.10" in table and "94 ± 0" in table  # median IoU, kept %
     # The guidance variant's IoU against the demo's, seed by seed: -0.05, -0.10, -0.15.
     assert "| DualAnoDiff, guidance 2.5 minus DualAnoDiff (DPM-Solver++ 20 steps) | -0.100 ± 0.050 |" in table
+    assert (
+        "seed 2: 0.1000 to 0.0800 (-20.0 %; whole-image rows 0.1400 to 0.1100, part rows 0.0600 to 0.0500)"
+        in table
+    )
     expected = tables.expected_file(study, None)
     assert expected["figures"]["pixel AP, DualAnoDiff"]["mean"] == round(mean, 3)
     assert expected["settings"]["anomaly"] == "hole"
