@@ -22,6 +22,7 @@ from dualanodiff.masks import (
     U2NetMasker,
     build_masker,
     grey_mask,
+    half_max_mask,
     judge_mask,
     load_u2net,
     make_masks_for_folder,
@@ -481,9 +482,14 @@ def test_build_masker_and_mask_from_part(tmp_path) -> None:
     assert grey(tinted).mean() > 0.9 and _iou(canvas(tinted), region) >= 0.95
     np.testing.assert_array_equal(canvas(tinted), grey_mask(tinted, grey="auto"))
     with pytest.raises(
-        InputError, match="--method must be one of auto, grey, grey-canvas, u2net, got 'gray'"
+        InputError, match="--method must be one of auto, grey, grey-canvas, grey-half-max, u2net, got 'gray'"
     ):
         build_masker("gray")
+
+    # grey-half-max: the threshold is half the part's peak distance, --threshold its floor.
+    half = build_masker("grey-half-max", threshold=20.0)
+    assert half.method == "grey-half-max" and half.threshold == 20.0
+    np.testing.assert_array_equal(half(tinted), half_max_mask(tinted, floor=20.0))
 
     weights = tmp_path / "w.pth"
     torch.save(_randomised(U2NETP(), seed=11).state_dict(), weights)
@@ -491,3 +497,25 @@ def test_build_masker_and_mask_from_part(tmp_path) -> None:
     assert net.method == "u2net" and net.threshold == 0.4
     expected = U2NetMasker(load_u2net(weights, device="cpu"), threshold=0.4)(part)
     np.testing.assert_array_equal(mask_from_part(part, "u2net", weights, 0.4, "cpu"), expected)
+
+
+def test_half_max_cuts_a_blurred_defect_at_its_edge_where_a_fixed_threshold_takes_in_the_blur() -> None:
+    """A dark disc on grey, blurred as a VAE or a soft-drawn part blurs it: the half-maximum threshold finds the
+    disc's own outline, the fixed 16 levels a ring of blur around it; a faint defect is cut at the floor."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 30) ** 2 + (xx - 34) ** 2 <= 8**2
+    sharp = np.where(disc[..., None], 27.5, 127.5) * np.ones(3)  # 100 levels below the canvas
+    blurred = ndimage.gaussian_filter(sharp, sigma=(2.0, 2.0, 0))
+    part = np.clip(np.round(blurred), 0, 255).astype(np.uint8)
+    fixed, half = grey_mask(part, grey="auto"), half_max_mask(part)
+    print(f"blurred disc: IoU fixed-16 {_iou(fixed, disc):.3f}, half-max {_iou(half, disc):.3f}")
+    assert _iou(half, disc) >= 0.9 and _iou(fixed, disc) < 0.75
+    assert fixed.sum() > 1.3 * disc.sum()  # the fixed threshold takes in the blur
+    # A faint defect (peak 24 levels): half of it would be 12, under the floor, so the floor (16) cuts it.
+    faint = np.clip(np.round(127.5 - 0.24 * (127.5 - blurred)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(half_max_mask(faint), grey_mask(faint, threshold=16.0, grey="auto"))
+    assert not half_max_mask(np.full((32, 32, 3), 128, np.uint8)).any()  # an empty part stays empty
+    with pytest.raises(InputError, match="must be >= 0"):
+        half_max_mask(part, floor=-1.0)

@@ -28,7 +28,7 @@ MAX_RESOLUTION = 4096
 MAX_PAIRS = 1_000_000
 # How a pair's mask is cut from its part image (`masks.folder.build_masker`); here so the commands' --help
 # does not import torch.
-MASK_METHODS = ("auto", "grey", "grey-canvas", "u2net")
+MASK_METHODS = ("auto", "grey", "grey-canvas", "grey-half-max", "u2net")
 
 
 def check_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:

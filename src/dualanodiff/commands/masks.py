@@ -34,7 +34,9 @@ def add_mask_arguments(p) -> None:
         choices=list(MASK_METHODS),
         default="auto",
         help="auto: u2net when --u2net-weights is given, else grey; grey-canvas: distance from the part image's "
-        "own canvas colour (its median), for a part branch whose canvas comes out tinted",
+        "own canvas colour (its median), for a part branch whose canvas comes out tinted; grey-half-max: the same "
+        "distance cut at half its peak (never below --threshold), for soft-edged parts whose blur a fixed "
+        "threshold takes in",
     )
     p.add_argument(
         "--u2net-weights",
@@ -43,7 +45,8 @@ def add_mask_arguments(p) -> None:
     p.add_argument(
         "--threshold",
         type=float_arg(minimum=0),
-        help="grey, grey-canvas: distance from the canvas in grey levels of 255; u2net: probability (default: 16 for the grey methods, 0.5 for u2net)",
+        help="grey, grey-canvas: distance from the canvas in grey levels of 255; grey-half-max: the lowest "
+        "threshold it may use; u2net: probability (default: 16 for the grey methods, 0.5 for u2net)",
     )
     p.add_argument(
         "--max-area",

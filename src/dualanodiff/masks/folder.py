@@ -23,12 +23,17 @@ from ..data.images import image_size, load_rgb
 from ..errors import InputError
 from ..progress import progress_bar
 from .grey import DEFAULT_THRESHOLD as GREY_DEFAULT_THRESHOLD
-from .grey import GREY_LEVEL, grey_mask
+from .grey import GREY_LEVEL, grey_mask, half_max_mask
 from .quality import DEFAULT_MAX_AREA_FRACTION, DEFAULT_MIN_AREA_FRACTION, judge_mask
 from .u2net import U2NetMasker, load_u2net
 
-Method = Literal["auto", "grey", "grey-canvas", "u2net"]
-ResolvedMethod = Literal["grey", "grey-canvas", "u2net"]  # what `auto` resolves to, and the rest as given
+Method = Literal["auto", "grey", "grey-canvas", "grey-half-max", "u2net"]
+ResolvedMethod = Literal["grey", "grey-canvas", "grey-half-max", "u2net"]
+GREY_METHODS = (
+    "grey",
+    "grey-canvas",
+    "grey-half-max",
+)  # weight-free: a distance from the canvas  # what `auto` resolves to, and the rest as given
 U2NET_DEFAULT_THRESHOLD = 0.5
 
 
@@ -69,7 +74,7 @@ def resolve_method(method: str, u2net_weights: str | os.PathLike | None) -> Reso
     """``auto`` means U^2-Net when weights are given, the weight-free grey mask otherwise."""
     if method == "auto":
         return "u2net" if u2net_weights is not None else "grey"
-    if method in ("grey", "grey-canvas"):
+    if method in GREY_METHODS:
         return method
     if method == "u2net":
         if u2net_weights is None:
@@ -89,10 +94,14 @@ def build_masker(
     ``u2net``; None takes the method's default (16 levels; 0.5). ``grey-canvas`` measures the distance from
     the part image's own canvas colour (its per-channel median) instead of mid-grey: for a part branch whose
     canvas comes out tinted (the demo's adapters after several hundred steps), where ``grey`` would mark the
-    whole canvas."""
+    whole canvas. ``grey-half-max`` measures it the same way and cuts at half the part's peak distance, with
+    ``threshold`` as the floor (`masks.grey.half_max_mask`): for soft-edged parts, whose blur a fixed low
+    threshold takes in."""
     resolved = resolve_method(method, u2net_weights)
-    if resolved in ("grey", "grey-canvas"):
+    if resolved in GREY_METHODS:
         t = GREY_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 255)
+        if resolved == "grey-half-max":
+            return PartMasker(resolved, t, functools.partial(half_max_mask, floor=t, grey="auto"))
         canvas = "auto" if resolved == "grey-canvas" else GREY_LEVEL
         return PartMasker(resolved, t, functools.partial(grey_mask, threshold=t, grey=canvas))
     t = U2NET_DEFAULT_THRESHOLD if threshold is None else check_float(threshold, "--threshold", 0, 1, above=0)
