@@ -80,9 +80,10 @@ class DemoConfig:
     # gate without centring, 1 of 32 with it (docs/results/demo_alignment/diagnosis.json). Only the part branch's
     # noise is centred, so the whole images keep their colour from the noise, as the real images vary in colour.
     zero_mean_noise: bool | str = "part"
-    # The part's canvas drifts off mid-grey as the adapters train: cut the mask where the part departs from its
-    # own canvas colour (`masks.folder.build_masker`).
-    mask_method: str = "grey-canvas"
+    # The part's canvas drifts off mid-grey as the adapters train, and the part draws its defect soft-edged: cut
+    # the mask where the part departs from its own canvas colour by more than half its peak distance
+    # (`masks.grey.half_max_mask`; docs/demo.md, "Where the demo stands").
+    mask_method: str = "grey-half-max"
     # torch CPU threads (None: torch's default). 1 by default: on 2 cores shared with any other work, two
     # OpenMP threads stall each other (measured 2-8 s per training step against 0.25 s with one thread).
     threads: int | None = 1
