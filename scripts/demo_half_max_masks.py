@@ -13,7 +13,8 @@ peak taken as the maximum of the (median-filtered) distance map or as its 99.5th
 - on the study's generated pairs: the part images masked again by each rule; the median IoU with the reference
   segmenter's mask of the whole image (the demo's alignment measure), and the median mask area.
 
-Not a mask method of the tool: the downstream effect of the new masks is not measured (it needs the study rerun).
+The rule with the maximum as the peak is now the tool's ``--method grey-half-max`` (`masks.grey.half_max_mask`)
+and the demo's mask; the study measures its downstream effect.
 """
 
 from __future__ import annotations
