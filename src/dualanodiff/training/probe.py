@@ -80,6 +80,11 @@ def row_losses(pred: torch.Tensor, noise: torch.Tensor) -> dict[str, float]:
     }
 
 
+def _row(step: int, figures: dict[str, float]) -> str:
+    """One line of the log (no newline), in `PROBE_HEADER`'s order."""
+    return f"{step},{figures['loss']:.6g},{figures['global_loss']:.6g},{figures['part_loss']:.6g}"
+
+
 def append_probe_row(run_dir: Path, step: int, figures: dict[str, float]) -> None:
     """Add one probe row (the header first, when the log is new)."""
     path = Path(run_dir) / PROBE_LOG
@@ -87,7 +92,7 @@ def append_probe_row(run_dir: Path, step: int, figures: dict[str, float]) -> Non
     with open(path, "a", encoding="utf-8") as f:
         if new:
             f.write(PROBE_HEADER + "\n")
-        f.write(f"{step},{figures['loss']:.6g},{figures['global_loss']:.6g},{figures['part_loss']:.6g}\n")
+        f.write(_row(step, figures) + "\n")
 
 
 def read_probe_log(run_dir: Path) -> list[dict]:
@@ -111,9 +116,7 @@ def truncate_probe_log(run_dir: Path, last_step: int) -> None:
     if not path.is_file():
         return
     rows = [r for r in read_probe_log(run_dir) if r["step"] <= last_step]
-    lines = [PROBE_HEADER] + [
-        f"{r['step']},{r['loss']:.6g},{r['global_loss']:.6g},{r['part_loss']:.6g}" for r in rows
-    ]
+    lines = [PROBE_HEADER] + [_row(r["step"], r) for r in rows]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
