@@ -19,7 +19,7 @@ from dualanodiff.generate import (
     make_scheduler,
 )
 from dualanodiff.io import read_jsonl
-from dualanodiff.pipeline import DualAnoDiffPipeline
+from dualanodiff.pipeline import DualAnoDiffPipeline, centred_noise
 
 from rounding import assert_equal_up_to_rounding, pipeline_depth, reduction_depth, rounding_tolerance
 
@@ -119,6 +119,25 @@ def test_zero_mean_noise_samples_each_seeds_own_draw_centred(pipe, adapters):
     assert np.abs(part_only.parts - want.parts).max() <= 1e-5
     with pytest.raises(InputError, match="zero_mean_noise must be False, True or 'part', got 'global'"):
         pipe(seeds=seeds, zero_mean_noise="global", **kw)
+
+
+def test_shared_initial_noise_starts_the_part_from_the_whole_draw(pipe, adapters):
+    """The option equals passing each seed's whole-branch draw as both branches' ``latents`` (the part's then
+    centred under zero_mean_noise="part"); the whole branch's draw is the one it has without the option."""
+    pipe.load_adapters(adapters)
+    seeds = [3, 11]
+    draws = torch.stack([torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    kw = dict(num_pairs=2, num_inference_steps=3, output_type="np")
+    shared = pipe(seeds=seeds, shared_initial_noise=True, **kw)
+    want = pipe(latents=torch.stack([draws[:, 0], draws[:, 0]], 1), **kw)
+    assert np.abs(shared.images - want.images).max() <= 1e-5
+    assert np.abs(shared.parts - want.parts).max() <= 1e-5
+    assert np.abs(shared.parts - pipe(seeds=seeds, **kw).parts).max() > 1e-3  # the part's start did change
+
+    centred = pipe(seeds=seeds, shared_initial_noise=True, zero_mean_noise="part", **kw)
+    want = pipe(latents=torch.stack([draws[:, 0], centred_noise(draws[:, 0])], 1), **kw)
+    assert np.abs(centred.images - want.images).max() <= 1e-5
+    assert np.abs(centred.parts - want.parts).max() <= 1e-5
 
 
 def test_guidance_at_most_one_skips_the_unconditional_rows(pipe):
@@ -389,6 +408,22 @@ def test_preset_fills_unset_settings_and_config_records_the_resolved_values(tiny
     assert config["background_noise"] == "independent"
     records = read_jsonl(out / "manifest.jsonl")
     assert {r["guidance"] for r in records} == {1.2} and {r["steps"] for r in records} == {2}
+
+
+def test_cli_shared_initial_noise_is_recorded_only_when_on(tiny_base_dir, adapters, tmp_path):
+    """--shared-initial-noise reaches the pipeline (the parts change) and the folder's config; off, the key is
+    absent, so folders made before the option resume."""
+    runs = {}
+    for name, flag in (("plain", []), ("shared", ["--shared-initial-noise"])):
+        out = tmp_path / name
+        argv = ["generate", "--base", str(tiny_base_dir), "--adapters", str(adapters), "--out", str(out),
+                "--num-pairs", "2", "--steps", "2", "--max-area", "1", "--device", "cpu", *flag]  # fmt: skip
+        assert cli(argv) == 0
+        runs[name] = (json.loads((out / "config.json").read_text()), out)
+    assert "shared_initial_noise" not in runs["plain"][0]
+    assert runs["shared"][0]["shared_initial_noise"] is True
+    parts = [np.asarray(Image.open(out / "part" / "00000.png"), float) for _, out in runs.values()]
+    assert np.abs(parts[0] - parts[1]).max() > 2
 
 
 @pytest.mark.parametrize("mode", ["shared", "independent"])

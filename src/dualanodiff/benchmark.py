@@ -137,6 +137,7 @@ class BenchmarkConfig:
     background_noise: str | None = None  # BCM: "shared" | "independent"
     # Centre the initial noise: True (both branches) or "part" (GenerateConfig; the demo's 16x16 latents need it)
     zero_mean_noise: bool | str = False
+    shared_initial_noise: bool = False  # the part branch starts from the whole's noise draw (GenerateConfig)
     gen_batch_size: int = 8
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
     mask_method: str = "auto"
@@ -406,6 +407,7 @@ class _Benchmark:
             background_every=c.background_every,
             background_noise=c.background_noise,
             zero_mean_noise=c.zero_mean_noise,
+            shared_initial_noise=c.shared_initial_noise,
             category=category,
             seed=_type_seed(c.seed, category, kind),
             mixed_precision=c.mixed_precision,

@@ -114,6 +114,8 @@ class GenerateConfig:
     part_prompt: str = PART_PROMPT
     # Centre each initial noise map: True (both branches) or "part" (`DualAnoDiffPipeline.__call__`; small latents)
     zero_mean_noise: bool | str = False
+    # Start the part branch from the whole branch's noise draw (`DualAnoDiffPipeline.__call__`; small latents)
+    shared_initial_noise: bool = False
     device: str | None = None
     # Speed and memory (all but tiling keep the pairs the same to float rounding, so a resume may change them):
     compile: bool = False  # torch.compile the UNet (a one-off compilation, then faster steps)
@@ -274,6 +276,8 @@ def generate_to_folder(
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     if not config.zero_mean_noise:  # recorded only when on: folders made before the option still resume
         del record_config["zero_mean_noise"]
+    if not config.shared_initial_noise:  # likewise
+        del record_config["shared_initial_noise"]
     record_config["adapter_identity"] = adapter_identity(config.adapters)
     record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
     if bcm:
@@ -363,6 +367,7 @@ def _generate_pairs(
             output_type="np",
             background_noise=config.background_noise,
             zero_mean_noise=config.zero_mean_noise,
+            shared_initial_noise=config.shared_initial_noise,
         )
         for k, index in enumerate(indices):
             image, part = to_uint8(out.images[k]), to_uint8(out.parts[k])
