@@ -1,13 +1,16 @@
-"""Does the classifier-free guidance scale change how well the demo's two branches align?
+"""Do the guidance scale and the branches' initial noise change how well the demo's two branches align?
 
     python scripts/demo_guidance_sweep.py --study study --out docs/results/demo_alignment/guidance-weave-hole
+    python scripts/demo_guidance_sweep.py --study study --guidance 5 --initial-noise independent,shared \
+        --out docs/results/demo_alignment/initial-noise-weave-hole
 
 For each seed of a finished miniature study (``scripts/miniature_study.py``), the demo's adapters are sampled
-again as the demo samples them (DPM-Solver++, 20 steps, part-centred noise, canvas masks, the mask gate), once per
-guidance scale, 32 pairs from one fixed seed, and measured as the demo measures them (`pairs_alignment`: the
-reference segmenter's IoU with the pair's mask, the part match rank). Only the guidance changes between runs of a
-seed, so the differences are the guidance's. Writes OUT/summary.json (every run's figures, per-scale mean and
-standard deviation over the seeds) and prints a table.
+again as the demo samples them (DPM-Solver++, 20 steps, part-centred noise, the demo's mask method, the mask gate),
+once per guidance scale and initial-noise setting (independent draws per branch, as the authors sample, or the
+part starting from the whole's draw: ``shared_initial_noise``), 32 pairs from one fixed seed, and measured as the
+demo measures them (`pairs_alignment`: the reference segmenter's IoU with the pair's mask, the part match rank).
+Only those settings change between runs of a seed, so the differences are theirs. Writes OUT/summary.json (every
+run's figures, per-setting mean and standard deviation over the seeds) and prints a table.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from dualanodiff.io import write_json_atomic
 SAMPLE_SEED = 7
 
 
-def run(study: Path, seed: int, guidance: float, out: Path, pairs: int, demo: DemoConfig) -> dict:
+def run(study: Path, seed: int, guidance: float, noise: str, out: Path, pairs: int, demo: DemoConfig) -> dict:
     demo_dir = study / f"seed-{seed}" / "demo"
-    folder = out / f"seed-{seed}" / f"guidance-{guidance:g}"
+    folder = out / f"seed-{seed}" / f"guidance-{guidance:g}-{noise}"
     cfg = GenerateConfig(
         base=str(demo_dir / "base"),
         adapters=str(demo_dir / "benchmark" / "adapters" / demo.category / demo.anomaly),
@@ -45,6 +48,7 @@ def run(study: Path, seed: int, guidance: float, out: Path, pairs: int, demo: De
         mask_method=demo.mask_method,
         max_mask_area=demo.resolved().max_mask_area,
         zero_mean_noise=demo.zero_mean_noise,
+        shared_initial_noise=noise == "shared",
         device="cpu",
     )
     generate_to_folder(cfg, show_progress=False)
@@ -54,6 +58,7 @@ def run(study: Path, seed: int, guidance: float, out: Path, pairs: int, demo: De
     return {
         "seed": seed,
         "guidance": guidance,
+        "initial_noise": noise,
         "kept": len(kept),
         "generated": len(every),
         "iou_median": round(align["iou_median"], 4),
@@ -72,6 +77,11 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--guidance", default="2.5,4,5,6", help="comma-separated scales")
+    parser.add_argument(
+        "--initial-noise",
+        default="independent",
+        help="comma-separated: independent (a draw per branch), shared (the part starts from the whole's draw)",
+    )
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -79,22 +89,28 @@ def main() -> None:
     study, out = Path(args.study), Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     scales = [float(g) for g in args.guidance.split(",")]
+    noises = args.initial_noise.split(",")
+    if not set(noises) <= {"independent", "shared"}:
+        parser.error(f"--initial-noise: choose from independent, shared; got {args.initial_noise!r}")
     demo = DemoConfig()
     runs = []
     for seed in seeds:
-        for g in scales:
-            runs.append(run(study, seed, g, out, args.pairs, demo))
-            print(json.dumps(runs[-1]), flush=True)
+        for noise in noises:
+            for g in scales:
+                runs.append(run(study, seed, g, noise, out, args.pairs, demo))
+                print(json.dumps(runs[-1]), flush=True)
     per_scale = {}
-    for g in scales:
-        values = [r["iou_median"] for r in runs if r["guidance"] == g]
-        per_scale[f"{g:g}"] = {
-            "iou_median_mean": round(statistics.fmean(values), 4),
-            "iou_median_sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
-            "values": values,
-        }
+    for noise in noises:
+        for g in scales:
+            values = [r["iou_median"] for r in runs if r["guidance"] == g and r["initial_noise"] == noise]
+            per_scale[f"{g:g}" if noises == ["independent"] else f"{g:g}, {noise}"] = {
+                "iou_median_mean": round(statistics.fmean(values), 4),
+                "iou_median_sd": round(statistics.stdev(values), 4) if len(values) > 1 else 0.0,
+                "values": values,
+            }
     summary = {
-        "what": "median segmenter IoU of the demo's pairs against the guidance scale (module doc)",
+        "what": "median segmenter IoU of the demo's pairs against the guidance scale and initial noise (module doc)",
+        "mask_method": demo.mask_method,
         "study": str(study),
         "pairs_per_run": args.pairs,
         "sample_seed": SAMPLE_SEED,
@@ -103,7 +119,7 @@ def main() -> None:
         "stack": stack(),
     }
     write_json_atomic(out / "summary.json", summary)
-    print("| guidance | median IoU, mean ± sd over seeds | per seed |\n|---|---|---|")
+    print("| guidance[, initial noise] | median IoU, mean ± sd over seeds | per seed |\n|---|---|---|")
     for g, row in per_scale.items():
         print(f"| {g} | {row['iou_median_mean']:.3f} ± {row['iou_median_sd']:.3f} | {row['values']} |")
 
