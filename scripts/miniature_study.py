@@ -10,6 +10,8 @@ Per seed (each seed is a new synthetic dataset, new adapters, new pairs and new 
 - ``perlin``: DRAEM's Perlin-noise anomalies, the same number of pairs;
 - ``pndm-50``: the demo's adapters sampled with PNDM, 50 steps (the paper's sampler) instead of DPM-Solver++ 20;
 - ``guidance-2.5``: the demo's adapters sampled at the paper's guidance scale, 2.5, instead of the demo's 5;
+- ``independent-noise``: the demo's adapters sampled with a noise draw per branch, as the authors sample, instead
+  of the part starting from the whole's draw;
 - ``saim-off``: adapters trained and sampled without SAIM, all else equal;
 - ``bcm``: adapters trained and sampled with BCM (backgrounds: train/good with their foreground masks).
 
@@ -50,6 +52,11 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "guidance-2.5": (
         "DualAnoDiff, guidance 2.5",
         {"methods": ["dualanodiff"], "guidance": 2.5},
+        True,
+    ),
+    "independent-noise": (
+        "DualAnoDiff, independent initial noise",
+        {"methods": ["dualanodiff"], "shared_initial_noise": False},
         True,
     ),
     "saim-off": ("DualAnoDiff, SAIM off", {"methods": ["dualanodiff"], "train_saim": False}, False),

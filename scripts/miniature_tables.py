@@ -30,6 +30,7 @@ ORDER = (
     "DualAnoDiff (DPM-Solver++ 20 steps)",
     "DualAnoDiff, PNDM 50 steps",
     "DualAnoDiff, guidance 2.5",
+    "DualAnoDiff, independent initial noise",
     "DualAnoDiff, SAIM off",
     "DualAnoDiff with BCM",
     "Crop&Paste",
@@ -44,9 +45,13 @@ COMPARISONS = (
     ("DualAnoDiff with BCM", "DualAnoDiff (DPM-Solver++ 20 steps)"),
     ("DualAnoDiff, PNDM 50 steps", "DualAnoDiff (DPM-Solver++ 20 steps)"),
     ("DualAnoDiff, guidance 2.5", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+    ("DualAnoDiff, independent initial noise", "DualAnoDiff (DPM-Solver++ 20 steps)"),
 )
 # Paired differences of the median mask IoU: the settings that change the sampling of the same adapters.
-IOU_COMPARISONS = (("DualAnoDiff, guidance 2.5", "DualAnoDiff (DPM-Solver++ 20 steps)"),)
+IOU_COMPARISONS = (
+    ("DualAnoDiff, guidance 2.5", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+    ("DualAnoDiff, independent initial noise", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+)
 
 
 def _cell(stats: dict | None, bold: bool = False, digits: int = 1) -> str:

@@ -27,6 +27,7 @@ MATCHED = (
     "scheduler",
     "guidance",
     "zero_mean_noise",
+    "shared_initial_noise",
     "mask_method",
     "train_steps",
     "num_pairs",
