@@ -51,6 +51,7 @@ COMPARISONS = (
 IOU_COMPARISONS = (
     ("DualAnoDiff, guidance 2.5", "DualAnoDiff (DPM-Solver++ 20 steps)"),
     ("DualAnoDiff, independent initial noise", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+    ("DualAnoDiff, SAIM off", "DualAnoDiff (DPM-Solver++ 20 steps)"),
 )
 
 
