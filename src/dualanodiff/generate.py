@@ -274,10 +274,9 @@ def generate_to_folder(
     masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
 
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
-    if not config.zero_mean_noise:  # recorded only when on: folders made before the option still resume
-        del record_config["zero_mean_noise"]
-    if not config.shared_initial_noise:  # likewise
-        del record_config["shared_initial_noise"]
+    for option in ("zero_mean_noise", "shared_initial_noise"):  # recorded only when on: older folders resume
+        if not record_config[option]:
+            del record_config[option]
     record_config["adapter_identity"] = adapter_identity(config.adapters)
     record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
     if bcm:
