@@ -377,3 +377,16 @@ def test_study_runs_every_variant_end_to_end(tmp_path, monkeypatch):
         assert 0.0 <= run["pixel AP"] <= 100.0, label
     assert set(study["summary"]) == labels
     assert study["settings"]["quick"] is True
+
+
+def test_guidance_sweep_refuses_an_unknown_initial_noise_before_any_work(tmp_path, monkeypatch, capsys):
+    """--initial-noise names a setting the sweep cannot sample: one line naming the flag, exit 2, nothing written."""
+    sweep = _script("demo_guidance_sweep")
+    argv = ["demo_guidance_sweep.py", "--study", str(tmp_path / "none"), "--out", str(tmp_path / "out"),
+            "--initial-noise", "shared,bogus"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main()
+    assert exit_info.value.code == 2
+    assert "--initial-noise: choose from independent, shared; got 'shared,bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
