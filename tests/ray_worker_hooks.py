@@ -38,7 +38,7 @@ def install() -> None:
     if FAULTS_ENV not in os.environ:
         return
     import dualanodiff.executors.ray_cluster as ray_cluster
-    from dualanodiff.baselines.write import GeneratedWriter
+    from dualanodiff.data.generated import GeneratedWriter
 
     real_write, real_probe = GeneratedWriter.write, ray_cluster.probe_node
 

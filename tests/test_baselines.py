@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dualanodiff.baselines.write as write_mod
+import dualanodiff.data.generated as generated_mod
 from dualanodiff.baselines import run_baseline
 from dualanodiff.baselines.crop_paste import crop_paste, extract_defects, valid_positions
 from dualanodiff.baselines.perlin import perlin, rand_perlin_2d
-from dualanodiff.baselines.write import GeneratedWriter
-from dualanodiff.data.generated import read_generated
+from dualanodiff.data.generated import GeneratedWriter, read_generated
 from dualanodiff.data.images import load_mask, load_rgb
 from dualanodiff.data.mvtec import DefectSample
 from dualanodiff.errors import InputError
@@ -107,7 +106,7 @@ def test_interrupted_run_resumes_with_exactly_the_missing_pairs(tmp_path: Path, 
 
     # Crash while appending the 4th record: pair 3's files exist, its record does not.
     resumed = tmp_path / "resumed"
-    real_append, calls = write_mod.append_jsonl, []
+    real_append, calls = generated_mod.append_jsonl, []
 
     def crashing_append(path, record):
         calls.append(record["name"])
@@ -115,10 +114,10 @@ def test_interrupted_run_resumes_with_exactly_the_missing_pairs(tmp_path: Path, 
             raise KeyboardInterrupt
         real_append(path, record)
 
-    monkeypatch.setattr(write_mod, "append_jsonl", crashing_append)
+    monkeypatch.setattr(generated_mod, "append_jsonl", crashing_append)
     with pytest.raises(KeyboardInterrupt):
         run(resumed)
-    monkeypatch.setattr(write_mod, "append_jsonl", real_append)
+    monkeypatch.setattr(generated_mod, "append_jsonl", real_append)
     assert (resumed / "image" / "00003.png").exists()
     with (resumed / "manifest.jsonl").open("a") as f:
         f.write('{"name": "000')  # and a torn last line

@@ -130,8 +130,7 @@ def test_quality_equals_library_metrics(data_root, generated, weights, tmp_path)
 
 def test_quality_scores_every_generated_image_by_default(data_root, generated, weights, tmp_path):
     """IS and IC-LPIPS over kept and rejected pairs, as the paper; --quality-images kept for the kept only."""
-    from dualanodiff.baselines.write import GeneratedWriter
-    from dualanodiff.data.generated import read_generated
+    from dualanodiff.data.generated import GeneratedWriter, read_generated
     from dualanodiff.data.images import load_mask, load_rgb
     from dualanodiff.evaluate.quality import inception_score, load_inception
     from dualanodiff.locking import output_lock

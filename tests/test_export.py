@@ -11,9 +11,8 @@ import pytest
 from anomalib_folder import folder_samples
 from PIL import Image
 
-from dualanodiff.baselines.write import GeneratedWriter
 from dualanodiff.cli import main as cli
-from dualanodiff.data.generated import read_generated
+from dualanodiff.data.generated import GeneratedWriter, read_generated
 from dualanodiff.data.images import load_mask
 from dualanodiff.data.mvtec import anomaly_samples, normal_test_samples, normal_train_samples
 from dualanodiff.errors import InputError

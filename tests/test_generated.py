@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dualanodiff.baselines.write import GeneratedWriter
-from dualanodiff.data.generated import read_generated
+from dualanodiff.data.generated import GeneratedWriter, read_generated
 from dualanodiff.errors import InputError
 from dualanodiff.locking import output_lock
 

@@ -15,10 +15,9 @@ import pytest
 from anomalib_folder import folder_samples
 from PIL import Image
 
-import dualanodiff.baselines.write as write_mod
-from dualanodiff.baselines.write import GeneratedWriter
+import dualanodiff.data.generated as generated_mod
 from dualanodiff.cli import main as cli
-from dualanodiff.data.generated import manifest_records, pair_path, read_generated
+from dualanodiff.data.generated import GeneratedWriter, manifest_records, pair_path, read_generated
 from dualanodiff.data.images import load_mask
 from dualanodiff.errors import InputError
 from dualanodiff.io import read_jsonl
@@ -100,7 +99,7 @@ def test_rejected_pairs_live_under_rejected_and_every_reader_agrees(tmp_path: Pa
 def test_a_resumed_run_with_rejected_pairs_equals_an_uninterrupted_one(tmp_path: Path, monkeypatch) -> None:
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     _write(full, 7)
-    real_append, calls = write_mod.append_jsonl, []
+    real_append, calls = generated_mod.append_jsonl, []
 
     def crashing_append(path, record):
         calls.append(record["name"])
@@ -108,10 +107,10 @@ def test_a_resumed_run_with_rejected_pairs_equals_an_uninterrupted_one(tmp_path:
             raise KeyboardInterrupt
         real_append(path, record)
 
-    monkeypatch.setattr(write_mod, "append_jsonl", crashing_append)
+    monkeypatch.setattr(generated_mod, "append_jsonl", crashing_append)
     with pytest.raises(KeyboardInterrupt):
         _write(resumed, 7)
-    monkeypatch.setattr(write_mod, "append_jsonl", real_append)
+    monkeypatch.setattr(generated_mod, "append_jsonl", real_append)
     assert (resumed / "rejected" / "image" / "00004.png").exists() and len(
         read_jsonl(resumed / "manifest.jsonl")
     ) == 4
@@ -189,8 +188,8 @@ def test_an_interrupted_masks_never_leaves_masks_and_manifest_out_of_step(
     make_masks_for_folder(reference, max_area_fraction=0.05, show_progress=False)
 
     steps = ("append_jsonl", "save_image_atomic", "write_json_atomic")
-    originals = {name: getattr(write_mod, name) for name in steps}
-    real_replace = write_mod.os.replace
+    originals = {name: getattr(generated_mod, name) for name in steps}
+    real_replace = generated_mod.os.replace
     crash_at = 0
     while True:  # crash at the 1st file operation of `masks`, then at the 2nd, ... until one run gets through
         crash_at += 1
@@ -208,8 +207,8 @@ def test_an_interrupted_masks_never_leaves_masks_and_manifest_out_of_step(
             return wrapper
 
         for name, fn in originals.items():
-            monkeypatch.setattr(write_mod, name, counted(fn))
-        monkeypatch.setattr(write_mod.os, "replace", counted(real_replace))
+            monkeypatch.setattr(generated_mod, name, counted(fn))
+        monkeypatch.setattr(generated_mod.os, "replace", counted(real_replace))
         try:
             make_masks_for_folder(out, max_area_fraction=0.05, show_progress=False)
             finished = True
@@ -217,8 +216,8 @@ def test_an_interrupted_masks_never_leaves_masks_and_manifest_out_of_step(
             finished = False
         finally:
             for name, fn in originals.items():
-                monkeypatch.setattr(write_mod, name, fn)
-            monkeypatch.setattr(write_mod.os, "replace", real_replace)
+                monkeypatch.setattr(generated_mod, name, fn)
+            monkeypatch.setattr(generated_mod.os, "replace", real_replace)
         _assert_in_step(out)
         make_masks_for_folder(out, max_area_fraction=0.05, show_progress=False)  # the rerun completes it
         assert _tree(out) == _tree(reference), f"crash at file operation {crash_at}"

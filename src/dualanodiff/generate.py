@@ -24,8 +24,8 @@ from diffusers import (
 )
 
 from .backgrounds import Backgrounds, generation_foreground
-from .baselines.write import GeneratedWriter
 from .checks import MAX_PAIRS, MAX_RESOLUTION, check_device, check_float, check_int, check_name, check_seed
+from .data.generated import GeneratedWriter
 from .errors import InputError
 from .locking import output_lock
 from .masks import PartMasker, build_masker, judge_mask

@@ -13,8 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from ..baselines.write import GeneratedWriter
-from ..data.generated import PairFiles, read_generated_config
+from ..data.generated import GeneratedWriter, PairFiles, read_generated_config
 from ..data.images import load_mask
 from ..errors import InputError
 from ..io import atomic_path

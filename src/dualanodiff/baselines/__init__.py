@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import MAX_PAIRS, MAX_RESOLUTION, check_int
+from ..data.generated import GeneratedWriter
 from ..data.mvtec import SPLIT_MODES, anomaly_samples, few_shot_split, normal_train_samples
 from ..errors import InputError
 from .crop_paste import crop_paste
 from .perlin import perlin
-from .write import GeneratedWriter
 
 METHODS = ("crop-paste", "perlin")
 

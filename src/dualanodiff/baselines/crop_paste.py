@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage, signal
 
+from ..data.generated import GeneratedWriter
 from ..data.images import load_mask_for, load_rgb
 from ..data.mvtec import DefectSample
 from ..errors import InputError
 from ..locking import output_lock
 from ..progress import progress_bar
 from .common import Size, as_size, load_normal, resize_rgb
-from .write import GeneratedWriter
 
 METHOD = "crop-paste"
 MIN_DEFECT_AREA = 16  # pixels; smaller specks of a mask are annotation noise, kept only if nothing else is

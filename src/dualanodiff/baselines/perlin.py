@@ -29,13 +29,13 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from scipy import ndimage
 
+from ..data.generated import GeneratedWriter
 from ..data.images import is_image_file, load_rgb
 from ..data.mvtec import DefectSample
 from ..errors import InputError
 from ..locking import output_lock
 from ..progress import progress_bar
 from .common import Size, as_size, load_normal, resize_rgb
-from .write import GeneratedWriter
 
 METHOD = "perlin"
 MIN_SCALE_EXP, MAX_SCALE_EXP = 0, 6  # DRAEM: 2 ** randint(0, 6), the upper bound exclusive

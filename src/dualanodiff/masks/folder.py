@@ -18,7 +18,14 @@ from typing import Any, Literal
 import numpy as np
 
 from ..checks import MASK_METHODS, check_float
-from ..data.generated import MANIFEST, PairFiles, manifest_records, pair_path, read_generated_config
+from ..data.generated import (
+    MANIFEST,
+    GeneratedWriter,
+    PairFiles,
+    manifest_records,
+    pair_path,
+    read_generated_config,
+)
 from ..data.images import image_size, load_rgb
 from ..errors import InputError
 from ..progress import progress_bar
@@ -169,7 +176,6 @@ def make_masks_for_folder(
     Every record must have its part image (checked before anything is written). Returns a summary: counts
     kept/rejected by reason, pairs updated, mean mask area, method, threshold.
     """
-    from ..baselines.write import GeneratedWriter
     from ..locking import output_lock
 
     out = Path(out_dir)
