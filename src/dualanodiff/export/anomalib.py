@@ -31,14 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from .data.folder import folder_normals
-from .data.images import load_mask
-from .data.mvtec import GOOD
-from .errors import InputError
-from .io import read_json_object, save_image_atomic, write_json_atomic
-from .locking import STATE_DIR, output_lock
+from ..data.folder import folder_normals
+from ..data.images import load_mask
+from ..data.mvtec import GOOD
+from ..errors import InputError
+from ..io import save_image_atomic, write_json_atomic
+from ..locking import output_lock
+from .common import EXPORT_RECORD, check_out, check_sources_apart, check_type_name, link_or_copy
 
-EXPORT_RECORD = "export.json"
+FORMAT = "anomalib Folder (MVTec AD category layout)"
 _TREE = ("train", "test", "ground_truth")  # what an export writes besides its record
 
 
@@ -99,36 +100,6 @@ def folder_call(arguments: dict[str, Any]) -> str:
     return f"from anomalib.data import Folder\n\ndatamodule = Folder(\n{lines})"
 
 
-def _check_type_name(kind: str, folder: Path) -> None:
-    if not kind or kind.startswith(".") or "/" in kind or "\\" in kind or kind == GOOD:
-        raise InputError(
-            f"{folder}: anomaly type {kind!r} cannot name a folder of the export (give --anomaly-types)"
-        )
-
-
-def _check_out(out: Path) -> None:
-    """An export goes to a new or empty folder, or replaces an earlier export; anything else is refused."""
-    if not out.is_dir():
-        return
-    if (out / EXPORT_RECORD).is_file():
-        read_json_object(out / EXPORT_RECORD)  # a corrupt record is named, not overwritten blindly
-        return
-    other = sorted(p.name for p in out.iterdir() if p.name != STATE_DIR)
-    if other:
-        raise InputError(
-            f"--out {out}: not empty ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}) and not an "
-            f"earlier export (no {EXPORT_RECORD}); choose a new folder"
-        )
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:  # another file system, or no hard links there
-        shutil.copy2(src, dst)
-
-
 def export_anomalib(
     generated: list[str | os.PathLike],
     normal: str | os.PathLike,
@@ -143,20 +114,21 @@ def export_anomalib(
     Everything is read and checked before anything is written; ``out`` is held by
     :func:`dualanodiff.locking.output_lock` while it is written.
     """
-    from .evaluate.protocol import load_generated_sets
+    from ..evaluate.protocol import load_generated_sets
 
     if not generated:
         raise InputError("--generated: give at least one generated folder")
     out = Path(out)
     sets = load_generated_sets(generated, anomaly_types)
     for kind, pairs in sets.items():
-        _check_type_name(kind, Path(pairs[0].image).parent.parent)
+        check_type_name(kind, Path(pairs[0].image).parent.parent)
     normals = split_normals(normal, normal_test, test_fraction, seed)
-    _check_out(out)
+    check_out(out, FORMAT)
+    check_sources_apart(out, [*generated, normal, *([] if normal_test is None else [normal_test])])
     types = sorted(sets)
     width = max(5, len(str(max(len(p) for p in sets.values()) - 1)))
     record: dict[str, Any] = {
-        "format": "anomalib Folder (MVTec AD category layout)",
+        "format": FORMAT,
         "generated": [str(Path(g).resolve()) for g in generated],
         "normal": str(Path(normal).resolve()),
         "normal_test": None if normal_test is None else str(Path(normal_test).resolve()),
@@ -180,13 +152,13 @@ def export_anomalib(
         for split, images in (("train", normals.train), ("test", normals.test)):
             for image in images:
                 rel = f"{split}/{GOOD}/{image.name}"
-                _link_or_copy(image, out / rel)
+                link_or_copy(image, out / rel)
                 sources[rel] = {"image": str(image.resolve())}
         for kind in types:
             for i, pair in enumerate(sets[kind]):
                 stem = f"{i:0{width}d}"
                 rel = f"test/{kind}/{stem}{pair.image.suffix.lower()}"
-                _link_or_copy(pair.image, out / rel)
+                link_or_copy(pair.image, out / rel)
                 mask = load_mask(pair.mask)
                 save_image_atomic(
                     out / "ground_truth" / kind / f"{stem}_mask.png", mask.astype(np.uint8) * 255
