@@ -34,6 +34,9 @@ class Ctx:
     garbage: Path  # not a weights file
     hollow_base: Path  # a base folder whose unet/ is empty
     bad_mask_data: Path  # a dataset whose few-shot crack mask has the wrong size
+    empty_test_mask_data: Path  # a dataset whose last crack test image has an all-zero mask
+    missing_image: Path  # a generated folder whose manifest lists a pair whose image is gone
+    pickled: Path  # a torch.save of a module: tensors only cannot read it
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +62,19 @@ def inputs(tmp_path_factory, tiny_base_dir, synthetic_pill_root) -> dict[str, Pa
     shutil.copytree(synthetic_pill_root / "pill", bad / "pill")
     mask = bad / "pill" / "ground_truth" / "crack" / "000_mask.png"
     Image.open(mask).resize((32, 32)).save(mask)
+    empty = root / "empty_test_mask_data"
+    shutil.copytree(synthetic_pill_root / "pill", empty / "pill")
+    last = sorted((empty / "pill" / "ground_truth" / "crack").iterdir())[-1]  # in the test split
+    Image.fromarray(np.zeros(Image.open(last).size[::-1], np.uint8)).save(last)
+    pickled = root / "pytorch_lora_weights.bin"
+    torch.save({"unet.x": torch.nn.Linear(2, 2)}, pickled)
+    missing = root / "missing_image"
+    shutil.copytree(generated, missing)
+    (missing / "image" / "00001.png").unlink()
     return dict(
         base=tiny_base_dir, data=synthetic_pill_root, adapters=adapters, generated=generated,
-        garbage=garbage, hollow_base=hollow, bad_mask_data=bad,
+        garbage=garbage, hollow_base=hollow, bad_mask_data=bad, empty_test_mask_data=empty,
+        missing_image=missing, pickled=pickled,
     )  # fmt: skip
 
 
@@ -162,6 +175,17 @@ CASES = [
      "--max-per-type", "0"), ["argument --max-per-type", "at least 1"]),
     ("classification-out-is-file", lambda c: _evaluate(c, "classification", *GEN, str(c.generated), "--out",
      str(c.file)), ["--out", "is a file"]),
+    ("localization-missing-image", lambda c: _evaluate(c, "localization", *GEN, str(c.missing_image)),
+     ["image/00001.png", "not found", "manifest.jsonl"]),
+    ("localization-empty-test-mask", lambda c: ["evaluate", "localization", "--data", str(c.empty_test_mask_data),
+     "--category", "pill", "--out", str(c.out), "--no-generated"], ["005_mask.png", "mask is empty", "'crack'"]),
+    ("localization-unknown-types", lambda c: _evaluate(c, "localization", *GEN, str(c.generated), str(c.generated),
+     "--anomaly-types", "foo", "bar"), ["--anomaly-types", "bar, foo", "not found", "crack"]),
+    ("classification-no-resnet-weights", lambda c: _evaluate(c, "classification", *GEN, str(c.generated),
+     str(c.generated), "--anomaly-types", "crack", "scratch"), ["--imagenet-weights", "--random-init"]),
+    ("classification-random-init-and-weights", lambda c: _evaluate(c, "classification", *GEN, str(c.generated),
+     str(c.generated), "--anomaly-types", "crack", "scratch", "--random-init", "--imagenet-weights",
+     str(c.garbage)), ["--random-init", "conflicts"]),
     # baseline
     ("baseline-anomaly-escapes", lambda c: _baseline(c, "--anomaly", "../../escaped"), ["--anomaly", "plain name"]),
     ("baseline-pairs-huge", lambda c: _baseline(c, "--num-pairs", "1000000000"), ["--num-pairs", "at most"]),
@@ -176,6 +200,9 @@ CASES = [
     ("benchmark-loc-epochs-0", lambda c: _benchmark(c, "--loc-epochs", "0"), ["argument --loc-epochs"]),
     ("benchmark-category-escapes", lambda c: _benchmark(c, "--categories", "../x"), ["--categories", "plain name"]),
     ("benchmark-out-is-file", lambda c: _benchmark(c, "--out", str(c.file)), ["--out", "is a file"]),
+    # official
+    ("official-import-pickle", lambda c: ["official", "import", str(c.pickled), "--base", str(c.base), "--out",
+     str(c.out)], ["pytorch_lora_weights.bin: cannot read", "torch.nn.modules.linear.Linear", "not unpickled"]),
     # the small commands
     ("synthetic-resolution", lambda c: ["make-synthetic", "--out", str(c.out), "--resolution", "80000"],
      ["argument --resolution", "at most"]),
@@ -200,6 +227,7 @@ def test_bad_input_is_one_line_and_writes_nothing(ctx, capsys, name, argv, expec
     assert "Traceback" not in err
     for fragment in expected:
         assert fragment in lines[0], f"{fragment!r} not in: {lines[0]}"
+    assert "weights_only" not in err  # torch's advice to unpickle an untrusted file is never passed on
     assert not ctx.out.exists(), f"{name} wrote {sorted(ctx.out.rglob('*'))}"
     assert ctx.file.read_text() == KEEP
 

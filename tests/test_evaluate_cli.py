@@ -168,17 +168,20 @@ def test_quality_scores_every_generated_image_by_default(data_root, generated, w
         assert _csv(out / "quality.csv")[0]["images"] == (option or "all")
 
 
-def test_classification_writes_accuracy(data_root, generated, tmp_path):
+def test_classification_writes_accuracy(data_root, generated, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ResNet-34 weights
     out = tmp_path / "eval"
     argv = ["evaluate", "classification", "--data", str(data_root), "--category", "pill", "--out", str(out),
             "--generated", *map(str, generated.values()), "--epochs", "1", "--batch-size", "4", "--resolution", "32",
             "--device", "cpu"]  # fmt: skip
-    with pytest.warns(UserWarning, match="no imagenet_weights"):
-        assert main(argv) == 0
+    assert main(argv) == 2  # no ImageNet weights: refused, as missing Inception weights are
+    assert "--random-init" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--random-init"]) == 0
     res = json.loads((out / "classification" / "crop-paste" / "pill" / "classification.json").read_text())
     assert res["classes"] == ["crack", "scratch"] and res["n_test"] == 8 and res["n_train"] == 20
     row = _csv(out / "classification.csv")[0]
     assert float(row["accuracy"]) == res["accuracy"] and row["category"] == "pill"
+    assert "crop-paste (random init: pill)" in (out / "results.md").read_text()
 
 
 def _error(argv, capsys) -> str:
@@ -208,9 +211,8 @@ def test_bad_inputs_are_one_line_errors(data_root, generated, tmp_path, capsys):
          "--anomaly-types", "crack"], capsys)  # fmt: skip
     assert "--anomaly-types" in err
     err = _error(
-        ["evaluate", "classification", *base, "--category", "pill", "--generated", str(generated["crack"])],
-        capsys,
-    )
+        ["evaluate", "classification", *base, "--category", "pill", "--generated", str(generated["crack"]),
+         "--random-init"], capsys)  # fmt: skip
     assert "at least two anomaly types" in err
     err = _error(
         ["evaluate", "localization", *base, "--category", "pill", "--test-types", "dent", "--no-generated",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -218,10 +219,9 @@ def test_classification_separates_synthetic_types(tmp_path):
     test.append(DefectSample(_save(tmp_path / "test" / "good" / "0.png", image((90, 90, 90))), None, "good"))
     test.append(DefectSample(_save(tmp_path / "test" / "hole" / "0.png", image((0, 0, 0))), None, "hole"))
     cfg = ClassificationConfig(
-        epochs=3, lr=1e-3, batch_size=8, resolution=SIZE, repeats_per_epoch=2, device="cpu"
+        epochs=3, lr=1e-3, batch_size=8, resolution=SIZE, repeats_per_epoch=2, device="cpu", random_init=True
     )
-    with pytest.warns(UserWarning, match="no imagenet_weights"):
-        res = train_and_evaluate_classification(generated, test, cfg, out_dir=tmp_path / "out")
+    res = train_and_evaluate_classification(generated, test, cfg, out_dir=tmp_path / "out")
     print(f"\nsynthetic 3-type classification accuracy: {res['accuracy']:.3f}")
     assert res["accuracy"] >= 0.9
     assert res["classes"] == ["blue", "green", "red"] and res["n_test"] == 15 and res["n_train"] == 30
@@ -231,7 +231,12 @@ def test_classification_separates_synthetic_types(tmp_path):
     bad = tmp_path / "bad.pth"
     torch.save({"fc.weight": torch.zeros(1)}, bad)
     with pytest.raises(InputError, match="imagenet_weights"):
-        train_and_evaluate_classification(generated, test, cfg, imagenet_weights=bad)
+        train_and_evaluate_classification(
+            generated, test, replace(cfg, random_init=False), imagenet_weights=bad
+        )
+    # One rule with Inception: no weights and no explicit random init is refused, naming the way out.
+    with pytest.raises(InputError, match="--random-init"):
+        train_and_evaluate_classification(generated, test, replace(cfg, random_init=False))
 
 
 def test_api_default_runs_is_the_papers_best_of_three_like_the_cli():

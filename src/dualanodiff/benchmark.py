@@ -469,6 +469,7 @@ class _Benchmark:
             device=c.device,
             repeats_per_epoch=c.cls_repeats_per_epoch,
             max_per_type=c.num_pairs,
+            random_init=c.imagenet_weights is None,  # the tables name it: "(random init: ...)"
         )
 
     def upstream(self, method: str, category: str) -> dict[str, Any]:

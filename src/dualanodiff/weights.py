@@ -8,6 +8,7 @@ runs its code). Every failure is an :class:`InputError` naming the file and what
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,21 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import InputError
+
+
+def _load_error(err: Exception) -> str:
+    """What went wrong, in one line. torch's refusal of a pickle runs to several lines and advises
+    ``weights_only=False``, which would run whatever code an untrusted file holds: only its finding is kept."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return (
+            f"it holds a Python object ({found.group(1)}) besides tensors, and is not unpickled: that could run "
+            "code from the file"
+        )
+    if text.startswith("Weights only load failed"):
+        return "not a file of tensors written by torch.save or safetensors"
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
@@ -35,8 +51,7 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tenso
                 warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
                 state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip, safetensors and torch errors all mean "not a usable file"
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise InputError(f"{path}: cannot read {what} ({type(err).__name__}: {detail})") from None
+        raise InputError(f"{path}: cannot read {what} ({_load_error(err)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

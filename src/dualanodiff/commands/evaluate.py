@@ -180,8 +180,14 @@ def add_localization_arguments(p) -> None:
 def add_classification_arguments(p) -> None:
     p.add_argument(
         "--imagenet-weights",
-        help="torchvision ResNet-34 ImageNet state dict (resnet34-b627a593.pth); without it the network starts "
-        "from random values and accuracies are not comparable with the paper's",
+        help="torchvision ResNet-34 ImageNet state dict (resnet34-b627a593.pth); default: the torch hub cache, "
+        "and without either the run is refused (see --random-init)",
+    )
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="train the ResNet-34 from random values when no ImageNet weights are at hand; accuracies are then "
+        "not comparable with the paper's, and the tables say so",
     )
     p.add_argument("--epochs", type=int_arg(1), default=30, help="ResNet-34 epochs")
     p.add_argument(
@@ -216,14 +222,25 @@ def localization_config(args, **overrides):
 
 
 def _inputs(args, include_rejected: bool = False):
-    """Check the options that need the file system or torch, then read the generated folders: all of it
-    before any model is loaded or anything is written."""
+    """Check the options that need the file system or torch, then read the generated folders (and, for
+    localization, the test masks): all of it before any model is loaded or anything is written."""
     from ..checks import check_device, check_name, check_output_dir
-    from ..evaluate.protocol import check_category, infer_method, load_generated_sets
+    from ..evaluate.protocol import (
+        check_anomaly_types,
+        check_category,
+        check_test_masks,
+        infer_method,
+        load_generated_sets,
+        test_set_for,
+    )
 
     check_output_dir(args.out)
     check_device(args.device)
     check_category(args.data, args.category)
+    if args.anomaly_types is not None:  # every mode, as classification's test set always did
+        check_anomaly_types(args.data, args.category, args.anomaly_types, "--anomaly-types")
+    if args.mode == "localization":
+        check_test_masks(test_set_for(args.data, args.category, args.split, args.test_types))
     folders = args.generated or []
     generated = {}
     if folders:
@@ -302,7 +319,7 @@ def run_localization(args) -> int:
 
 
 def run_classification(args) -> int:
-    from ..evaluate.classification import ClassificationConfig
+    from ..evaluate.classification import ClassificationConfig, resolve_imagenet_weights
     from ..evaluate.protocol import CLASSIFICATION_DIR, classify_category
 
     config = ClassificationConfig(
@@ -313,9 +330,11 @@ def run_classification(args) -> int:
         seed=args.seed,
         device=args.device,
         max_per_type=args.max_per_type,
+        random_init=args.random_init,
     )
     config.validate()
     generated, method = _inputs(args)
+    resolve_imagenet_weights(args.imagenet_weights, args.random_init)  # before the lock and any image
     with _holding(args):  # one writer per results folder, taken once the inputs are checked
         classify_category(
             args.data,

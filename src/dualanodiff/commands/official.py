@@ -51,10 +51,11 @@ def register(subparsers) -> None:
 
 
 def run_import(args) -> int:
-    from ..model.official import find_official_checkpoint
+    from ..model.official import convert_official_state_dict, find_official_checkpoint, read_state_dict_file
     from ..pipeline import DualAnoDiffPipeline
 
-    path = find_official_checkpoint(args.checkpoint)  # a one-line error before the base loads
+    path = find_official_checkpoint(args.checkpoint)
+    convert_official_state_dict(read_state_dict_file(path))  # a bad file: one line, before the base loads
     pipe = DualAnoDiffPipeline.from_pretrained(args.base)
     config = pipe.load_official_checkpoint(path)
     training = {

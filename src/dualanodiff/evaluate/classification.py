@@ -10,9 +10,8 @@ images ``repeats_per_epoch`` times, at most ``max_per_type`` generated images pe
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from ..io import write_json_atomic
 from ..locking import output_lock
 from ..progress import progress_bar
 from ..weights import read_state_dict
-from .localization import _load_set, _to_input
+from .localization import _load_set, _to_input, available_cores
 
 if TYPE_CHECKING:
     from ..data.generated import GeneratedPair
@@ -44,7 +43,10 @@ class ClassificationConfig:
     device: str | None = None  # None: cuda if available
     repeats_per_epoch: int = 5
     max_per_type: int = 500
-    num_workers: int = 4  # threads decoding images
+    num_workers: int = field(default_factory=available_cores)  # threads decoding images
+    # Without ImageNet weights the network starts from random values: not the paper's protocol, so it is
+    # refused unless asked for, and the results then say so (``imagenet_init: false``).
+    random_init: bool = False
 
     def validate(self) -> None:
         """InputError naming the first option out of range (an epoch count of 0 would report the accuracy of
@@ -57,20 +59,43 @@ class ClassificationConfig:
         check_seed(self.seed)
 
 
+RESNET34_FILENAME = "resnet34-b627a593.pth"
+RESNET34_URL = f"https://download.pytorch.org/models/{RESNET34_FILENAME}"
+
+
+def resolve_imagenet_weights(path: str | os.PathLike | None, random_init: bool = False) -> Path | None:
+    """The ResNet-34 ImageNet weights to use, by the rule the Inception weights follow: ``path``, else
+    torchvision's file in the torch hub cache, else an InputError saying how to get it; ``None`` (random
+    values) only when ``random_init`` asks for it explicitly."""
+    if random_init:
+        if path is not None:
+            raise InputError("--random-init: conflicts with --imagenet-weights; give one of them")
+        return None
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"--imagenet-weights: {path} does not exist")
+        return path
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / RESNET34_FILENAME
+    if cached.is_file():
+        return cached
+    raise InputError(
+        f"--imagenet-weights: classification needs torchvision's ResNet-34 ImageNet weights and none were found "
+        f"in {cached.parent}; download {RESNET34_URL} on a machine with internet and pass it with "
+        "--imagenet-weights PATH (or put it in that folder), or pass --random-init to train from random values "
+        "(not the paper's protocol; the tables then say so)"
+    )
+
+
 def build_resnet34(num_classes: int, imagenet_weights: str | os.PathLike | None, seed: int) -> nn.Module:
-    """torchvision ResNet-34, ImageNet weights from a local state dict if given, new seeded classifier head."""
+    """torchvision ResNet-34, ImageNet weights from a local state dict if given (``None``: random values,
+    see :func:`resolve_imagenet_weights`), new seeded classifier head."""
     import torchvision
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = torchvision.models.resnet34(weights=None)
-        if imagenet_weights is None:
-            warnings.warn(
-                "classification: no imagenet_weights given, ResNet-34 starts from random values; accuracies "
-                "are not comparable with the paper's (pass torchvision's resnet34-b627a593.pth)",
-                stacklevel=2,
-            )
-        else:
+        if imagenet_weights is not None:
             path = Path(imagenet_weights)
             state = read_state_dict(path, "a torchvision ResNet-34 state dict (imagenet_weights)")
             try:
@@ -101,6 +126,7 @@ def train_and_evaluate_classification(
     """
     cfg = config or ClassificationConfig()
     cfg.validate()
+    imagenet_weights = resolve_imagenet_weights(imagenet_weights, cfg.random_init)
     if out_dir is None:
         return _train_and_test(generated, test_set, cfg, imagenet_weights)
     with output_lock(out_dir, "evaluate classification"):
@@ -180,7 +206,7 @@ def _train_and_test(
         "n_train": len(train_items),
         "n_test": len(tests),
         "skipped_test_types": skipped,
-        "imagenet_init": imagenet_weights is not None,
+        "imagenet_init": imagenet_weights is not None,  # False only with an explicit random_init
         "loss_per_epoch": losses,
         "config": asdict(cfg),
     }

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,16 @@ if TYPE_CHECKING:
     from ..data.mvtec import DefectSample
 
 
+def available_cores(most: int = 4) -> int:
+    """Threads worth starting for image decoding: the cores this process may use, at most ``most`` (a
+    2-core machine given 4 decoders only slows itself down, and the results then record a false 4)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(most, cores))
+
+
 @dataclass
 class LocalizationConfig:
     """The protocol's settings (paper defaults). ``num_workers`` = threads decoding images for the cache."""
@@ -58,7 +69,7 @@ class LocalizationConfig:
     heldout_fraction: float = 0.1
     seed: int = 0
     device: str | None = None  # None: cuda if available
-    num_workers: int = 4
+    num_workers: int = field(default_factory=available_cores)
     paper_compat_f1: bool = False  # the authors' 21-threshold pixel F1 instead of the exact one
     eval_batch_size: int = 16
 

@@ -20,7 +20,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..data.generated import GeneratedPair, read_generated, read_generated_config
+from ..data.generated import (
+    MANIFEST,
+    GeneratedPair,
+    manifest_records,
+    pair_path,
+    read_generated,
+    read_generated_config,
+)
 from ..data.mvtec import (
     GOOD,
     DefectSample,
@@ -105,7 +112,8 @@ def load_generated_sets(
     with ``include_rejected`` the pairs the mask gate rejected too (their records say ``kept: false``).
 
     Each pair's record gets its ``anomaly_type`` set, so the U-Net's sampler draws types uniformly.
-    Missing masks, empty folders etc. raise :class:`InputError` naming the file (``read_generated``).
+    Missing masks, empty folders etc. raise :class:`InputError` naming the file (``read_generated``), and so
+    does a pair that the manifest lists but whose image is gone: the figures must cover every listed pair.
     """
     if anomaly_types is not None and len(anomaly_types) != len(folders):
         raise InputError(
@@ -114,9 +122,55 @@ def load_generated_sets(
     out: dict[str, list[GeneratedPair]] = {}
     for i, folder in enumerate(folders):
         pairs = read_generated(folder, include_rejected=include_rejected)
+        _refuse_missing_images(folder, pairs, include_rejected)
         kind = anomaly_types[i] if anomaly_types is not None else infer_anomaly_type(folder, pairs)
         out.setdefault(kind, []).extend(replace(p, record={**p.record, "anomaly_type": kind}) for p in pairs)
     return out
+
+
+def _refuse_missing_images(
+    folder: str | os.PathLike, pairs: Sequence[GeneratedPair], include_rejected: bool
+) -> None:
+    """``read_generated`` skips a record whose image was removed by hand (a reader of a folder being
+    written must); an evaluation refuses it instead, as it refuses a missing mask, naming the file."""
+    if not (Path(folder) / MANIFEST).is_file():
+        return
+    found = {p.name for p in pairs}
+    for name, record in manifest_records(folder).items():
+        kept = bool(record.get("kept", True))
+        if name not in found and (kept or include_rejected):
+            raise InputError(
+                f"{pair_path(folder, 'image', name, kept)}: image of pair {name!r} not found, though "
+                f"{Path(folder) / MANIFEST} lists it; restore it or remove its record"
+            )
+
+
+def check_anomaly_types(root: str | os.PathLike, category: str, types: Sequence[str], flag: str) -> None:
+    """One-line InputError naming ``flag`` when a type is not an anomaly type of the category."""
+    known = set(list_anomaly_types(root, category))
+    unknown = sorted(set(types) - known)
+    if unknown:
+        raise InputError(
+            f"{flag}: anomaly type(s) {', '.join(unknown)} not found in category {category!r} "
+            f"({Path(root) / category / 'test'}); types there: {', '.join(sorted(known)) or 'none'}"
+        )
+
+
+def check_test_masks(samples: Sequence[DefectSample]) -> None:
+    """A defect image of the test set whose mask marks nothing would score as a normal one and move the
+    metrics: refuse it, naming the file, as training and the baselines do."""
+    from ..data.images import load_mask
+
+    for s in samples:
+        if s.anomaly_type == GOOD:
+            continue
+        if s.mask is None or not s.mask.is_file():
+            raise InputError(f"{s.image}: test image of type {s.anomaly_type!r} has no ground-truth mask")
+        if not load_mask(s.mask).any():
+            raise InputError(
+                f"{s.mask}: mask is empty (no pixel reaches half range, and it is not a 0/1 mask); a test image "
+                f"of type {s.anomaly_type!r} needs its defect marked"
+            )
 
 
 def few_shot_images(root: str | os.PathLike, category: str, anomaly_type: str, split: str) -> list[Path]:
@@ -129,13 +183,7 @@ def test_set_for(
 ) -> list[DefectSample]:
     """The real test set (remaining 2/3 of each type + test/good), restricted to ``anomaly_types`` if given."""
     if anomaly_types is not None:
-        known = set(list_anomaly_types(root, category))
-        unknown = sorted(set(anomaly_types) - known)
-        if unknown:
-            raise InputError(
-                f"{Path(root) / category / 'test'}: anomaly type(s) {', '.join(unknown)} not found in category "
-                f"{category!r}; types there: {', '.join(sorted(known)) or 'none'}"
-            )
+        check_anomaly_types(root, category, anomaly_types, str(Path(root) / category / "test"))
     samples = category_test_set(root, category, split)
     if anomaly_types is None:
         return samples
@@ -268,9 +316,9 @@ def localize_category(
     if not normals:
         raise InputError(f"{Path(root) / category / 'train' / GOOD}: no normal training images")
     pairs = [p for kind in sorted(generated) for p in generated[kind]]
-    return train_and_evaluate_localization(
-        normals, pairs, test_set_for(root, category, split, anomaly_types), config, out_dir
-    )
+    tests = test_set_for(root, category, split, anomaly_types)
+    check_test_masks(tests)
+    return train_and_evaluate_localization(normals, pairs, tests, config, out_dir)
 
 
 def classify_category(

@@ -118,12 +118,15 @@ def quality_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]], with_p
 
 
 def classification_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
-    """Accuracy (percent) per method (rows) and category (columns), then the average."""
+    """Accuracy (percent) per method (rows) and category (columns), then the average. A method whose
+    ResNet-34 started from random values (``--random-init``) is named so: not the paper's protocol."""
     categories = sorted({c for per_cat in results.values() for c in per_cat})
     header = "| method | " + " | ".join(categories) + " | **average** |"
     lines = [header, "|---" * (len(categories) + 2) + "|"]
     for method, per_cat in results.items():
         cells = [_pct(per_cat[c].get("accuracy")) if c in per_cat else NA for c in categories]
         avg = mean_or_none(d.get("accuracy") for d in per_cat.values())
-        lines.append(f"| {method} | " + " | ".join(cells + [_pct(avg)]) + " |")
+        random = [c for c in sorted(per_cat) if per_cat[c].get("imagenet_init") is False]
+        label = method + (f" (random init: {', '.join(random)})" if random else "")
+        lines.append(f"| {label} | " + " | ".join(cells + [_pct(avg)]) + " |")
     return "\n".join(lines) + "\n"

@@ -24,11 +24,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import InputError
 from ..io import atomic_path
+from ..weights import read_state_dict
 from .dual_unet import AdapterConfig
 
 # File names their scripts write and read (diffusers' LoRA weight names); a directory is searched for them,
@@ -60,19 +61,15 @@ def find_official_checkpoint(path: str | os.PathLike) -> Path:
 
 def read_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a ``.safetensors`` or a torch-saved state dict (tensors only: ``weights_only=True``); a
-    checkpoint directory is searched for ``pytorch_lora_weights.{safetensors,bin}``."""
-    path = find_official_checkpoint(path)
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip, safetensors and torch errors all mean "not a state dict"
-        raise InputError(f"{path} could not be read as a state dict: {err}") from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"{path} does not hold a flat state dict of tensors")
-    return state
+    checkpoint directory is searched for ``pytorch_lora_weights.{safetensors,bin}``.
+
+    Reading goes through :func:`dualanodiff.weights.read_state_dict`, whose error is one line naming the
+    file: torch's own text for a refused pickle runs to five lines and advises ``weights_only=False``,
+    which would run the code of an untrusted file.
+    """
+    return read_state_dict(
+        find_official_checkpoint(path), "the authors' LoRA state dict (pytorch_lora_weights)"
+    )
 
 
 def _unused_bcm_keys(official: dict[str, torch.Tensor]) -> set[str]:
