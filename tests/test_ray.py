@@ -23,6 +23,7 @@ import dualanodiff.benchmark as bm
 from dualanodiff.benchmark import run_benchmark
 from dualanodiff.cli import main
 from dualanodiff.errors import InputError
+from dualanodiff.executors.ray_benchmark import RayRunner
 from dualanodiff.executors.ray_cluster import import_ray
 
 from rounding import assert_equal_up_to_rounding
@@ -100,8 +101,8 @@ def test_ray_gives_the_local_tables_and_a_rerun_does_nothing(
     config, reference, local_ray, tmp_path, monkeypatch
 ):
     out = tmp_path / "bench"
-    ray_config = replace(config, out=str(out), executor="ray")
-    result = run_benchmark(ray_config)
+    ray_config = replace(config, out=str(out))
+    result = run_benchmark(ray_config, RayRunner())
     statuses = _statuses(result)
     assert {s["status"] for s in statuses.values()} == {"done"}
     assert all(s["node"] and s["attempts"] == 1 for s in statuses.values())
@@ -118,7 +119,7 @@ def test_ray_gives_the_local_tables_and_a_rerun_does_nothing(
     # The same command again: every step is finished, so no task runs and no file changes.
     markers = {p: p.stat().st_mtime_ns for p in (out / "steps").iterdir()}
     started = time.perf_counter()
-    again = run_benchmark(ray_config)
+    again = run_benchmark(ray_config, RayRunner())
     seconds = time.perf_counter() - started
     assert {s["status"] for s in again["steps"]} == {"skipped"}
     assert {p: p.stat().st_mtime_ns for p in (out / "steps").iterdir()} == markers
@@ -128,7 +129,7 @@ def test_ray_gives_the_local_tables_and_a_rerun_does_nothing(
     # The local executor resumes the Ray run's folder too (and has nothing to do).
     for name in STEP_FUNCTIONS:
         monkeypatch.setattr(bm, name, _boom)
-    assert {s["status"] for s in run_benchmark(replace(ray_config, executor="local"))["steps"]} == {"skipped"}
+    assert {s["status"] for s in run_benchmark(ray_config)["steps"]} == {"skipped"}
 
 
 @needs_ray
@@ -138,8 +139,8 @@ def test_killed_worker_is_retried_and_a_failing_step_leaves_the_others_going(
     out = tmp_path / "bench"
     (faults / "kill").write_text("generated/dualanodiff/pill/crack")  # dies after its first pair
     (faults / "fail").write_text("generated/perlin/pill/scratch")  # fails at every attempt
-    run_config = replace(config, out=str(out), executor="ray", methods=["dualanodiff", "perlin"])
-    result = run_benchmark(run_config)
+    run_config = replace(config, out=str(out), methods=["dualanodiff", "perlin"])
+    result = run_benchmark(run_config, RayRunner())
     statuses = _statuses(result)
 
     killed = statuses["generate/dualanodiff/pill/crack"]
@@ -167,7 +168,7 @@ def test_killed_worker_is_retried_and_a_failing_step_leaves_the_others_going(
 
     # Once the fault is gone, the same command runs only what did not finish.
     (faults / "fail").unlink()
-    rerun = _statuses(run_benchmark(run_config))
+    rerun = _statuses(run_benchmark(run_config, RayRunner()))
     ran = sorted(i for i, s in rerun.items() if s["status"] == "done")
     assert ran == ["classification/perlin/pill", "generate/perlin/pill/scratch", "localization/perlin/pill",
                    "quality/perlin/pill"]  # fmt: skip
@@ -199,7 +200,7 @@ def test_cluster_problems_are_one_line_errors_before_any_work(
 
     with pytest.raises(InputError, match="--device cuda: the Ray cluster has no GPU"):
         run_benchmark(bm.BenchmarkConfig(data=str(synthetic_pill_root), out=str(tmp_path / "c"), methods=["none"],
-                                         quality=False, executor="ray", device="cuda"))  # fmt: skip
+                                         quality=False, device="cuda"), RayRunner())  # fmt: skip
 
 
 @needs_ray
@@ -261,7 +262,7 @@ def test_the_cli_lists_unfinished_steps_and_exits_1(monkeypatch, synthetic_pill_
     steps = [{"id": "generate/perlin/pill/crack", "status": "failed", "error": "RuntimeError: boom"},
              {"id": "localization/perlin/pill", "status": "not run", "reason": "reads generate/perlin/pill/crack"},
              {"id": "localization/none/pill", "status": "done", "seconds": 1.0}]  # fmt: skip
-    monkeypatch.setattr(bm, "run_benchmark", lambda cfg: {"summary": "tables", "steps": steps})
+    monkeypatch.setattr(bm, "run_benchmark", lambda cfg, runner: {"summary": "tables", "steps": steps})
     assert main(["benchmark", "--data", str(synthetic_pill_root), "--out", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert captured.out.strip() == "tables"

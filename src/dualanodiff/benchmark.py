@@ -27,10 +27,9 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .baselines import run_baseline
 from .data.generated import read_generated
@@ -58,7 +57,6 @@ from .evaluate.protocol import (
     quality_of_category,
     write_tables,
 )
-from .executors import EXECUTORS, check_ray_options
 from .generate import GenerateConfig, generate_to_folder, preset_settings, resolve_generate_config
 from .io import write_json_atomic, write_text_atomic
 from .locking import output_lock
@@ -171,11 +169,6 @@ class BenchmarkConfig:
     cls_lr: float = 1e-4
     cls_resolution: int = 256
     cls_repeats_per_epoch: int = 5
-    # where the steps run (not part of any step's key: a run resumes with either executor)
-    executor: str = "local"
-    ray_address: str | None = None  # None: $RAY_ADDRESS, else a Ray started for this run on this machine
-    ray_retries: int = 3  # times a step's task is rerun after its worker died (lost node, out of memory)
-    ray_cpus: int = 1  # CPUs each step's task asks for (and its threads)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,13 +201,6 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
     check_quality_images(cfg.quality_images)
     if cfg.foreground not in (None, *FOREGROUND_SOURCES):
         raise InputError(f"--foreground {cfg.foreground!r}: choose one of {', '.join(FOREGROUND_SOURCES)}")
-    if cfg.executor not in EXECUTORS:
-        raise InputError(f"--executor {cfg.executor!r}: choose one of {', '.join(EXECUTORS)}")
-    check_ray_options(cfg.ray_retries, cfg.ray_cpus)
-    if cfg.executor == "ray":
-        from .executors.ray_cluster import import_ray
-
-        import_ray()  # installed? (fail now, with the pip command)
     if cfg.select_on not in ("heldout", "test"):
         raise InputError(f"--select-on {cfg.select_on!r}: choose heldout or test")
     for name in (
@@ -288,31 +274,34 @@ def _validate_data(cfg: BenchmarkConfig, types: dict[str, list[str]]) -> None:
 # ------------------------------------------------------------------------------------------- steps
 
 
-@dataclass
-class Step:
-    """One unit of work: its id (``kind/method/category[/type]``), its key, the function that runs it, the
-    steps whose outputs it reads (an executor starts it once those are done), and whether it computes on
-    the torch device (a GPU where there is one) or on CPUs only."""
+STEP_ACTIONS = ("train", "generate", "quality", "localization", "classification")
 
-    id: str
-    key: dict[str, Any]
-    run: Callable[[], dict[str, Any]]
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work as plain data, so any process (a Ray worker) can run it by name: the action and its
+    arguments (``method``, ``category``, ``type`` as the action takes them), its key, the steps whose outputs
+    it reads (an executor starts it once those are done), and whether it computes on the torch device (a GPU
+    where there is one) or on CPUs only. Its id is ``action/args...``."""
+
+    action: str
+    args: tuple[str, ...]
+    key: dict[str, Any] = field(compare=False, hash=False)
     needs: tuple[str, ...] = ()
     gpu: bool = True
+
+    @property
+    def id(self) -> str:
+        return "/".join((self.action, *self.args))
 
     def marker(self, out: Path) -> Path:
         return out / "steps" / (self.id.replace("/", "--") + ".json")
 
 
-def run_step(step: Step, out: Path) -> dict[str, Any]:
-    """Run one step and record it as done (its marker, written atomically); return its status."""
-    started = time.perf_counter()
-    result = step.run()
-    seconds = round(time.perf_counter() - started, 3)
-    write_json_atomic(
-        step.marker(out), {"id": step.id, "key": step.key, "result": result, "seconds": seconds}
-    )
-    return {"id": step.id, "status": "done", "seconds": seconds}
+def run_step(cfg: BenchmarkConfig, types: dict[str, list[str]], step: Step) -> dict[str, Any]:
+    """Run one step of a resolved config in this process and record it as done; return its status (what an
+    executor's worker calls)."""
+    return _Benchmark(cfg, types).run_step(step)
 
 
 def _type_seed(seed: int, category: str, kind: str) -> int:
@@ -469,7 +458,6 @@ class _Benchmark:
             device=c.device,
             repeats_per_epoch=c.cls_repeats_per_epoch,
             max_per_type=c.num_pairs,
-            random_init=c.imagenet_weights is None,  # the tables name it: "(random init: ...)"
         )
 
     def upstream(self, method: str, category: str) -> dict[str, Any]:
@@ -479,6 +467,18 @@ class _Benchmark:
         return {kind: self.generate_key(method, category, kind) for kind in self.types[category]}
 
     # -- step bodies ---------------------------------------------------------------------------------
+    def run_step(self, step: Step) -> dict[str, Any]:
+        """Run one step and record it as done (its marker, written atomically); return its status."""
+        if step.action not in STEP_ACTIONS:
+            raise ValueError(f"unknown benchmark step action {step.action!r}")
+        started = time.perf_counter()
+        result = getattr(self, f"_{step.action}")(*step.args)
+        seconds = round(time.perf_counter() - started, 3)
+        write_json_atomic(
+            step.marker(self.out), {"id": step.id, "key": step.key, "result": result, "seconds": seconds}
+        )
+        return {"id": step.id, "status": "done", "seconds": seconds}
+
     def _train(self, category: str, kind: str) -> dict[str, Any]:
         return {"adapters": str(train_adapters(self.train_config(category, kind)))}
 
@@ -581,19 +581,13 @@ class _Benchmark:
         for category, kinds in self.types.items():
             for kind in kinds:
                 if "dualanodiff" in c.methods:
-                    out.append(
-                        Step(
-                            f"train/{category}/{kind}",
-                            self.train_key(category, kind),
-                            lambda ca=category, k=kind: self._train(ca, k),
-                        )
-                    )
+                    out.append(Step("train", (category, kind), self.train_key(category, kind)))
                 for method in (m for m in GENERATORS if m in c.methods):
                     out.append(
                         Step(
-                            f"generate/{method}/{category}/{kind}",
+                            "generate",
+                            (method, category, kind),
                             self.generate_key(method, category, kind),
-                            lambda m=method, ca=category, k=kind: self._generate(m, ca, k),
                             needs=(f"train/{category}/{kind}",) if method == "dualanodiff" else (),
                             gpu=method == "dualanodiff",  # the baselines cut, paste and draw on CPUs
                         )
@@ -607,18 +601,18 @@ class _Benchmark:
             for method in (m for m in GENERATORS if m in c.methods and c.quality):
                 out.append(
                     Step(
-                        f"quality/{method}/{category}",
+                        "quality",
+                        (method, category),
                         {**base, **q_key, "data": self.upstream(method, category)},
-                        lambda m=method, ca=category: self._quality(m, ca),
                         needs=reads(method),
                     )
                 )
             for method in c.methods:
                 out.append(
                     Step(
-                        f"localization/{method}/{category}",
+                        "localization",
+                        (method, category),
                         {**base, **loc_key, "data": self.upstream(method, category)},
-                        lambda m=method, ca=category: self._localization(m, ca),
                         needs=reads(method),
                     )
                 )
@@ -626,9 +620,9 @@ class _Benchmark:
                 for method in (m for m in GENERATORS if m in c.methods):
                     out.append(
                         Step(
-                            f"classification/{method}/{category}",
+                            "classification",
+                            (method, category),
                             {**base, **cls_key, "data": self.upstream(method, category)},
-                            lambda m=method, ca=category: self._classification(m, ca),
                             needs=reads(method),
                         )
                     )
@@ -714,11 +708,11 @@ def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses:
 
 
 def benchmark_steps(cfg: BenchmarkConfig, types: dict[str, list[str]]) -> list[Step]:
-    """The steps of a resolved config, in the local executor's order (what the Ray tasks rebuild)."""
+    """The steps of a resolved config, in the order the in-process runner takes them."""
     return _Benchmark(cfg, types).steps()
 
 
-def _check_settings(bench: _Benchmark) -> None:
+def _check_settings(bench: _Benchmark, runner: StepRunner) -> None:
     """The settings of every step, checked as the step will check them, before the first step runs (a rank
     the base cannot take must not surface after the baselines have run)."""
     from .checks import check_device
@@ -727,7 +721,7 @@ def _check_settings(bench: _Benchmark) -> None:
     from .training.loop import complete_config
 
     c = bench.cfg
-    if c.executor == "local":  # on Ray, the device is the nodes' (checked against the cluster's GPUs)
+    if runner.in_process:  # elsewhere the device is the workers' (a Ray runner checks the cluster's GPUs)
         check_device(c.device)
     category, kinds = next(iter(bench.types.items()))
     if "dualanodiff" in c.methods:
@@ -738,30 +732,57 @@ def _check_settings(bench: _Benchmark) -> None:
         bench.classification_config().validate()
 
 
-def _run_steps(steps: list[Step], done: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]:
-    """Run every step not finished before, here and in order; return {step id: status} of those run."""
-    statuses = {}
-    for i, step in enumerate(steps, 1):
-        prefix = f"[benchmark {i}/{len(steps)}] {step.id}"
-        if step.id in done:
-            log.info("%s: finished before, skipped", prefix)
-            continue
-        log.info("%s: running", prefix)
-        statuses[step.id] = run_step(step, out)
-        log.info("%s: done in %.1f s", prefix, statuses[step.id]["seconds"])
-    return statuses
+class StepRunner(Protocol):
+    """How the unfinished steps run; the command layer chooses one (:mod:`dualanodiff.executors` holds the
+    others), so this module never knows where its steps run."""
+
+    in_process: bool  # the steps run in this process (so the torch device is checked here)
+
+    def check(self) -> None:
+        """Refuse bad options (InputError naming the flag) before anything is written."""
+
+    def run(
+        self, cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path
+    ) -> dict[str, dict[str, Any]]:
+        """Run ``steps`` (the unfinished ones, in plan order); return {step id: status}."""
+        ...
 
 
-def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
+class InProcess:
+    """The local executor: every step here, in order; a failing step stops the run (its error raised)."""
+
+    in_process = True
+
+    def check(self) -> None:
+        pass
+
+    def run(
+        self, cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path
+    ) -> dict[str, dict[str, Any]]:
+        bench = _Benchmark(cfg, types)  # one for all steps: the quality models load once
+        statuses = {}
+        with progress_shown(cfg.progress):
+            for i, step in enumerate(steps, 1):
+                prefix = f"[benchmark {i}/{len(steps)}] {step.id}"
+                log.info("%s: running", prefix)
+                statuses[step.id] = bench.run_step(step)
+                log.info("%s: done in %.1f s", prefix, statuses[step.id]["seconds"])
+        return statuses
+
+
+def run_benchmark(config: BenchmarkConfig, runner: StepRunner | None = None) -> dict[str, Any]:
     """Run (or resume) the whole protocol; return {"config", "types", "steps", "results", "summary"}.
 
-    Writes ``OUT/config.json`` first (the resolved settings), then runs the unfinished steps: here in order
-    (per category: training and generation of each type, then quality, localization, classification per
-    method), or with ``executor="ray"`` as Ray tasks, each started once the steps it reads are done. Then
-    the tables (``summary.md``, ``summary.json``, CSV files). Locally a failing step stops the run (its
+    Writes ``OUT/config.json`` first (the resolved settings), then runs the unfinished steps with ``runner``:
+    by default here in order (per category: training and generation of each type, then quality,
+    localization, classification per method), or e.g. as Ray tasks
+    (:class:`dualanodiff.executors.ray_benchmark.RayRunner`), each started once the steps it reads are done.
+    Then the tables (``summary.md``, ``summary.json``, CSV files). Locally a failing step stops the run (its
     error is raised); on Ray the others go on, and ``steps`` says which failed (with the error) and which
     did not run because they read a failed one.
     """
+    runner = InProcess() if runner is None else runner
+    runner.check()
     cfg = resolve_benchmark_config(config)
     types = anomaly_types_by_category(cfg)
     if not types:
@@ -769,14 +790,14 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
     _validate_data(cfg, types)
     out = Path(cfg.out)
     bench = _Benchmark(cfg, types)
-    _check_settings(bench)
+    _check_settings(bench, runner)
     steps = bench.steps()
     with output_lock(out, "benchmark"):
-        return _run_locked(cfg, types, steps, out)
+        return _run_locked(cfg, types, steps, out, runner)
 
 
 def _run_locked(
-    cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path
+    cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path, runner: StepRunner
 ) -> dict[str, Any]:
     """The run proper, inside the folder's output lock: markers, steps, tables."""
     done = _check_markers(steps, out)
@@ -787,14 +808,9 @@ def _run_locked(
         if s.id in done
     }
     todo = [s for s in steps if s.id not in done]
-    if todo and cfg.executor == "ray":
-        from .executors.ray_benchmark import run_steps_on_ray
-
-        log.info("benchmark: %d step(s) finished before, %d to run on Ray", len(statuses), len(todo))
-        statuses.update(run_steps_on_ray(cfg, types, todo, out))
-    else:
-        with progress_shown(cfg.progress):
-            statuses.update(_run_steps(steps, done, out))
+    log.info("benchmark: %d step(s) finished before, %d to run", len(statuses), len(todo))
+    if todo:
+        statuses.update(runner.run(cfg, types, todo, out))
     ordered = [statuses[s.id] for s in steps]
     markdown, results = write_tables(out, cfg.data)
     summary_md = _summary_header(cfg, types, ordered) + markdown
@@ -809,9 +825,10 @@ __all__ = [
     "GENERATORS",
     "METHODS",
     "PROFILES",
-    "EXECUTORS",
     "BenchmarkConfig",
+    "InProcess",
     "Step",
+    "StepRunner",
     "anomaly_types_by_category",
     "benchmark_steps",
     "resolve_benchmark_config",

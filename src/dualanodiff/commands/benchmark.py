@@ -228,6 +228,19 @@ def config_from_args(args):
     return BenchmarkConfig(**{k: v for k, v in vars(args).items() if k in names})
 
 
+def runner_from_args(args):
+    """Where the steps run: here (None: the benchmark's in-process runner) or as Ray tasks."""
+    if args.executor != "ray":
+        if args.ray_address is not None:
+            from ..errors import InputError
+
+            raise InputError("--ray-address goes with --executor ray")
+        return None
+    from ..executors.ray_benchmark import RayRunner
+
+    return RayRunner(address=args.ray_address, retries=args.ray_retries, cpus=args.ray_cpus)
+
+
 def run(args) -> int:
     import sys
 
@@ -236,7 +249,7 @@ def run(args) -> int:
 
     check_output_dir(args.out)
     check_device(args.device)
-    result = run_benchmark(config_from_args(args))
+    result = run_benchmark(config_from_args(args), runner_from_args(args))
     print(result["summary"])
     unfinished = [s for s in result["steps"] if s["status"] in ("failed", "not run")]
     for s in unfinished:

@@ -1,6 +1,7 @@
 """`dualanodiff demo`: DualAnoDiff end to end on CPU, on built-in data, with a report a person can look at.
 
-- `run`: the demo itself (`DemoConfig`, `run_demo`), on the protocol runner at toy sizes;
+- `config`: its settings (`DemoConfig`, the sizes per mode, the method labels);
+- `run`: the demo itself (`run_demo`), on the protocol runner at toy sizes;
 - `base`: the shipped demo base (a small SD 1.5-structured model, 16x16 latents) and its diffusers folder;
 - `pretrain` and `marks`: how that base was made (``scripts/pretrain_demo_base.py``);
 - `alignment`: the reference segmenter that measures whether generated masks fit generated defects;
@@ -15,6 +16,10 @@ __all__ = ["MODES", "DemoConfig", "load_results", "run_demo"]
 
 def __getattr__(name: str):
     # Lazy, so that `dualanodiff --help` (which reads the demo's measured times) does not import torch.
+    if name in ("MODES", "DemoConfig"):
+        from . import config
+
+        return getattr(config, name)
     if name in __all__:
         from . import run
 

@@ -27,6 +27,7 @@ shipped.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import platform
 import time
@@ -43,6 +44,8 @@ from ..progress import progress_bar
 from ..synthetic import CATEGORIES, DEFECT_TYPES, synthetic_sample
 from ..synthetic.common import seed_sequence
 from .marks import add_marks, mark_canvas
+
+logger = logging.getLogger(__name__)
 
 PROMPTS = (*CATEGORIES, "mark")  # label i -> PROMPTS[i]; len(PROMPTS) stands for the empty prompt
 STAGES = ("vae", "unet", "segmenter")
@@ -259,7 +262,7 @@ def pretrain_base(cfg: PretrainConfig, out_dir: str | Path, stages: tuple[str, .
         raise ValueError(f"unknown pretraining stages {unknown}; choose from {STAGES}")
     previous = read_meta(out_dir) if (out_dir / META_NAME).is_file() and set(stages) != set(STAGES) else {}
     if previous and previous.get("config") != asdict(cfg):
-        print(f"note: {out_dir} was made with other settings; the recorded config becomes this one")
+        logger.warning("%s was made with other settings; the recorded config becomes this one", out_dir)
     meta = {
         "config": asdict(cfg),
         "times": dict(previous.get("times", {})),

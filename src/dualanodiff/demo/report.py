@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..report import Report, loss_curve_png, overlay_mask
-from .run import METHOD_LABELS, DemoConfig
+from .config import METHOD_LABELS, DemoConfig
 
 SHOWN_PAIRS = 16
 

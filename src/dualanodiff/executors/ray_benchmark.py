@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..benchmark import BenchmarkConfig, Step, benchmark_steps, run_step
+from ..benchmark import BenchmarkConfig, Step, run_step
 from ..errors import InputError
+from . import check_ray_options
 from .progress import ClusterProgress
 from .ray_cluster import (
     checked_cluster,
     enter_driver_directory,
+    import_ray,
     local_inputs,
     retry_exceptions,
     task_resources,
@@ -39,17 +41,33 @@ from .tasks import TaskGroup
 log = logging.getLogger(__name__)
 
 
-def run_steps_on_ray(
-    cfg: BenchmarkConfig, types: dict[str, list[str]], todo: list[Step], out: Path
-) -> dict[str, dict[str, Any]]:
-    """Run ``todo`` (steps of ``benchmark_steps(cfg, types)``) on Ray; return {step id: status}.
+@dataclass(frozen=True)
+class RayRunner:
+    """The benchmark's steps as Ray tasks (a :class:`dualanodiff.benchmark.StepRunner`); where the steps run
+    is not part of any step's key, so a folder resumes with either runner."""
 
-    A status is ``done`` (with ``seconds``, ``node``, ``attempts``), ``failed`` (with ``error``) or
-    ``not run`` (with ``reason``: the failed steps it reads).
-    """
-    with checked_cluster(cfg.ray_address, cfg.device, out, benchmark_inputs(cfg)) as cluster:
-        log.info("ray: device steps ask for %s", "a GPU each" if cluster.gpus else "CPUs only (no GPU used)")
-        return _StepGraph(cluster.ray, cfg, types, todo, cluster.gpus).run()
+    address: str | None = None  # None: $RAY_ADDRESS, else a Ray started for this run on this machine
+    retries: int = 3  # times a step's task is rerun after its worker died (lost node, out of memory)
+    cpus: int = 1  # CPUs each step's task asks for (and its threads)
+    in_process = False
+
+    def check(self) -> None:
+        check_ray_options(self.retries, self.cpus)
+        import_ray()  # installed? (fail now, with the pip command)
+
+    def run(
+        self, cfg: BenchmarkConfig, types: dict[str, list[str]], steps: list[Step], out: Path
+    ) -> dict[str, dict[str, Any]]:
+        """Run ``steps`` on Ray; return {step id: status}.
+
+        A status is ``done`` (with ``seconds``, ``node``, ``attempts``), ``failed`` (with ``error``) or
+        ``not run`` (with ``reason``: the failed steps it reads).
+        """
+        with checked_cluster(self.address, cfg.device, out, benchmark_inputs(cfg)) as cluster:
+            log.info(
+                "ray: device steps ask for %s", "a GPU each" if cluster.gpus else "CPUs only (no GPU used)"
+            )
+            return _StepGraph(cluster.ray, self, cfg, types, steps, cluster.gpus).run()
 
 
 def benchmark_inputs(cfg: BenchmarkConfig) -> dict[str, str]:
@@ -65,26 +83,32 @@ def benchmark_inputs(cfg: BenchmarkConfig) -> dict[str, str]:
     )
 
 
-def run_step_task(cwd: str, cfg: BenchmarkConfig, types: dict[str, list[str]], step_id: str, board) -> dict:
+def run_step_task(cwd: str, cfg: BenchmarkConfig, types: dict[str, list[str]], step: Step, board) -> dict:
     """The body of a step's task, on whichever node Ray chose: note the start, run the step, mark it done."""
     enter_driver_directory(cwd)
     host = socket.gethostname()
-    board.started.remote(step_id, host)
+    board.started.remote(step.id, host)
     out = Path(cfg.out)
     if not (out / "config.json").is_file():  # a node that joined after the storage check, without the mount
         raise InputError(f"--out {out}: node {host} does not see the benchmark folder (no config.json there)")
-    step = next(s for s in benchmark_steps(cfg, types) if s.id == step_id)
     with worker_output():
-        return {**run_step(step, out), "node": host}
+        return {**run_step(cfg, types, step), "node": host}
 
 
 class _StepGraph:
     """Submits each step once the steps it reads are done, and follows the tasks to their end."""
 
     def __init__(
-        self, ray: ModuleType, cfg: BenchmarkConfig, types: dict[str, list[str]], todo: list[Step], gpus: bool
+        self,
+        ray: ModuleType,
+        runner: RayRunner,
+        cfg: BenchmarkConfig,
+        types: dict[str, list[str]],
+        todo: list[Step],
+        gpus: bool,
     ):
         self.ray = ray
+        self.runner = runner
         self.cfg = replace(cfg, progress=False)  # in a worker (see worker_output)
         self.types = types
         self.todo = todo
@@ -130,9 +154,9 @@ class _StepGraph:
                 continue
             if all(self.state.get(n, "done") == "done" for n in step.needs):  # not in todo: finished before
                 options = {
-                    **task_resources(step.gpu, self.gpus, self.cfg.ray_cpus),
-                    "max_retries": self.cfg.ray_retries,
+                    **task_resources(step.gpu, self.gpus, self.runner.cpus),
+                    "max_retries": self.runner.retries,
                     "retry_exceptions": retry_exceptions(),
                 }
-                tasks.submit(step.id, run_step_task, options, self.cfg, self.types, step.id)
+                tasks.submit(step.id, run_step_task, options, self.cfg, self.types, step)
                 self.state[step.id] = "submitted"
