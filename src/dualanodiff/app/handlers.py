@@ -18,7 +18,7 @@ from ..data.generated import GeneratedPair, read_generated
 from ..data.images import load_mask, load_rgb
 from ..data.mvtec import list_anomaly_types, list_categories
 from ..errors import InputError
-from ..export import export_anomalib
+from ..export import export_anomalib, export_for_training
 from ..generate import SCHEDULERS, GenerateConfig
 from ..io import read_json_object
 from ..training import TrainConfig, resolve_config, training_samples
@@ -372,6 +372,15 @@ class AppHandlers:
         summary = export_anomalib([self.generated_folder()], normal, out, normal_test=test)
         target = self.workspace.downloads_dir / f"{project.category}-anomalib.zip"
         return zip_folder(out, target), summary["folder_call"]
+
+    def training_export(self, fmt: str) -> tuple[Path, str]:
+        """Export the kept pairs (and the project's normal images, if any) as COCO or YOLO; (zip, the training
+        call). The zip unpacks anywhere: the YOLO data.yaml names its folders relative to itself."""
+        project = self.project
+        normal = project.normal_train_dir if dataset.list_images(project.normal_train_dir) else None
+        out = self.workspace.folder / "exports" / fmt / project.category
+        _, call = export_for_training(fmt, out, [self.generated_folder()], normal, portable=True)
+        return zip_folder(out, self.workspace.downloads_dir / f"{project.category}-{fmt}.zip"), call
 
     # -- evaluate ------------------------------------------------------------------------------------------
     def study_request(

@@ -363,8 +363,15 @@ def _generate_tab(h: AppHandlers):
         export_file = gr.DownloadButton(
             "Download the anomalib export", visible=False, elem_id="gen-export-download"
         )
+    with gr.Row():  # supervised detectors: COCO (torchvision, Detectron2, MMDetection), Ultralytics YOLO
+        make_coco = gr.Button("Export for COCO", elem_id="gen-export-coco")
+        make_yolo = gr.Button("Export for YOLO", elem_id="gen-export-yolo")
+        training_file = gr.DownloadButton(
+            "Download the export", visible=False, elem_id="gen-training-download"
+        )
     download_note = gr.HTML(elem_id="gen-download-note")
     folder_call = gr.Code(language="python", label="Load the export with anomalib", visible=False)
+    training_call = gr.Code(label="Train on the export (run beside the unzipped folder)", visible=False)
 
     @_guard
     def start_generation(*fields):
@@ -436,6 +443,18 @@ def _generate_tab(h: AppHandlers):
             return gr.update(visible=False), gr.update(visible=False), _error(err)
 
     make_export.click(prepare_export, None, [export_file, folder_call, download_note])
+
+    def prepare_training_export(fmt: str):
+        try:
+            path, call = h.training_export(fmt)
+            shown = gr.update(value=call, visible=True)
+            return gr.update(value=str(path), visible=True), shown, _note(f"ready: {path.name}")
+        except InputError as err:
+            return gr.update(visible=False), gr.update(visible=False), _error(err)
+
+    training_outputs = [training_file, training_call, download_note]
+    make_coco.click(lambda: prepare_training_export("coco"), None, training_outputs)
+    make_yolo.click(lambda: prepare_training_export("yolo"), None, training_outputs)
     fields = [adapters, base, pairs, seed, sampler, steps, guidance, area, batch]
     return (refresh, seen, [status, gallery, names, seen]), (h.last_generation_fields, fields)
 

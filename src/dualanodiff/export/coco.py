@@ -59,7 +59,6 @@ def annotation_file(out: Path, split: str) -> Path:
 
 def train_snippet(out: Path) -> str:
     """Python that loads the export as torchvision's Mask R-CNN training targets (boxes, labels, masks)."""
-    out = out.resolve()
     lines = [
         "from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2",
         "",
@@ -83,6 +82,7 @@ def write_coco(
     seed: int = 0,
     inputs: Sequence[str | os.PathLike] = (),
     settings: dict[str, Any] | None = None,
+    portable: bool = False,
 ) -> dict[str, Any]:
     """Write ``items`` as the layout in the module's docstring; return the record without its file list.
 
@@ -106,7 +106,8 @@ def write_coco(
         "seed": seed,
         "categories": categories,
         "counts": split_counts(items, splits, names),
-        "train_snippet": train_snippet(out),
+        # portable: the code as run beside the unzipped or copied folder
+        "train_snippet": train_snippet(Path(out.name) if portable else out.resolve()),
     }
     datasets = {
         split: {
@@ -147,10 +148,10 @@ def export_coco(
     normal: str | os.PathLike | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
+    portable: bool = False,
 ) -> dict[str, Any]:
     """``dualanodiff export coco``: collect the sources (``sources.collect_items``) and :func:`write_coco`."""
     items = collect_items(generated, anomaly_types, real, val_real, normal)
     settings = source_settings(generated, real, val_real, normal)
-    return write_coco(
-        items, out, val_fraction, seed, input_folders(generated, real, val_real, normal), settings
-    )
+    folders = input_folders(generated, real, val_real, normal)
+    return write_coco(items, out, val_fraction, seed, folders, settings, portable)

@@ -55,15 +55,20 @@ def label_lines(mask: np.ndarray, class_id: int) -> tuple[list[str], float]:
 def train_command(out: Path, image_size: int) -> str:
     """The Ultralytics call that trains a segmentation model on the export, from a model yaml (no download)."""
     return (
-        f"yolo segment train data={(out / DATA_YAML).resolve()} model=yolo11n-seg.yaml imgsz={image_size} "
+        f"yolo segment train data={out / DATA_YAML} model=yolo11n-seg.yaml imgsz={image_size} "
         "pretrained=False"
     )
 
 
-def data_yaml(out: Path, names: Sequence[str]) -> str:
+def data_yaml(out: Path, names: Sequence[str], portable: bool = False) -> str:
+    """``path`` (absolute), ``train``, ``val``, ``names``; with ``portable`` no ``path``, which Ultralytics
+    then takes to be data.yaml's own folder (``check_det_dataset``), so a moved or unzipped copy still
+    loads (a relative ``path`` would be read under Ultralytics' datasets folder instead)."""
     import yaml
 
     body = {"path": str(out.resolve()), "train": "images/train", "val": "images/val"}
+    if portable:
+        del body["path"]
     return yaml.safe_dump({**body, "names": dict(enumerate(names))}, sort_keys=False)
 
 
@@ -84,6 +89,7 @@ def write_yolo(
     seed: int = 0,
     inputs: Sequence[str | os.PathLike] = (),
     settings: dict[str, Any] | None = None,
+    portable: bool = False,
 ) -> dict[str, Any]:
     """Write ``items`` as the layout in the module's docstring; return the record without its file list.
 
@@ -107,7 +113,8 @@ def write_yolo(
         "seed": seed,
         "names": names,
         "counts": split_counts(items, splits, names),
-        "train_command": train_command(out, -(-side // 32) * 32),
+        # portable: the call as run beside the unzipped or copied folder
+        "train_command": train_command(Path(out.name) if portable else out.resolve(), -(-side // 32) * 32),
     }
     sources: dict[str, dict[str, Any]] = {}
     ious: list[float] = []
@@ -123,7 +130,7 @@ def write_yolo(
                 out / "labels" / split / f"{Path(name).stem}.txt", "".join(f"{x}\n" for x in lines)
             )
             sources[rel] = {**item.source(), "instances": len(lines)}
-        write_text_atomic(out / DATA_YAML, data_yaml(out, names))
+        write_text_atomic(out / DATA_YAML, data_yaml(out, names, portable))
         record["polygon_iou"] = _summary(ious)
         record["files"] = sources
     return {k: v for k, v in record.items() if k != "files"}
@@ -138,9 +145,10 @@ def export_yolo(
     normal: str | os.PathLike | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
+    portable: bool = False,
 ) -> dict[str, Any]:
     """``dualanodiff export yolo``: collect the sources (:func:`collect_items`) and :func:`write_yolo` them."""
     items = collect_items(generated, anomaly_types, real, val_real, normal)
     folders = input_folders(generated, real, val_real, normal)
     settings = source_settings(generated, real, val_real, normal)
-    return write_yolo(items, out, val_fraction, seed, folders, settings)
+    return write_yolo(items, out, val_fraction, seed, folders, settings, portable)
