@@ -75,9 +75,10 @@ def tiny_adapters(tiny_base_dir, tmp_path_factory):
     """Adapters for the tiny base, saved to disk, with non-zero LoRA-up weights (so the branches differ)."""
     import torch
 
+    from dualanodiff.model.dual_unet import AdapterConfig
     from dualanodiff.pipeline import DualAnoDiffPipeline
 
-    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4)
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4))
     with torch.no_grad():
         for proc in pipe.adapter_modules():
             for name, param in proc.named_parameters():

@@ -52,7 +52,9 @@ def test_half_precision_adapters_load_as_their_rounded_values(
     full_size, half_size = ((d / ADAPTER_WEIGHTS).stat().st_size for d in (full, half))
     assert half_size < 0.55 * full_size
 
-    fresh = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=8)  # fp32: the half values are upcast
+    fresh = DualAnoDiffPipeline.from_pretrained(
+        tiny_base_dir, AdapterConfig(rank=8)
+    )  # fp32: the half values are upcast
     fresh.load_adapters(half)
     loaded = adapter_state_dict(fresh.unet, fresh.text_encoder)
     assert loaded.keys() == original.keys()
@@ -61,7 +63,9 @@ def test_half_precision_adapters_load_as_their_rounded_values(
         assert torch.equal(loaded[key], value.to(SAVE_DTYPES[dtype]).float()), key
     assert any(not torch.equal(loaded[k], original[k]) for k in original)  # the rounding is real
 
-    low = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=8, torch_dtype=torch.bfloat16)
+    low = DualAnoDiffPipeline.from_pretrained(
+        tiny_base_dir, AdapterConfig(rank=8), torch_dtype=torch.bfloat16
+    )
     low.load_adapters(half)  # a bf16 model: everything arrives in bf16
     assert {v.dtype for v in adapter_state_dict(low.unet, low.text_encoder).values()} == {torch.bfloat16}
 

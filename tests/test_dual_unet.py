@@ -278,7 +278,9 @@ def test_save_load_round_trip_is_exact(tiny_components, tiny_base_dir, tmp_path)
     pipe.save_adapters(tmp_path / "ad")
     saved = adapter_state_dict(pipe.unet, pipe.text_encoder)
 
-    fresh = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=8)  # other options: replaced on load
+    fresh = DualAnoDiffPipeline.from_pretrained(
+        tiny_base_dir, AdapterConfig(rank=8)
+    )  # other options: replaced on load
     meta = fresh.load_adapters(tmp_path / "ad")
     assert meta["adapter"]["rank"] == 4 and fresh.adapter_config.bcm
     loaded = adapter_state_dict(fresh.unet, fresh.text_encoder)
@@ -324,7 +326,7 @@ def test_official_checkpoint_import(tiny_components, tiny_base_dir, tmp_path, bc
         assert official[f"{proc}.attn1.processor.chained_proc.temporal_a"].shape == (1,)
     torch.save(official, tmp_path / "official.bin")
 
-    fresh = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=32)
+    fresh = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=32))
     config = fresh.load_official_checkpoint(tmp_path / "official.bin")
     assert (config.rank, config.bcm, config.background_latent_scaling) == (4, bcm, "official")
     ours = adapter_state_dict(source.unet, source.text_encoder)

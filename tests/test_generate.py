@@ -19,6 +19,7 @@ from dualanodiff.generate import (
     make_scheduler,
 )
 from dualanodiff.io import read_jsonl
+from dualanodiff.model.dual_unet import AdapterConfig
 from dualanodiff.pipeline import DualAnoDiffPipeline, centred_noise
 
 from rounding import assert_equal_up_to_rounding, pipeline_depth, reduction_depth, rounding_tolerance
@@ -26,7 +27,7 @@ from rounding import assert_equal_up_to_rounding, pipeline_depth, reduction_dept
 
 @pytest.fixture
 def pipe(tiny_base_dir):
-    p = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4)
+    p = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4))
     p.set_progress_bar_config(disable=True)
     return p
 
@@ -69,7 +70,7 @@ def test_whole_image_branch_equals_diffusers_stable_diffusion(tiny_base_dir, sch
     """SAIM off and zero LoRA: our loop is diffusers' loop, so the global branch is SD's output."""
     from diffusers import StableDiffusionPipeline
 
-    ours = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, saim=False)
+    ours = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, saim=False))
     ours.scheduler = make_scheduler(scheduler, ours.scheduler.config)
     ours.set_progress_bar_config(disable=True)
     sd = StableDiffusionPipeline.from_pretrained(
@@ -152,7 +153,7 @@ def test_guidance_at_most_one_skips_the_unconditional_rows(pipe):
 
 
 def test_bcm_generation_uses_backgrounds(tiny_base_dir):
-    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True, saim=False)
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True, saim=False))
     pipe.set_progress_bar_config(disable=True)
     for proc in pipe.adapter_modules():
         if getattr(proc, "bcm", None) is not None:
@@ -262,7 +263,9 @@ def test_cli_errors_for_missing_and_foreign_adapters(tiny_base_dir, tmp_path, ca
     other = build_base("tiny", seed=1)
     other.unet = type(other.unet)(**{**other.unet.config, "block_out_channels": (32, 32, 64, 64)})
     save_base(other, tmp_path / "other_base")
-    DualAnoDiffPipeline.from_pretrained(tmp_path / "other_base", rank=4).save_adapters(tmp_path / "foreign")
+    DualAnoDiffPipeline.from_pretrained(tmp_path / "other_base", AdapterConfig(rank=4)).save_adapters(
+        tmp_path / "foreign"
+    )
     code, err = generate(tmp_path / "foreign", "--num-pairs", "1", "--steps", "1")
     assert code == 2 and "trained for another base" in err
     with pytest.raises(SystemExit) as stop:  # refused while parsing, before anything is read
@@ -281,7 +284,7 @@ def test_every_listed_scheduler_builds():
 
 
 def test_bcm_generation_switches_backgrounds_every_k_pairs(tiny_base_dir, tmp_path):
-    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True))
     adapters = pipe.save_adapters(tmp_path / "bcm_adapters")
     good, fg = tmp_path / "good", tmp_path / "fg"
     good.mkdir()
@@ -320,7 +323,7 @@ def test_backgrounds_black_out_the_object(tmp_path):
 
 def test_a_bcm_pair_does_not_depend_on_its_batch(tiny_base_dir):
     """Under guidance, each pair's grey unconditional background is sampled from its own generator too."""
-    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True))
     pipe.set_progress_bar_config(disable=True)
     for proc in pipe.adapter_modules():
         if getattr(proc, "bcm", None) is not None:
@@ -389,7 +392,7 @@ def test_presets_follow_the_paper_and_the_authors_inference():
 
 
 def test_preset_fills_unset_settings_and_config_records_the_resolved_values(tiny_base_dir, tmp_path):
-    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True))
     adapters = pipe.save_adapters(
         tmp_path / "bcm", extra={"training": {"category": "screw", "anomaly": "tip"}}
     )
@@ -432,7 +435,7 @@ def test_background_noise_of_the_guidance_rows(tiny_base_dir, monkeypatch, mode)
     per pair, so a pair still does not depend on its batch."""
     from diffusers import DDPMScheduler
 
-    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True))
     pipe.set_progress_bar_config(disable=True)
     for proc in pipe.adapter_modules():
         if getattr(proc, "bcm", None) is not None:
@@ -461,7 +464,7 @@ def test_background_noise_of_the_guidance_rows(tiny_base_dir, monkeypatch, mode)
 def test_bcm_generation_uses_the_adapters_foreground_source(tiny_base_dir, tmp_path, monkeypatch):
     from dualanodiff.synthetic import synthetic_sample
 
-    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, rank=4, bcm=True)
+    pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True))
     adapters = pipe.save_adapters(
         tmp_path / "ad", extra={"training": {"foreground": "auto", "category": "pill"}}
     )

@@ -152,6 +152,7 @@ def complete_config(config: TrainConfig) -> TrainConfig:
 
 
 def _load_pipeline(config: TrainConfig):
+    from ..model.dual_unet import AdapterConfig
     from ..pipeline import DualAnoDiffPipeline
 
     # Adapter initialisation draws from torch's global generator: seed it, without disturbing the caller's.
@@ -159,13 +160,15 @@ def _load_pipeline(config: TrainConfig):
         torch.manual_seed(derived_seed(config.seed, _INIT))
         return DualAnoDiffPipeline.from_pretrained(
             config.base,
-            rank=config.rank,
-            bcm=config.bcm,
-            saim=config.saim,
-            saim_zero_init=config.saim_zero_init,
-            text_encoder_rank=config.text_encoder_rank,
-            alpha=config.alpha,
-            background_latent_scaling=config.background_latent_scaling,
+            AdapterConfig(
+                rank=config.rank,
+                alpha=config.alpha,
+                saim=config.saim,
+                saim_zero_init=config.saim_zero_init,
+                bcm=config.bcm,
+                text_encoder_rank=config.text_encoder_rank,
+                background_latent_scaling=config.background_latent_scaling,
+            ),
         )
 
 
