@@ -153,6 +153,12 @@ CASES = [
         marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has a GPU"),
     ),  # fmt: skip
     ("generate-bad-device", lambda c: _generate(c, "--device", "gpu0"), ["--device", "gpu0"]),
+    ("generate-backgrounds-without-bcm", lambda c: _generate(c, "--backgrounds", str(c.out.parent / "nope")),
+     ["--backgrounds", "without BCM", "drop --backgrounds"]),
+    ("generate-background-every-without-bcm", lambda c: _generate(c, "--background-every", "3"),
+     ["--background-every", "without BCM"]),
+    ("generate-fp16-on-cpu", lambda c: _generate(c, "--mixed-precision", "fp16", "--device", "cpu"),
+     ["--mixed-precision fp16 needs a GPU", "bf16"]),
     # evaluate
     ("quality-is-splits-0", lambda c: _evaluate(c, "quality", *GEN, str(c.generated), "--is-splits", "0"),
      ["argument --is-splits", "at least 1"]),
@@ -189,6 +195,8 @@ CASES = [
     # baseline
     ("baseline-anomaly-escapes", lambda c: _baseline(c, "--anomaly", "../../escaped"), ["--anomaly", "plain name"]),
     ("baseline-pairs-huge", lambda c: _baseline(c, "--num-pairs", "1000000000"), ["--num-pairs", "at most"]),
+    ("baseline-crop-paste-anomaly-source", lambda c: _baseline(c, "--anomaly-source", str(c.data)),
+     ["--anomaly-source", "only perlin"]),
     ("baseline-out-is-file", lambda c: _baseline(c, "--out", str(c.file)), ["--out", "is a file"]),
     ("baseline-wrong-size-mask", lambda c: _baseline(c, data=c.bad_mask_data),
      ["000_mask.png", "mask size 32x32 differs from image", "000.png size 64x64"]),
@@ -318,4 +326,39 @@ def test_garbage_inputs_name_the_file_in_training(ctx, capsys, tmp_path):
     ]
     code, err = run_in_process(argv, capsys)
     assert code == 2 and "a.png: cannot read image" in err and err.count("\n") == 1
+    assert not ctx.out.exists()
+
+
+def test_many_problems_are_still_one_line(ctx, capsys, tmp_path):
+    """Several bad training pairs, and test images without masks: one line naming the first few, then a count."""
+    images, masks = tmp_path / "mine" / "images", tmp_path / "mine" / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for name in "abcde":
+        Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(images / f"{name}.png")
+        (masks / f"{name}.png").write_bytes(b"not a png")
+    argv = [
+        "train",
+        "--images",
+        str(images),
+        "--masks",
+        str(masks),
+        "--base",
+        str(ctx.base),
+        "--out",
+        str(ctx.out),
+    ]
+    code, err = run_in_process(argv, capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "problems with the training data" in err and "a.png" in err and "and 3 more" in err
+
+    data = tmp_path / "data"
+    shutil.copytree(ctx.data / "pill", data / "pill")
+    for mask in sorted((data / "pill" / "ground_truth" / "crack").iterdir())[:2]:
+        mask.unlink()
+    code, err = run_in_process(
+        _evaluate(ctx, "localization", "--no-generated") + ["--data", str(data)], capsys
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert "2 defect image(s) without a mask" in err and "000_mask.png" in err
     assert not ctx.out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..checks import name_arg, pairs_arg, resolution_arg, seed_arg
+from ..errors import InputError
 from . import add_progress_argument, add_split_argument
 
 
@@ -42,7 +43,9 @@ def register(subparsers) -> None:
         help="resize outputs to this side (default: keep the normal images' size)",
     )
     p.add_argument(
-        "--anomaly-source", help="perlin: folder of texture images, e.g. DTD (default: noise colours)"
+        "--anomaly-source",
+        help="perlin: folder of texture images, e.g. DTD (default: another normal image of the category, cut "
+        "into blocks that are shuffled and flipped)",
     )
     add_progress_argument(p)
     p.set_defaults(func=run)
@@ -53,6 +56,10 @@ def run(args) -> int:
     from ..checks import check_output_dir
 
     check_output_dir(args.out)
+    if args.anomaly_source is not None and args.method != "perlin":  # refused, not ignored and recorded
+        raise InputError(
+            f"--anomaly-source: only perlin uses an anomaly source; {args.method} pastes real defects"
+        )
     summary = run_baseline(
         args.method,
         args.data,

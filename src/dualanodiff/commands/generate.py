@@ -197,6 +197,7 @@ def run(args) -> int:
         vae_slicing=args.vae_slicing,
         vae_tiling=args.vae_tiling,
     )
+    _refuse_what_does_not_apply(config, on_ray=args.executor == "ray")
     if args.executor != "ray" and (args.ray_shards is not None or args.ray_address is not None):
         raise InputError("--ray-shards and --ray-address go with --executor ray")
     if args.executor == "ray":
@@ -223,3 +224,33 @@ def run(args) -> int:
         )
         return 1
     return 0
+
+# The BCM options and the attribute each sets on GenerateConfig (None when not given).
+_BCM_OPTIONS = {
+    "--backgrounds": "backgrounds",
+    "--foreground": "foreground",
+    "--background-every": "background_every",
+    "--background-noise": "background_noise",
+}
+
+
+def _refuse_what_does_not_apply(config, on_ray: bool) -> None:
+    """Options these adapters or this machine cannot use are refused, before anything loads or is written,
+    rather than ignored and then recorded in config.json as if they had been used. (On Ray the device is the
+    workers', not this machine's.)"""
+    import torch
+
+    from ..checks import check_device
+    from ..generate import resolve_for_adapters
+
+    check_device(config.device)
+    _, _, bcm = resolve_for_adapters(config)
+    given = [flag for flag, field in _BCM_OPTIONS.items() if getattr(config, field) is not None]
+    if given and not bcm:
+        raise InputError(
+            f"{given[0]}: {config.adapters} were trained without BCM and use no background; drop "
+            + ", ".join(given)
+        )
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if config.mixed_precision == "fp16" and torch.device(device).type == "cpu" and not on_ray:
+        raise InputError("--mixed-precision fp16 needs a GPU; on the CPU use bf16 (or no), as `train` says")

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import InputError, listed
 from .images import IMAGE_EXTENSIONS, is_image_file
 from .mvtec import GOOD, DefectSample
 
@@ -79,7 +79,7 @@ def folder_samples(
             continue
         samples.append(DefectSample(img, mask, kind, _find_mask(img.stem, fgs)))
     if missing:
-        raise InputError(f"{len(missing)} image(s) without a mask:\n  " + "\n  ".join(missing))
+        raise InputError(f"{len(missing)} image(s) without a mask: {listed(missing)}")
     return samples
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..errors import InputError
+from ..errors import InputError, listed
 from .images import is_image_file
 
 SplitMode = Literal["strict", "paper-compat"]
@@ -121,7 +121,7 @@ def anomaly_samples(root: str | os.PathLike, category: str, anomaly_type: str) -
             continue
         samples.append(DefectSample(img, mask, anomaly_type, _foreground(cat, img)))
     if missing:
-        raise InputError(f"{len(missing)} defect image(s) without a mask:\n  " + "\n  ".join(missing))
+        raise InputError(f"{len(missing)} defect image(s) without a mask: {listed(missing)}")
     return samples
 
 

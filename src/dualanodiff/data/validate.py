@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, listed
 from .images import load_mask, load_mask_for, load_rgb
 from .mvtec import DefectSample
 
@@ -47,7 +47,7 @@ def sample_problems(sample: DefectSample) -> list[str]:
 
 def validate_training_samples(samples: Iterable[DefectSample]) -> list[DefectSample]:
     """Return ``samples`` if every one is a usable (image, mask) pair; else raise one
-    :class:`InputError` naming each file and its problem (one line when there is one problem)."""
+    :class:`InputError` on one line naming the files and their problems (the first few, then a count)."""
     samples = list(samples)
     problems: list[str] = []
     usable = 0
@@ -60,5 +60,5 @@ def validate_training_samples(samples: Iterable[DefectSample]) -> list[DefectSam
     if len(problems) == 1:
         raise InputError(f"training data: {problems[0]}")
     if problems:
-        raise InputError(f"{len(problems)} problems with the training data:\n  " + "\n  ".join(problems))
+        raise InputError(f"{len(problems)} problems with the training data: {listed(problems)}")
     return samples
