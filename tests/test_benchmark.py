@@ -225,3 +225,82 @@ def test_profiles_fill_only_unset_sizes(data_root, tmp_path, capsys):
                  "--select-on", "--cls-epochs", "--no-quality", "--no-classification", "--gen-preset",
                  "--quality-images"):  # fmt: skip
         assert flag in text, flag
+
+
+def test_every_train_and_generate_option_that_changes_a_result_reaches_the_benchmark(data_root, tmp_path):
+    """Each option of `train` and `generate` is borrowed by the benchmark (the same declaration), declared by it
+    under its own name, or named as not applying; the borrowed ones reach the task configs, and unset they
+    give the tasks' own defaults."""
+    import argparse
+
+    from dualanodiff.commands import benchmark as command
+    from dualanodiff.training import TrainConfig
+
+    for name in ("train", "generate"):
+        dests = set(command.command_actions(name))
+        groups = [set(command.BORROWED[name]), set(command.OWN[name]), command.NOT_FOR_BENCHMARK[name]]
+        assert sum(map(len, groups)) == len(set().union(*groups)), f"{name}: an option classified twice"
+        assert dests == set().union(*groups), f"{name}: unclassified {dests - set().union(*groups)}"
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    common = ["benchmark", "--data", str(data_root), "--out", str(tmp_path / "b")]
+    given = ["--no-saim", "--probe-every", "3", "--zero-mean-noise", "part", "--shared-initial-noise", "--alpha",
+             "8", "--saim-zero-init", "--background-scaling", "official", "--no-flips", "--save-dtype", "bf16",
+             "--mask-threshold", "20", "--background-every", "5", "--background-noise", "shared", "--vae-tiling",
+             "--rank", "4", "--mixed-precision", "bf16"]  # fmt: skip
+    cfg = command.config_from_args(parser.parse_args([*common, *given]))
+    bench = bm._Benchmark(bm.resolve_benchmark_config(replace(cfg, methods=["none"])), {"pill": ["crack"]})
+    train, gen = bench.train_config("pill", "crack"), bench.generate_config("pill", "crack")
+    assert (train.saim, train.probe_every, train.alpha, train.saim_zero_init, train.background_latent_scaling,
+            train.flips, train.save_dtype, train.rank, train.mixed_precision) == (
+        False, 3, 8.0, True, "official", False, "bf16", 4, "bf16")  # fmt: skip
+    assert (gen.zero_mean_noise, gen.shared_initial_noise, gen.mask_threshold, gen.background_every,
+            gen.background_noise, gen.vae_tiling, gen.mixed_precision) == (
+        "part", True, 20.0, 5, "shared", True, "bf16")  # fmt: skip
+    assert bench.train_key("pill", "crack")["saim"] is False  # a setting of the training step's key
+
+    unset = command.config_from_args(parser.parse_args(common))
+    assert unset == BenchmarkConfig(data=str(data_root), out=str(tmp_path / "b"))
+    bench = bm._Benchmark(bm.resolve_benchmark_config(replace(unset, methods=["none"])), {"pill": ["crack"]})
+    train, defaults = bench.train_config("pill", "crack"), TrainConfig(base="b", out="o")
+    for dest in command.BORROWED["train"]:
+        assert getattr(train, dest) == getattr(defaults, dest), dest
+
+
+def test_an_out_of_range_size_names_its_flag(data_root, tmp_path):
+    cfg = BenchmarkConfig(data=str(data_root), out=str(tmp_path / "b"), methods=["none"], quality=False)
+    with pytest.raises(InputError, match=r"^--runs must be at least 1, got 0$"):
+        bm.resolve_benchmark_config(replace(cfg, loc_runs=0))
+    with pytest.raises(InputError, match=r"^--loc-epochs must be at least 1"):
+        bm.resolve_benchmark_config(replace(cfg, loc_epochs=0))
+
+
+def test_no_pair_through_the_gate_then_a_higher_max_mask_area_regates_the_same_pairs(
+    data_root, tiny_base_dir, weights, tmp_path
+):
+    """The benchmark's advice when the mask gate keeps nothing ("raise --max-mask-area") can be followed in
+    the same --out: the pairs already made are judged again, not made again; a change the folder cannot
+    take is refused before the top-level config.json is touched."""
+    out = tmp_path / "bench"
+    cfg = replace(tiny_config(data_root, tiny_base_dir, out, weights), anomalies=["crack"], methods=["dualanodiff"],
+                  quality=False, classification=False, max_mask_area=2e-4)  # fmt: skip
+    with pytest.raises(InputError, match="none of the 4 generated pairs passed the mask quality gate"):
+        run_benchmark(cfg)
+    folder = out / "generated" / "dualanodiff" / "pill" / "crack"
+    made = {p.name: p.read_bytes() for p in (folder / "rejected" / "image").iterdir()}
+    assert len(made) == 4 and not list(folder.glob("image/*.png"))
+    top = (out / "config.json").read_text()
+
+    with pytest.raises(InputError, match=r"generate/dualanodiff/pill/crack \(steps: 2 -> 3"):
+        run_benchmark(replace(cfg, sampler_steps=3))
+    assert (out / "config.json").read_text() == top  # refused before the config was rewritten
+
+    result = run_benchmark(replace(cfg, max_mask_area=1.0))
+    assert {s["id"]: s["status"] for s in result["steps"]}["generate/dualanodiff/pill/crack"] == "done"
+    kept = {p.name: p.read_bytes() for p in (folder / "image").iterdir()}
+    assert kept and all(kept[name] == made[name] for name in kept)  # the same pairs, judged again
+    records = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["name"] for r in records) == sorted(p.removesuffix(".png") for p in made)
+    assert json.loads((folder / "config.json").read_text())["max_mask_area"] == 1.0
+    assert json.loads((out / "config.json").read_text())["max_mask_area"] == 1.0

@@ -27,12 +27,12 @@ import json
 import logging
 import time
 import zlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from .baselines import run_baseline
-from .data.generated import read_generated
+from .data.generated import MANIFEST, read_generated
 from .data.mvtec import (
     SPLIT_MODES,
     anomaly_samples,
@@ -60,6 +60,7 @@ from .evaluate.protocol import (
 from .generate import GenerateConfig, generate_to_folder, preset_settings, resolve_generate_config
 from .io import write_json_atomic, write_text_atomic
 from .locking import output_lock
+from .masks.folder import MASK_CONFIG_KEYS
 from .masks.foreground import SOURCES as FOREGROUND_SOURCES
 from .progress import progress_shown
 from .training import TrainConfig, train_adapters
@@ -94,9 +95,20 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+def _default(config: type, name: str) -> Any:
+    """The default of a field of a task's config dataclass: a benchmark setting that passes straight to a
+    task takes its default from there, so each default is written once."""
+    (f,) = [f for f in fields(config) if f.name == name]
+    if f.default is MISSING:
+        raise TypeError(f"{config.__name__}.{name} has no plain default")
+    return f.default
+
+
 @dataclass
 class BenchmarkConfig:
-    """Everything the benchmark does. ``None`` sizes come from the profile (``quick`` or the paper's)."""
+    """Everything the benchmark does. ``None`` sizes come from the profile (``quick`` or the paper's); the
+    settings that pass straight to a task (``train_*`` to :class:`TrainConfig`, the generation settings to
+    :class:`GenerateConfig`, ``loc_*`` and ``cls_*`` to the evaluation configs) default to that config's."""
 
     data: str
     out: str
@@ -115,16 +127,23 @@ class BenchmarkConfig:
     train_steps: int | None = None
     train_batch_size: int | None = None
     train_lr: float | None = None
-    train_rank: int = 32
-    train_text_encoder_rank: int = 32
+    train_rank: int = _default(TrainConfig, "rank")
+    train_text_encoder_rank: int = _default(TrainConfig, "text_encoder_rank")
+    train_alpha: float | None = _default(TrainConfig, "alpha")
     train_resolution: int | None = None  # None: the base's native size
-    train_saim: bool = True  # False: the two branches do not interact (the ablation of the miniature study)
-    train_probe_every: int = 0  # steps between probe-loss evaluations (`training.probe`); 0: none
-    bcm: bool = False
+    # False: the two branches do not interact (the ablation of the miniature study)
+    train_saim: bool = _default(TrainConfig, "saim")
+    train_saim_zero_init: bool = _default(TrainConfig, "saim_zero_init")
+    train_background_latent_scaling: str = _default(TrainConfig, "background_latent_scaling")
+    train_flips: bool | None = _default(TrainConfig, "flips")
+    train_save_dtype: str = _default(TrainConfig, "save_dtype")
+    # steps between probe-loss evaluations (`training.probe`); 0: none
+    train_probe_every: int = _default(TrainConfig, "probe_every")
+    bcm: bool = _default(TrainConfig, "bcm")
     # BCM foregrounds: "auto" | "u2net" (with u2net_weights) | "none"; None: ROOT/<category>/foreground/ if it
     # exists, else "auto" (training and generation alike)
     foreground: str | None = None
-    mixed_precision: str = "no"
+    mixed_precision: str = _default(TrainConfig, "mixed_precision")
     # generation (all generators) and masks (dualanodiff); unset sampler settings come from the generation preset
     gen_preset: str | None = None  # "paper" | "official-code" (`generate.preset_settings`)
     num_pairs: int | None = None
@@ -134,13 +153,16 @@ class BenchmarkConfig:
     background_every: int | None = None  # BCM
     background_noise: str | None = None  # BCM: "shared" | "independent"
     # Centre the initial noise: True (both branches) or "part" (GenerateConfig; the demo's 16x16 latents need it)
-    zero_mean_noise: bool | str = False
-    shared_initial_noise: bool = False  # the part branch starts from the whole's noise draw (GenerateConfig)
-    gen_batch_size: int = 8
+    zero_mean_noise: bool | str = _default(GenerateConfig, "zero_mean_noise")
+    # the part branch starts from the whole's noise draw (GenerateConfig)
+    shared_initial_noise: bool = _default(GenerateConfig, "shared_initial_noise")
+    gen_batch_size: int = _default(GenerateConfig, "batch_size")
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
-    mask_method: str = "auto"
+    mask_method: str = _default(GenerateConfig, "mask_method")
     u2net_weights: str | None = None
-    max_mask_area: float = 0.5
+    mask_threshold: float | None = _default(GenerateConfig, "mask_threshold")
+    vae_tiling: bool = _default(GenerateConfig, "vae_tiling")  # above the VAE's native size: other pixels
+    max_mask_area: float = _default(GenerateConfig, "max_mask_area")
     perlin_source: str | None = None  # folder of texture images (DRAEM uses DTD); None: noise colours
     # generation quality
     quality: bool = True
@@ -154,21 +176,21 @@ class BenchmarkConfig:
     # downstream localization
     loc_epochs: int | None = None
     loc_samples_per_epoch: int | None = None
-    loc_batch_size: int = 16
-    loc_lr: float = 1e-4
-    loc_resolution: int = 256
-    loc_base_channels: int = 64
+    loc_batch_size: int = _default(LocalizationConfig, "batch_size")
+    loc_lr: float = _default(LocalizationConfig, "lr")
+    loc_resolution: int = _default(LocalizationConfig, "resolution")
+    loc_base_channels: int = _default(LocalizationConfig, "base_channels")
     loc_runs: int | None = None
-    select_on: str = "heldout"
-    paper_compat_f1: bool = False
+    select_on: str = _default(LocalizationConfig, "select_on")
+    paper_compat_f1: bool = _default(LocalizationConfig, "paper_compat_f1")
     # anomaly-type classification
     classification: bool = True
     imagenet_weights: str | None = None
     cls_epochs: int | None = None
-    cls_batch_size: int = 8
-    cls_lr: float = 1e-4
-    cls_resolution: int = 256
-    cls_repeats_per_epoch: int = 5
+    cls_batch_size: int = _default(ClassificationConfig, "batch_size")
+    cls_lr: float = _default(ClassificationConfig, "lr")
+    cls_resolution: int = _default(ClassificationConfig, "resolution")
+    cls_repeats_per_epoch: int = _default(ClassificationConfig, "repeats_per_epoch")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -176,6 +198,14 @@ class BenchmarkConfig:
     @property
     def profile(self) -> str:
         return "quick" if self.quick else "paper"
+
+
+FLAGS = {"loc_runs": "--runs", "train_rank": "--rank", "train_text_encoder_rank": "--text-encoder-rank"}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of a :class:`BenchmarkConfig` field, for error messages."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
@@ -214,7 +244,7 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
         "gen_batch_size",
     ):
         if int(getattr(cfg, name)) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(cfg, name)}")
+            raise InputError(f"{flag_of(name)} must be at least 1, got {getattr(cfg, name)}")
     if cfg.train_epochs is not None and cfg.train_steps is not None:
         raise InputError("give either --train-epochs or --train-steps, not both")
     if cfg.quality and any(m in GENERATORS for m in cfg.methods):
@@ -295,7 +325,18 @@ class Step:
         return "/".join((self.action, *self.args))
 
     def marker(self, out: Path) -> Path:
+        """The record that the step finished: its key and result."""
         return out / "steps" / (self.id.replace("/", "--") + ".json")
+
+    def started(self, out: Path) -> Path:
+        """A generation step's key as it started, so that a rerun sees what an unfinished folder was made with."""
+        return out / "steps" / (self.id.replace("/", "--") + ".started.json")
+
+
+# What a rerun of an unfinished generation step may change: the mask gate (a post-process that `masks` re-applies
+# to the pairs already made) and the number of pairs (the writer extends a folder).
+REGATE_KEYS = frozenset(MASK_CONFIG_KEYS)
+RESUMABLE_KEYS = REGATE_KEYS | {"num_pairs"}
 
 
 def run_step(cfg: BenchmarkConfig, types: dict[str, list[str]], step: Step) -> dict[str, Any]:
@@ -352,6 +393,11 @@ class _Benchmark:
             learning_rate=c.train_lr,
             rank=c.train_rank,
             text_encoder_rank=c.train_text_encoder_rank,
+            alpha=c.train_alpha,
+            saim_zero_init=c.train_saim_zero_init,
+            background_latent_scaling=c.train_background_latent_scaling,
+            flips=c.train_flips,
+            save_dtype=c.train_save_dtype,
             resolution=c.train_resolution,
             seed=c.seed,
             mixed_precision=c.mixed_precision,
@@ -405,7 +451,9 @@ class _Benchmark:
             foreground=foreground,
             mask_method=c.mask_method,
             u2net_weights=c.u2net_weights,
+            mask_threshold=c.mask_threshold,
             max_mask_area=c.max_mask_area,
+            vae_tiling=c.vae_tiling,
             device=c.device,
         )
         return resolve_generate_config(gen, bcm=c.bcm, category=category)
@@ -471,6 +519,9 @@ class _Benchmark:
         """Run one step and record it as done (its marker, written atomically); return its status."""
         if step.action not in STEP_ACTIONS:
             raise ValueError(f"unknown benchmark step action {step.action!r}")
+        if step.action == "generate":
+            self._regate_if_changed(step)
+            write_json_atomic(step.started(self.out), {"id": step.id, "key": _jsonable(step.key)})
         started = time.perf_counter()
         result = getattr(self, f"_{step.action}")(*step.args)
         seconds = round(time.perf_counter() - started, 3)
@@ -511,6 +562,32 @@ class _Benchmark:
                 "raise --max-mask-area"
             )
         return summary
+
+    def _regate_if_changed(self, step: Step) -> None:
+        """An unfinished DualAnoDiff generation rerun with other mask settings (say, a higher --max-mask-area
+        after no pair passed the gate): re-apply the gate to the pairs already made, as `dualanodiff masks`
+        does, so that the generation then resumes with the new settings instead of refusing the folder."""
+        method, category, kind = step.args
+        path = step.started(self.out)
+        folder = self.generated_dir(method, category, kind)
+        if method != "dualanodiff" or not path.is_file() or not (folder / MANIFEST).is_file():
+            return
+        old, new = _read_json(path).get("key") or {}, _jsonable(step.key)
+        if all(old.get(k) == new.get(k) for k in REGATE_KEYS):
+            return
+        from .masks import make_masks_for_folder
+
+        c = self.cfg
+        log.info("benchmark: %s: other mask settings; the gate is applied again to the pairs made", step.id)
+        make_masks_for_folder(
+            folder,
+            method=c.mask_method,
+            u2net_weights=c.u2net_weights,
+            threshold=c.mask_threshold,
+            max_area_fraction=c.max_mask_area,
+            show_progress=c.progress,
+            device=c.device,
+        )
 
     def _quality(self, method: str, category: str) -> dict[str, Any]:
         if self._quality_models is None:
@@ -646,15 +723,31 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e}); delete it to redo that step") from None
+
+
 def _check_markers(steps: list[Step], out: Path) -> dict[str, dict]:
-    """Finished steps {id: marker}; InputError when a marker was written with other settings."""
+    """Finished steps {id: marker}; InputError when a marker was written with other settings, or when an
+    unfinished generation was started with settings that its folder cannot take (only the mask gate and the
+    number of pairs may change: :data:`RESUMABLE_KEYS`)."""
     done, conflicts = {}, []
     for step in steps:
         path = step.marker(out)
-        if not path.is_file():
-            continue
-        marker = json.loads(path.read_text(encoding="utf-8"))
         key = _jsonable(step.key)
+        if not path.is_file():
+            started = step.started(out)
+            if started.is_file():
+                old = _read_json(started).get("key") or {}
+                changed = [k for k in set(old) | set(key) if old.get(k) != key.get(k)]
+                if set(changed) - RESUMABLE_KEYS:
+                    diff = _differences({k: old.get(k) for k in changed}, {k: key.get(k) for k in changed})
+                    conflicts.append(f"{step.id} ({'; '.join(diff[:3])})")
+            continue
+        marker = _read_json(path)
         if marker.get("key") != key:
             diff = _differences(marker.get("key") or {}, key)
             conflicts.append(f"{step.id} ({'; '.join(diff[:3])})")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
+
 from ..checks import (
     MASK_METHODS,
     MAX_RESOLUTION,
@@ -46,6 +49,101 @@ example:
       --categories hazelnut,pill --quick --inception-weights weights-inception-2015-12-05-6726825d.pth \\
       --lpips-vgg-weights vgg16-397923af.pth --imagenet-weights resnet34-b627a593.pth
 """
+
+
+# The options of `train` and `generate` that change a result, and how the benchmark reaches each.
+# BORROWED: the benchmark adds the command's own declaration (flags, type, choices, default, help), so the two
+# cannot drift: {dest in that command: (the benchmark's flags, or None for the same; BenchmarkConfig field)}.
+BORROWED = {
+    "train": {
+        "rank": (None, "train_rank"),
+        "text_encoder_rank": (None, "train_text_encoder_rank"),
+        "alpha": (None, "train_alpha"),
+        "saim": (None, "train_saim"),
+        "saim_zero_init": (None, "train_saim_zero_init"),
+        "background_latent_scaling": (None, "train_background_latent_scaling"),
+        "flips": (None, "train_flips"),
+        "save_dtype": (None, "train_save_dtype"),
+        "probe_every": (None, "train_probe_every"),
+        "mixed_precision": (None, "mixed_precision"),
+    },
+    "generate": {
+        "zero_mean_noise": (None, "zero_mean_noise"),
+        "shared_initial_noise": (None, "shared_initial_noise"),
+        "background_every": (None, "background_every"),
+        "background_noise": (None, "background_noise"),
+        "threshold": (("--mask-threshold",), "mask_threshold"),
+        "vae_tiling": (None, "vae_tiling"),
+    },
+}
+# OWN: declared here, under other names or defaults: sizes and presets whose unset value comes from the
+# profile (--quick), and settings one flag sets for training and generation alike. {dest: BenchmarkConfig field}
+OWN = {
+    "train": {
+        "preset": "train_preset",
+        "epochs": "train_epochs",
+        "max_steps": "train_steps",
+        "batch_size": "train_batch_size",
+        "learning_rate": "train_lr",
+        "resolution": "train_resolution",
+        "bcm": "bcm",
+        "foreground": "foreground",
+        "u2net_weights": "u2net_weights",
+        "seed": "seed",
+        "split": "split",
+    },
+    "generate": {
+        "preset": "gen_preset",
+        "num_pairs": "num_pairs",
+        "steps": "sampler_steps",
+        "guidance": "guidance",
+        "scheduler": "scheduler",
+        "batch_size": "gen_batch_size",
+        "resolution": "gen_resolution",
+        "method": "mask_method",
+        "u2net_weights": "u2net_weights",
+        "max_area": "max_mask_area",
+        "seed": "seed",
+        "mixed_precision": "mixed_precision",
+        "foreground": "foreground",
+        "device": "device",
+    },
+}
+# Not for the benchmark: inputs and outputs it lays out itself (per category and type), how one run proceeds
+# (checkpoints, resume, progress, where it runs) and speed settings that leave every pixel as it is.
+NOT_FOR_BENCHMARK = {
+    "train": {"data", "category", "anomaly", "images", "masks", "base", "out", "gradient_checkpointing",
+              "checkpoint_every", "keep_checkpoints", "resume", "progress"},
+    "generate": {"base", "adapters", "out", "backgrounds", "category", "anomaly_type", "compile", "channels_last",
+                 "vae_slicing", "shard", "progress", "executor", "ray_address", "ray_cpus", "ray_retries",
+                 "ray_shards"},
+}  # fmt: skip
+
+
+def command_actions(command: str) -> dict[str, argparse.Action]:
+    """{dest: argparse action} of the `train` or `generate` command, as that command declares them."""
+    from . import generate, train
+
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers()
+    {"train": train, "generate": generate}[command].register(subparsers)
+    sub = subparsers.choices[command]
+    return {a.dest: a for a in sub._actions if a.dest != "help"}
+
+
+def _borrow(group: argparse._ArgumentGroup, command: str) -> None:
+    """Add the BORROWED options of ``command`` to ``group``: the same declarations under the benchmark's
+    flags and fields. argparse has no public way to re-add an action, so a copy goes through the group's
+    ``_add_action`` (what ``add_argument`` itself ends with)."""
+    actions = command_actions(command)
+    for dest, (flags, field) in BORROWED[command].items():
+        action = copy.copy(actions[dest])
+        action.dest = field
+        if action.nargs != 0 and action.metavar is None:  # --rank RANK, not --rank TRAIN_RANK
+            action.metavar = dest.upper()
+        if flags is not None:
+            action.option_strings = list(flags)
+        group._add_action(action)
 
 
 def _csv(text: str) -> list[str]:
@@ -99,14 +197,6 @@ def register(subparsers) -> None:
     length.add_argument("--train-steps", type=int_arg(1), help="optimizer steps (quick: 500)")
     tr.add_argument("--train-batch-size", type=int_arg(1), help="pairs per optimizer step")
     tr.add_argument("--train-lr", type=float_arg(above=0), help="learning rate")
-    tr.add_argument("--rank", dest="train_rank", type=int_arg(1), default=32, help="LoRA rank (default 32)")
-    tr.add_argument(
-        "--text-encoder-rank",
-        dest="train_text_encoder_rank",
-        type=int_arg(0),
-        default=32,
-        help="text LoRA rank (default 32)",
-    )
     tr.add_argument("--train-resolution", type=resolution_arg, help="training size (default: the base's)")
     tr.add_argument(
         "--bcm", action="store_true", help="train and generate with the Background Compensation Module"
@@ -117,9 +207,7 @@ def register(subparsers) -> None:
         help="BCM: how each image's object is found: auto (weight-free), u2net (--u2net-weights) or none (whole "
         "image); default: ROOT/<category>/foreground/ when it exists, else auto",
     )
-    tr.add_argument(
-        "--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="precision of the frozen base"
-    )
+    _borrow(tr, "train")
 
     ge = p.add_argument_group("generation (all generators; unset: the profile's)")
     ge.add_argument(
@@ -157,6 +245,7 @@ def register(subparsers) -> None:
         help="reject pairs whose mask covers more (default 0.5)",
     )
     ge.add_argument("--perlin-source", help="perlin: folder of texture images (DRAEM used DTD)")
+    _borrow(ge, "generate")
 
     qu = p.add_argument_group("generation quality")
     qu.add_argument("--no-quality", dest="quality", action="store_false", help="skip IS / IC-LPIPS")
@@ -223,9 +312,13 @@ def config_from_args(args):
     from dataclasses import fields
 
     from ..benchmark import BenchmarkConfig
+    from .generate import ZERO_MEAN_NOISE
 
     names = {f.name for f in fields(BenchmarkConfig)}
-    return BenchmarkConfig(**{k: v for k, v in vars(args).items() if k in names})
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if "zero_mean_noise" in values:
+        values["zero_mean_noise"] = ZERO_MEAN_NOISE[values["zero_mean_noise"]]
+    return BenchmarkConfig(**values)
 
 
 def runner_from_args(args):

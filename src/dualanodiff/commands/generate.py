@@ -14,6 +14,8 @@ from .masks import add_mask_arguments
 # Options whose default depends on the preset or the adapters: absent from the parsed arguments unless given
 # (so --help shows the help's own "default: ...", not "None").
 PRESET_DEFAULT = argparse.SUPPRESS
+# --zero-mean-noise [both|part] as GenerateConfig.zero_mean_noise takes it (absent: off)
+ZERO_MEAN_NOISE = {None: False, "both": True, "part": "part"}
 
 
 def register(subparsers) -> None:
@@ -183,7 +185,7 @@ def run(args) -> int:
         foreground=getattr(args, "foreground", None),
         background_every=getattr(args, "background_every", None),
         background_noise=getattr(args, "background_noise", None),
-        zero_mean_noise={None: False, "both": True, "part": "part"}[getattr(args, "zero_mean_noise", None)],
+        zero_mean_noise=ZERO_MEAN_NOISE[getattr(args, "zero_mean_noise", None)],
         shared_initial_noise=getattr(args, "shared_initial_noise", False),
         category=getattr(args, "category", None),
         mask_method=args.method,
@@ -224,6 +226,7 @@ def run(args) -> int:
         )
         return 1
     return 0
+
 
 # The BCM options and the attribute each sets on GenerateConfig (None when not given).
 _BCM_OPTIONS = {
