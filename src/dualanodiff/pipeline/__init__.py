@@ -5,6 +5,7 @@ region of a real normal image). Adapter I/O lives in `loaders`, per-pair randomn
 from .dual import DualAnoDiffOutput, DualAnoDiffPipeline, image_to_tensor, tensor_to_uint8, to_uint8
 from .loaders import DualAnoDiffLoaderMixin
 from .noise import BACKGROUND_NOISE, ZERO_MEAN_NOISE, centred_noise
+from .placement import DualAnoDiffPlacementPipeline, PlacementOutput
 
 __all__ = [
     "BACKGROUND_NOISE",
@@ -12,6 +13,8 @@ __all__ = [
     "DualAnoDiffLoaderMixin",
     "DualAnoDiffOutput",
     "DualAnoDiffPipeline",
+    "DualAnoDiffPlacementPipeline",
+    "PlacementOutput",
     "centred_noise",
     "image_to_tensor",
     "tensor_to_uint8",

@@ -118,9 +118,8 @@ class DualAnoDiffPipeline(DiffusionPipeline, DualAnoDiffLoaderMixin):
         num_pairs: int,
         output_type: str,
         zero_mean_noise: bool | str,
-        bcm_mode: str,
-        background_noise: str,
-        backgrounds,
+        bcm_mode: str = "folded",
+        background_noise: str = "shared",
     ) -> None:
         """Refuse bad arguments before any work, each with a one-line message."""
         if num_pairs < 1:
@@ -139,8 +138,6 @@ class DualAnoDiffPipeline(DiffusionPipeline, DualAnoDiffLoaderMixin):
             raise InputError(
                 f"background_noise must be one of {', '.join(BACKGROUND_NOISE)}, got {background_noise!r}"
             )
-        if self.adapter_config.bcm and backgrounds is None:
-            raise InputError("these adapters use BCM: pass one background image per pair (backgrounds=...)")
 
     def encode_prompt(
         self,
@@ -335,7 +332,9 @@ class DualAnoDiffPipeline(DiffusionPipeline, DualAnoDiffLoaderMixin):
         each, as the authors' inference does).
         ``zero_mean_noise``, ``shared_initial_noise``: see `prepare_latents`.
         """
-        self.check_inputs(num_pairs, output_type, zero_mean_noise, bcm_mode, background_noise, backgrounds)
+        self.check_inputs(num_pairs, output_type, zero_mean_noise, bcm_mode, background_noise)
+        if self.adapter_config.bcm and backgrounds is None:
+            raise InputError("these adapters use BCM: pass one background image per pair (backgrounds=...)")
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         generators, seeds = pair_generators(num_pairs, generator, seeds)

@@ -1,0 +1,133 @@
+"""Placement on normal images: the pipeline keeps the normal image outside the allowed area bit for bit, the
+regions come from the few-shot shapes on the object, and the mask never leaves the allowed area."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dualanodiff.errors import InputError
+from dualanodiff.masks.regions import RegionSampler, allowed_area, blend_weights, composite
+from dualanodiff.model.dual_unet import AdapterConfig
+from dualanodiff.pipeline import DualAnoDiffPlacementPipeline
+
+
+def _normal(seed: int, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def _square(top: int, left: int, side: int, size: int = 64) -> np.ndarray:
+    region = np.zeros((size, size), bool)
+    region[top : top + side, left : left + side] = True
+    return region
+
+
+@pytest.fixture(scope="module")
+def placement_pipe(tiny_base_dir, tiny_adapters):
+    pipe = DualAnoDiffPlacementPipeline.from_pretrained(tiny_base_dir, adapters=tiny_adapters)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_outside_the_band_the_image_is_the_normal_image_bit_for_bit(placement_pipe):
+    normals, regions = [_normal(0), _normal(1)], [_square(10, 12, 12), _square(30, 5, 20)]
+    out = placement_pipe(normals, regions, band=4, num_inference_steps=3, guidance_scale=2.5, seeds=[1, 2])
+    for image, normal, region, allowed in zip(out.images, normals, regions, out.allowed):
+        placed = (np.asarray(image) * 255).round().astype(np.uint8)
+        assert np.array_equal(allowed, allowed_area(region, 4))
+        assert np.array_equal(placed[~allowed], normal[~allowed])
+        assert np.abs(placed[region].astype(int) - normal[region]).mean() > 5  # the region was regenerated
+    assert out.nonfinite_steps == [None, None]
+
+
+def test_the_whole_branch_is_held_to_the_normal_latent_outside(placement_pipe, monkeypatch):
+    """The sampler's final whole-branch latents equal the normal image's latent on every cell outside the free
+    area, and differ inside it; the part branch is not held."""
+    normal, region = _normal(3), _square(20, 20, 16)
+    final = {}
+    denoise = placement_pipe.denoise
+
+    def spy(*args, **kwargs):
+        final["latents"], nonfinite = denoise(*args, **kwargs)
+        return final["latents"], nonfinite
+
+    monkeypatch.setattr(placement_pipe, "denoise", spy)
+    out = placement_pipe([normal], [region], band=4, num_inference_steps=4, seeds=[5])
+    latent = placement_pipe.encode_normals([normal])[0]
+    free = placement_pipe.free_latent_mask(out.allowed, latent.shape[-2:])[0, 0].bool()
+    assert free.any() and not free.all()
+    whole, part = final["latents"][0], final["latents"][1]
+    assert torch.equal(whole[:, ~free], latent[:, ~free])
+    assert (whole[:, free] - latent[:, free]).abs().max() > 1e-3
+    assert (part[:, ~free] - latent[:, ~free]).abs().max() > 1e-3
+
+
+def test_the_same_seed_gives_the_same_pair_whatever_the_batch(placement_pipe):
+    normals, regions = [_normal(0), _normal(1)], [_square(10, 12, 12), _square(30, 5, 20)]
+    both = placement_pipe(normals, regions, num_inference_steps=2, seeds=[1, 2])
+    alone = placement_pipe(normals[1:], regions[1:], num_inference_steps=2, seeds=[2])
+    assert np.abs(both.images[1] - alone.images[0]).max() < 2 / 255
+
+
+def test_bcm_adapters_place_without_backgrounds(tiny_base_dir):
+    pipe = DualAnoDiffPlacementPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe([_normal(0)], [_square(8, 8, 16)], num_inference_steps=2, seeds=[0])
+    assert out.nonfinite_steps == [None]
+
+
+@pytest.mark.parametrize(
+    ("normals", "regions", "band", "message"),
+    [
+        ([_normal(0)], [_square(0, 0, 8), _square(0, 0, 8)], 4, "2 regions for 1 normal images"),
+        ([_normal(0)], [np.zeros((64, 64), bool)], 4, "region 0 is empty"),
+        ([_normal(0)], [_square(0, 0, 8, size=32)], 4, "the normal image is (64, 64)"),
+        ([_normal(0)], [_square(0, 0, 8)], -1, "band must be 0 or more"),
+        ([_normal(0, size=62)], [_square(0, 0, 8, size=62)], 4, "multiples of"),
+    ],
+)
+def test_bad_placement_inputs_are_refused(placement_pipe, normals, regions, band, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        placement_pipe(normals, regions, band=band, num_inference_steps=1)
+
+
+def test_blend_weights_and_composite_keep_the_normal_pixels_beyond_the_band():
+    region = _square(20, 20, 10)
+    weights = blend_weights(region, 3)
+    assert (weights[region] == 1).all()
+    assert (weights[~allowed_area(region, 3)] == 0).all()
+    between = allowed_area(region, 3) & ~region
+    assert ((weights[between] > 0) & (weights[between] < 1)).all()
+    normal, generated = _normal(0), _normal(1)
+    out = composite(generated, normal, weights)
+    assert np.array_equal(out[weights == 0], normal[weights == 0])
+    assert np.array_equal(out[region], generated[region])
+
+
+def test_regions_are_drawn_from_the_few_shot_shapes_on_the_object():
+    shape = np.zeros((64, 64), bool)
+    shape[10:16, 10:30] = True  # a 6 x 20 bar
+    sampler = RegionSampler([shape], ["bar"], (64, 64), margin=0.0)
+    foreground = np.zeros((64, 64), bool)
+    foreground[16:56, 8:48] = True
+    turns = set()
+    for seed in range(20):
+        drawn = sampler.draw(np.random.default_rng(seed), foreground)
+        assert drawn.region.any() and not drawn.region[~foreground].any()
+        assert drawn.spec["kind"] == "auto" and drawn.spec["shape"] == "bar"
+        turns.add(drawn.spec["rot90"] % 2)
+        again = sampler.draw(np.random.default_rng(seed), foreground)
+        assert np.array_equal(again.region, drawn.region)  # a seed makes the same region
+    assert turns == {0, 1}  # rotated both ways
+
+
+def test_a_region_on_an_empty_foreground_is_refused():
+    shape = _square(0, 0, 8)
+    sampler = RegionSampler([shape], ["sq"], (64, 64))
+    with pytest.raises(InputError, match="foreground estimate is empty"):
+        sampler.draw(np.random.default_rng(0), np.zeros((64, 64), bool))
+    tiny = np.zeros((64, 64), bool)
+    tiny[0, 0] = True
+    with pytest.raises(InputError, match="fits on the object"):
+        sampler.draw(np.random.default_rng(0), tiny)
