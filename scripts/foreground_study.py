@@ -13,6 +13,7 @@ the JSON results, the markdown table of docs/foreground.md, and docs/foreground_
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import platform
 import time
@@ -24,16 +25,22 @@ import scipy
 from PIL import Image, ImageDraw
 
 import dualanodiff
+from dualanodiff.demo.alignment import iou
 from dualanodiff.io import save_image_atomic, write_json_atomic, write_text_atomic
 from dualanodiff.masks.plain_background import estimate_foreground
-from dualanodiff.synthetic import DEFAULT_DEFECT_COUNTS, DEFECT_TYPES, TEXTURES, synthetic_sample
+from dualanodiff.synthetic import (
+    DEFAULT_DEFECT_COUNTS,
+    DEFECT_TYPES,
+    TEXTURES,
+    make_synthetic,
+    synthetic_sample,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-N_TRAIN_GOOD, N_TEST_GOOD = 24, 10  # make-synthetic's defaults
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
+# as many images as `make-synthetic` writes by default
+N_TRAIN_GOOD, N_TEST_GOOD = (
+    inspect.signature(make_synthetic).parameters[n].default for n in ("n_train_good", "n_test_good")
+)
 
 
 def images_of(category: str, seed: int, resolution: int):
@@ -226,7 +233,7 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cores (shared with other jobs), one process, OMP_NUM_THREADS=1"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -234,7 +241,8 @@ def main() -> None:
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "foreground_auto.json")
     parser.add_argument("--figure", type=Path, default=ROOT / "docs" / "foreground_auto.png")
-    args = parser.parse_args()
+    parser.add_argument("--figure-size", type=int, default=192, help="side of each picture in the figure")
+    args = parser.parse_args(argv)
     rows = measure(args.seeds, args.resolutions)
     markdown = table(rows)
     write_json_atomic(
@@ -254,7 +262,7 @@ def main() -> None:
         },
     )
     write_text_atomic(args.out.with_suffix(".md"), markdown)
-    figure(args.figure)
+    figure(args.figure, args.figure_size)
     print(markdown)
 
 

@@ -233,3 +233,25 @@ def test_rows_record_errors_and_the_budget_interrupts_and_skips(tmp_path):
     assert c["status"] == "skipped" and c["reason"] == "switched off"
     assert d["status"] == "interrupted" and d["partial"] == 1.5 and "budget of 1 s" in d["reason"]
     assert e["status"] == "skipped" and "budget of 1 s" in e["reason"]
+
+
+def test_foreground_study_at_toy_size_writes_its_results(tmp_path, capsys):
+    """scripts/foreground_study.py end to end at 32 px and one seed: every row of the study's table, its JSON
+    and markdown, and the figure; the objects' IoU is the library's (`demo.alignment.iou`)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "foreground_study.py"
+    spec = importlib.util.spec_from_file_location("foreground_study", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    from dualanodiff.demo.alignment import iou
+
+    assert study.iou is iou
+    out = tmp_path / "foreground.json"
+    study.main(["--seeds", "0", "--resolutions", "32", "--out", str(out), "--figure", str(tmp_path / "f.png"),
+                "--figure-size", "32"])  # fmt: skip
+    result = json.loads(out.read_text())
+    names = {r["category"] for r in result["rows"]}
+    assert {"pill", "weave"} | {f"pill: {v}" for v in study.VARIANTS} == names
+    assert out.with_suffix(".md").read_text() == result["table"] and (tmp_path / "f.png").stat().st_size > 0
+    assert result["table"] in capsys.readouterr().out
