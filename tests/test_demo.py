@@ -210,14 +210,18 @@ class _Report(HTMLParser):
         self.tag = None
 
 
-def test_demo_quick_end_to_end(tmp_path, capsys):
+def test_demo_quick_end_to_end(tmp_path, capsys, caplog):
+    import logging
+
     from dualanodiff.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
+    with caplog.at_level(logging.INFO, logger="dualanodiff.demo.run"):
+        assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     report = out / "report.html"
-    assert str(report.resolve()) in printed and "[demo 5/5]" in printed
+    assert printed.startswith("demo finished in ") and str(report.resolve()) in printed
+    assert "[demo 5/5]" in caplog.text  # the stages are log lines
 
     parsed = _Report()
     parsed.feed(report.read_text(encoding="utf-8"))

@@ -52,9 +52,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..checks import check_output_dir
     from ..demo import DemoConfig, run_demo
+    from ..demo.run import finished_line
 
     check_output_dir(args.out)
-    run_demo(
+    result = run_demo(
         DemoConfig(
             out=args.out,
             quick=args.quick,
@@ -65,4 +66,5 @@ def run(args) -> int:
             progress=args.progress,
         )
     )
+    print(finished_line(result))  # the stages before it are log lines (stderr)
     return 0

@@ -13,6 +13,15 @@ from PIL import Image
 from ..report import Report, loss_curve_png, overlay_mask
 from .config import METHOD_LABELS, DemoConfig
 
+# How each mask method cuts the mask from the part image, as the report says it.
+MASK_METHOD_WORDS = {
+    "grey": "where the part departs from the mid-grey canvas",
+    "grey-canvas": "where the part departs from its own canvas colour",
+    "grey-half-max": "where the part departs from its own canvas colour by more than half its peak distance",
+    "u2net": "U^2-Net's saliency",
+    "auto": "where the part departs from the mid-grey canvas",
+}
+
 SHOWN_PAIRS = 16
 
 
@@ -46,8 +55,8 @@ def write_demo_report(
         "A small Stable Diffusion (SD 1.5's block layout, 16x16 latents for 64 px images) pretrained on synthetic "
         "normal images and generic marks was adapted with DualAnoDiff's dual-branch LoRA and SAIM to one defect "
         f"type, '{cfg.anomaly}' on '{cfg.category}', from the few real images below only. It then generated new "
-        "defect images, each with its anomaly-part image, from which the mask is cut (distance from the mid-grey "
-        "canvas). A downstream defect detector (DRAEM's U-Net) was trained on normal images plus those pairs, "
+        "defect images, each with its anomaly-part image, from which the mask is cut "
+        f"({MASK_METHOD_WORDS.get(cfg.mask_method, cfg.mask_method)}). A downstream defect detector (DRAEM's U-Net) was trained on normal images plus those pairs, "
         "plus Crop&Paste pairs, or plus nothing, and tested on the held-out real defect images."
         + (" QUICK MODE: toy sizes, the pictures and numbers mean nothing." if cfg.quick else ""),
     )

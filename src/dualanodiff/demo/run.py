@@ -95,8 +95,9 @@ def check_config(cfg: DemoConfig) -> None:
         raise InputError("demo: SAIM off and BCM are measured by scripts/miniature_study.py, not by the demo")
 
 
-def weights_fingerprint(folder: str | None) -> str:
-    """A short hash of the demo base's weight file: which base a run used."""
+def weights_file_digest(folder: str | None) -> str:
+    """A short hash of the demo base's weight file: which base a run used (the file's bytes; not
+    :func:`dualanodiff.model.base.weights_fingerprint`, which hashes loaded weights)."""
     from .base import ASSETS, WEIGHTS_NAME
 
     path = Path(folder or ASSETS) / WEIGHTS_NAME
@@ -185,12 +186,16 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "report": str(report_path),
         **summary,
         "config": asdict(cfg),
-        "base_weights": weights_fingerprint(cfg.base_weights),
+        "base_weights": weights_file_digest(cfg.base_weights),
         "stack": stack(),
     }
     write_json_atomic(out / "demo_results.json", result)
-    _say(cfg, f"demo finished in {timings['total_s']:.0f} s. Open the report: {report_path.resolve()}")
     return result
+
+
+def finished_line(result: dict[str, Any]) -> str:
+    """What the command prints at the end: the time and where the report is."""
+    return f"demo finished in {result['timings']['total_s']:.0f} s. Open the report: {Path(result['report']).resolve()}"
 
 
 def generated_dir(out: Path, cfg: DemoConfig, method: str) -> Path:
