@@ -257,10 +257,12 @@ def test_folded_background_equals_two_pass_reference(tiny_components):
 
 
 def test_odd_batch_and_bad_background_layout_are_clear_errors(dual_unet):
+    """A wrong batch layout is the caller's bug (ValueError), not a user's input the CLI would show as one line."""
     sample, t, text = batch(2)
-    with pytest.raises(InputError, match="even number of pair rows"):
+    with pytest.raises(ValueError, match="even number of pair rows") as err:
         dual_unet(sample[:3], t[:3], text[:3])
-    with pytest.raises(InputError, match="one background row per pair"):
+    assert not isinstance(err.value, InputError)
+    with pytest.raises(ValueError, match="one background row per pair"):
         dual_unet(sample, t, text, cross_attention_kwargs={"background_rows": 2})
 
 

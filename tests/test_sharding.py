@@ -39,6 +39,7 @@ def test_shard_parsing_and_the_split_between_launcher_ranks(monkeypatch) -> None
             monkeypatch.setenv("RANK", str(rank))
             monkeypatch.setenv("WORLD_SIZE", "2")
             shard = process_shard(Shard(task, 3))
+            assert shard == process_shard(f"{task}/3", ranks=Shard(rank, 2))  # ranks given
             for item in range(60):
                 if shard.owns(item):
                     owners.setdefault(item, []).append((task, rank))

@@ -71,8 +71,9 @@ def launcher_shard() -> Shard:
     return Shard()
 
 
-def process_shard(explicit: Shard | str | None = None) -> Shard:
-    """The share of this process: ``explicit`` (``--shard``) split between the launcher's ranks."""
+def process_shard(explicit: Shard | str | None = None, ranks: Shard | None = None) -> Shard:
+    """The share of this process: ``explicit`` (``--shard``) split between ``ranks`` (default: the launcher's,
+    :func:`launcher_shard`)."""
     if isinstance(explicit, str):
         explicit = Shard.parse(explicit)
-    return (explicit or Shard()).split(launcher_shard())
+    return (explicit or Shard()).split(launcher_shard() if ranks is None else ranks)

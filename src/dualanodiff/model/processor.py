@@ -20,20 +20,21 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from ..errors import InputError
 from .adapters import GLOBAL_BRANCH, PART_BRANCH, BackgroundFusion, BranchLoRA, SelfAttentionInteraction
 
 
 def pair_rows(num_rows: int, background_rows: int = 0) -> int:
-    """Number of pair rows in a batch, checking the layout (even pairs, one background per pair)."""
+    """Number of pair rows in a batch, checking the layout (even pairs, one background per pair). The batch is
+    laid out by the pipeline and the training loop, never by a user's file or flag, so a wrong layout is a
+    ValueError of the caller, not an InputError."""
     pairs = num_rows - background_rows
     if pairs <= 0 or pairs % 2:
-        raise InputError(
+        raise ValueError(
             f"the dual UNet needs an even number of pair rows [global_0, part_0, global_1, part_1, ...]; "
             f"got a batch of {num_rows} rows with {background_rows} background rows"
         )
     if background_rows not in (0, pairs // 2):
-        raise InputError(
+        raise ValueError(
             f"BCM needs one background row per pair: {pairs // 2} pairs, {background_rows} backgrounds"
         )
     return pairs
@@ -207,7 +208,7 @@ class DualBranchAttnProcessor(nn.Module):
             return hidden_states[hidden_states.shape[0] - background_rows :]
         if background_states is not None:
             if self.name not in background_states:
-                raise InputError(f"no recorded background state for attention layer {self.name}")
+                raise ValueError(f"no recorded background state for attention layer {self.name}")
             return background_states[self.name]
         return None
 
