@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("the tasks", ("generate", "training", "evaluate", "baselines", "export")),
     (
         "pipeline, masks, datasets",
-        ("__init__", "pipeline", "masks", "data", "backgrounds", "synthetic"),
+        ("__init__", "pipeline", "masks", "data", "backgrounds", "placement", "synthetic"),
     ),
     ("the model", ("model",)),
     ("foundations", ("errors", "io", "checks", "locking", "sharding", "progress", "weights", "report")),
@@ -136,11 +136,12 @@ def layer_of(layers=LAYERS) -> dict[str, int]:
 def upward_imports(graph: Graph, layers=LAYERS) -> list[str]:
     """``a -> b`` for every import of a module from a higher layer than the importer's."""
     rank = layer_of(layers)
+    unknown = len(layers)  # an unplaced module (`unplaced` names it) counts as below every layer
     return [
         f"{a} -> {b}"
         for a in sorted(graph.imports)
         for b in sorted(graph.imports[a])
-        if rank[top(graph, b)] < rank[top(graph, a)]
+        if rank.get(top(graph, b), unknown) < rank.get(top(graph, a), unknown)
     ]
 
 
@@ -180,7 +181,7 @@ def module_map(graph: Graph, layers=LAYERS) -> str:
             uses = sorted(
                 {top(graph, b) for a in graph.files if top(graph, a) == name for b in graph.imports[a]}
                 - {name},
-                key=lambda n: (rank[n], n),
+                key=lambda n: (rank.get(n, len(layers)), n),  # an unplaced one last (`unplaced` names it)
             )
             lines.append(f"- `{shown}`: {_summary(path)}" + (f" (imports {', '.join(uses)})" if uses else ""))
         lines.append("")
