@@ -13,7 +13,10 @@ Per seed (each seed is a new synthetic dataset, new adapters, new pairs and new 
 - ``independent-noise``: the demo's adapters sampled with a noise draw per branch, as the authors sample, instead
   of the part starting from the whole's draw;
 - ``saim-off``: adapters trained and sampled without SAIM, all else equal;
-- ``bcm``: adapters trained and sampled with BCM (backgrounds: train/good with their foreground masks).
+- ``bcm``: adapters trained and sampled with BCM (backgrounds: train/good with their foreground masks);
+- ``placed``: the demo's adapters, each pair placed on a train/good image in a region drawn from the few-shot
+  masks (`dualanodiff generate --on-normal`), the same sampler settings; ``placed-free-part``: the same with
+  the part branch left free outside the region (`--free-part`).
 
 Every variant is the protocol runner (`run_benchmark`) on the demo's data and base, so a detector is trained and
 tested exactly as in the demo. Every step resumes; a variant whose adapters equal the demo's reuses them. After
@@ -61,6 +64,16 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     ),
     "saim-off": ("DualAnoDiff, SAIM off", {"methods": ["dualanodiff"], "train_saim": False}, False),
     "bcm": ("DualAnoDiff with BCM", {"methods": ["dualanodiff"], "bcm": True}, False),
+    "placed": (
+        "DualAnoDiff placed on normal images",
+        {"methods": ["dualanodiff-placed"]},
+        True,
+    ),
+    "placed-free-part": (
+        "DualAnoDiff placed, part branch free",
+        {"methods": ["dualanodiff-placed"], "free_part": True},
+        True,
+    ),
 }
 DEMO_LABELS = {"DualAnoDiff": "DualAnoDiff (DPM-Solver++ 20 steps)"}
 METRICS = ("pixel AP", "pixel AUROC", "AU-PRO", "image AUROC")
@@ -95,7 +108,7 @@ def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
     row = [r for r in row if r["training data"] != "no generated data"][0]
     result = {"label": label, **{k: row[k] for k in row if k != "training data"}}
     gen_dir = out / "generated" / method / cfg.category / cfg.anomaly
-    if method == "dualanodiff":
+    if method in ("dualanodiff", "dualanodiff-placed"):
         pairs = read_generated(gen_dir, include_rejected=True)
         kept = [p for p in pairs if p.record.get("kept")]
         align = pairs_alignment(load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly), kept)
@@ -114,6 +127,8 @@ def run_seed(args, seed: int) -> dict:
     cfg = DemoConfig(
         out=str(seed_dir / "demo"), seed=seed, threads=args.threads, progress=args.progress,
         base_weights=args.base_weights, quick=args.quick,
+        **({"category": args.category} if args.category else {}),
+        **({"anomaly": args.anomaly} if args.anomaly else {}),
     ).resolved()  # fmt: skip
     started = time.perf_counter()
     demo = run_demo(cfg)
@@ -174,6 +189,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {','.join(VARIANTS)}")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--category", help="the demo's category (default: the demo's, weave)")
+    p.add_argument("--anomaly", help="the demo's defect type (default: the demo's, hole)")
     p.add_argument(
         "--base-weights", default=None, help="folder of demo base weights (default: the shipped ones)"
     )

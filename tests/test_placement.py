@@ -43,7 +43,7 @@ def test_outside_the_band_the_image_is_the_normal_image_bit_for_bit(placement_pi
 
 def test_the_whole_branch_is_held_to_the_normal_latent_outside(placement_pipe, monkeypatch):
     """The sampler's final whole-branch latents equal the normal image's latent on every cell outside the free
-    area, and differ inside it; the part branch is not held."""
+    area, and differ inside it; the part branch is held to its mid-grey canvas there."""
     normal, region = _normal(3), _square(20, 20, 16)
     final = {}
     denoise = placement_pipe.denoise
@@ -60,7 +60,9 @@ def test_the_whole_branch_is_held_to_the_normal_latent_outside(placement_pipe, m
     whole, part = final["latents"][0], final["latents"][1]
     assert torch.equal(whole[:, ~free], latent[:, ~free])
     assert (whole[:, free] - latent[:, free]).abs().max() > 1e-3
-    assert (part[:, ~free] - latent[:, ~free]).abs().max() > 1e-3
+    canvas = placement_pipe.canvas_latent((64, 64))[0]
+    assert torch.equal(part[:, ~free], canvas[:, ~free])  # the part is held to its empty canvas
+    assert (part[:, free] - canvas[:, free]).abs().max() > 1e-3
 
 
 def test_the_same_seed_gives_the_same_pair_whatever_the_batch(placement_pipe):

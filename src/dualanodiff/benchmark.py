@@ -57,7 +57,13 @@ from .evaluate.protocol import (
     quality_of_category,
     write_tables,
 )
-from .generate import GenerateConfig, generate_to_folder, preset_settings, resolve_generate_config
+from .generate import (
+    PLACEMENT_FIELDS,
+    GenerateConfig,
+    generate_to_folder,
+    preset_settings,
+    resolve_generate_config,
+)
 from .io import write_json_atomic, write_text_atomic
 from .locking import output_lock
 from .masks.folder import MASK_CONFIG_KEYS
@@ -67,8 +73,16 @@ from .training import TrainConfig, train_adapters
 
 log = logging.getLogger(__name__)
 
-METHODS = ("dualanodiff", "crop-paste", "perlin", "none")
-GENERATORS = ("dualanodiff", "crop-paste", "perlin")  # methods that write generated pairs
+METHODS = ("dualanodiff", "dualanodiff-placed", "crop-paste", "perlin", "none")
+GENERATORS = (
+    "dualanodiff",
+    "dualanodiff-placed",
+    "crop-paste",
+    "perlin",
+)  # methods that write generated pairs
+# Methods that sample the adapters (trained once per type, shared): free generation and placement on the
+# category's train/good images (`DualAnoDiffPlacementPipeline`).
+ADAPTER_METHODS = ("dualanodiff", "dualanodiff-placed")
 
 # Sizes left unset (None) are taken from the profile. "paper": METHOD sections 6-8. "quick": a rough look
 # in a fraction of the time (the authors' code's training preset, shortened), not comparable with the paper.
@@ -115,7 +129,7 @@ class BenchmarkConfig:
     base: str | None = None  # needed for the dualanodiff method
     categories: list[str] | None = None  # None: every category of the root
     anomalies: list[str] | None = None  # None: every type of each category
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: [m for m in METHODS if m != "dualanodiff-placed"])
     quick: bool = False
     split: str = "strict"
     seed: int = 0
@@ -156,6 +170,11 @@ class BenchmarkConfig:
     zero_mean_noise: bool | str = _default(GenerateConfig, "zero_mean_noise")
     # the part branch starts from the whole's noise draw (GenerateConfig)
     shared_initial_noise: bool = _default(GenerateConfig, "shared_initial_noise")
+    # dualanodiff-placed (GenerateConfig): seam band (None: 1/16 of the resolution), the least colour change that
+    # counts in a placed mask, and the part branch left free outside the region
+    band: int | None = _default(GenerateConfig, "band")
+    departure: float = _default(GenerateConfig, "departure")
+    free_part: bool = _default(GenerateConfig, "free_part")
     gen_batch_size: int = _default(GenerateConfig, "batch_size")
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
     mask_method: str = _default(GenerateConfig, "mask_method")
@@ -224,8 +243,8 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
     if unknown or not cfg.methods:
         raise InputError(f"--methods {','.join(cfg.methods)}: choose from {', '.join(METHODS)}")
     cfg.methods = [m for m in METHODS if m in cfg.methods]
-    if "dualanodiff" in cfg.methods and not cfg.base:
-        raise InputError("--base is required for the dualanodiff method (or leave it out of --methods)")
+    if any(m in ADAPTER_METHODS for m in cfg.methods) and not cfg.base:
+        raise InputError("--base is required for the dualanodiff methods (or leave them out of --methods)")
     if cfg.split not in SPLIT_MODES:
         raise InputError(f"--split {cfg.split!r}: choose one of {', '.join(SPLIT_MODES)}")
     check_quality_images(cfg.quality_images)
@@ -420,10 +439,14 @@ class _Benchmark:
         }
         return {k: v for k, v in self.train_config(category, kind).to_dict().items() if k not in skip}
 
-    def generate_config(self, category: str, kind: str) -> GenerateConfig:
+    def generate_config(self, category: str, kind: str, placed: bool = False) -> GenerateConfig:
+        """The generation of ``kind``'s DualAnoDiff pairs; ``placed``: on the category's train/good images, in
+        regions drawn from the few-shot masks (the adapters' training record names them)."""
         c = self.cfg
         backgrounds = foreground = None
-        if c.bcm:  # the same source as training (`TrainConfig.foreground`), on the train/good images
+        if (
+            c.bcm and not placed
+        ):  # the same source as training (`TrainConfig.foreground`), on the train/good images
             backgrounds = str(Path(c.data) / category / "train" / "good")
             dataset_masks = Path(c.data) / category / "foreground"
             foreground = c.foreground
@@ -432,7 +455,11 @@ class _Benchmark:
         gen = GenerateConfig(
             base=c.base,
             adapters=str(self.train_config(category, kind).output_dir()),
-            out=str(self.generated_dir("dualanodiff", category, kind)),
+            out=str(self.generated_dir("dualanodiff-placed" if placed else "dualanodiff", category, kind)),
+            on_normal=str(Path(c.data) / category / "train" / "good") if placed else None,
+            band=c.band if placed else None,
+            departure=c.departure,
+            free_part=c.free_part,
             preset=c.gen_preset,
             num_pairs=c.num_pairs,
             batch_size=c.gen_batch_size,
@@ -460,11 +487,12 @@ class _Benchmark:
 
     def generate_key(self, method: str, category: str, kind: str) -> dict[str, Any]:
         c = self.cfg
-        if method == "dualanodiff":
+        if method in ADAPTER_METHODS:
             gen = {
                 k: v
-                for k, v in asdict(self.generate_config(category, kind)).items()
+                for k, v in asdict(self.generate_config(category, kind, method != "dualanodiff")).items()
                 if k not in ("adapters", "out", "device", "backgrounds", "foreground", "batch_size")
+                and (method != "dualanodiff" or k not in PLACEMENT_FIELDS)  # as before: older folders resume
             }
             return {"method": method, "train": self.train_key(category, kind), **gen}
         return {
@@ -506,6 +534,7 @@ class _Benchmark:
             device=c.device,
             repeats_per_epoch=c.cls_repeats_per_epoch,
             max_per_type=c.num_pairs,
+            random_init=c.imagenet_weights is None,  # the tables name it: "(random init: ...)"
         )
 
     def upstream(self, method: str, category: str) -> dict[str, Any]:
@@ -535,9 +564,9 @@ class _Benchmark:
 
     def _generate(self, method: str, category: str, kind: str) -> dict[str, Any]:
         c = self.cfg
-        if method == "dualanodiff":
+        if method in ADAPTER_METHODS:
             summary = generate_to_folder(
-                self.generate_config(category, kind),
+                self.generate_config(category, kind, placed=method != "dualanodiff"),
                 process_index=0,
                 num_processes=1,
                 show_progress=c.progress,
@@ -657,7 +686,7 @@ class _Benchmark:
         out: list[Step] = []
         for category, kinds in self.types.items():
             for kind in kinds:
-                if "dualanodiff" in c.methods:
+                if any(m in ADAPTER_METHODS for m in c.methods):
                     out.append(Step("train", (category, kind), self.train_key(category, kind)))
                 for method in (m for m in GENERATORS if m in c.methods):
                     out.append(
@@ -665,8 +694,8 @@ class _Benchmark:
                             "generate",
                             (method, category, kind),
                             self.generate_key(method, category, kind),
-                            needs=(f"train/{category}/{kind}",) if method == "dualanodiff" else (),
-                            gpu=method == "dualanodiff",  # the baselines cut, paste and draw on CPUs
+                            needs=(f"train/{category}/{kind}",) if method in ADAPTER_METHODS else (),
+                            gpu=method in ADAPTER_METHODS,  # the baselines cut, paste and draw on CPUs
                         )
                     )
             base = {"split": c.split, "types": kinds}
@@ -817,7 +846,7 @@ def _check_settings(bench: _Benchmark, runner: StepRunner) -> None:
     if runner.in_process:  # elsewhere the device is the workers' (a Ray runner checks the cluster's GPUs)
         check_device(c.device)
     category, kinds = next(iter(bench.types.items()))
-    if "dualanodiff" in c.methods:
+    if any(m in ADAPTER_METHODS for m in c.methods):
         complete_config(resolve_config(bench.train_config(category, kinds[0])))
         check_resolution(bench.generate_config(category, kinds[0]).resolution, read_base_shape(c.base))
     bench.localization_config().validate()

@@ -27,11 +27,20 @@ from .backgrounds import Backgrounds, generation_foreground
 from .checks import MAX_PAIRS, MAX_RESOLUTION, check_device, check_float, check_int, check_name, check_seed
 from .data.generated import GeneratedWriter
 from .errors import InputError
+from .io import save_image_atomic
 from .locking import output_lock
 from .masks import PartMasker, build_masker, judge_mask
+from .masks.placed import part_outside_fraction, placed_mask
 from .model.dual_unet import read_adapter_config
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
-from .pipeline import BACKGROUND_NOISE, ZERO_MEAN_NOISE, DualAnoDiffPipeline, to_uint8
+from .pipeline import (
+    BACKGROUND_NOISE,
+    ZERO_MEAN_NOISE,
+    DualAnoDiffPipeline,
+    DualAnoDiffPlacementPipeline,
+    to_uint8,
+)
+from .placement import Placement, Placements, fewshot_mask_paths, normal_folder
 from .progress import progress_bar
 from .sharding import Shard, launcher_shard
 
@@ -116,6 +125,17 @@ class GenerateConfig:
     zero_mean_noise: bool | str = False
     # Start the part branch from the whole branch's noise draw (`DualAnoDiffPipeline.__call__`; small latents)
     shared_initial_noise: bool = False
+    # Placement on real normal images (`DualAnoDiffPlacementPipeline`): a folder of normal images, or None for
+    # the paper's generation; the target regions: "auto" (few-shot shapes on the object) or a folder of masks.
+    on_normal: str | None = None
+    where: str | None = None  # default with on_normal: "auto"
+    band: int | None = None  # seam band in pixels (default: 1/16 of the resolution, at least 2)
+    fewshot_data: str | None = (
+        None  # --data: where --where auto finds few-shot masks the adapters do not carry
+    )
+    fewshot_anomaly: str | None = None  # --anomaly (with --data, --category)
+    departure: float = 16.0  # placed masks: the least colour change (uint8 levels) that counts
+    free_part: bool = False  # placed pairs: leave the part branch free outside the region (default: held)
     device: str | None = None
     # Speed and memory (all but tiling keep the pairs the same to float rounding, so a resume may change them):
     compile: bool = False  # torch.compile the UNet (a one-off compilation, then faster steps)
@@ -155,6 +175,11 @@ class GenerateConfig:
             check_int(self.background_every, "--background-every", 1)
         if self.background_noise is not None and self.background_noise not in BACKGROUND_NOISE:
             raise InputError(f"--background-noise must be one of {', '.join(BACKGROUND_NOISE)}")
+        if self.band is not None:
+            check_int(self.band, "--band", 0, MAX_RESOLUTION)
+        check_float(self.departure, "--departure", minimum=0, maximum=255)
+        if self.on_normal is None and (self.where is not None or self.band is not None):
+            raise InputError("--where and --band place defects on normal images: give --on-normal too")
 
 
 def resolve_generate_config(config: GenerateConfig, bcm: bool, category: str | None = None) -> GenerateConfig:
@@ -252,7 +277,7 @@ def generate_to_folder(
         if resolution % pipe.vae_scale_factor:
             raise InputError(f"--resolution: must be a multiple of {pipe.vae_scale_factor}, got {resolution}")
     backgrounds = None
-    if bcm:
+    if bcm and config.on_normal is None:  # placed pairs take their background from the normal image itself
         if config.backgrounds is None:
             raise InputError(
                 "these adapters use BCM: give --backgrounds DIR (normal images, e.g. train/good)"
@@ -271,11 +296,17 @@ def generate_to_folder(
             category=config.category,
             device=device,
         )
+    placements = None
+    if config.on_normal is not None:
+        config, placements = _placements(config, training, resolution, device)
     masker = build_masker(config.mask_method, config.u2net_weights, config.mask_threshold, device=device)
 
     record_config = {k: v for k, v in asdict(config).items() if k not in ("device",)}
     for option in ("zero_mean_noise", "shared_initial_noise"):  # recorded only when on: older folders resume
         if not record_config[option]:
+            del record_config[option]
+    if placements is None:  # the paper's generation: recorded as before, so older folders resume
+        for option in PLACEMENT_FIELDS:
             del record_config[option]
     record_config["adapter_identity"] = adapter_identity(config.adapters)
     record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
@@ -299,6 +330,7 @@ def generate_to_folder(
                 resolution,
                 backgrounds,
                 masker,
+                placements,
             )
         return writer.summary(config.num_pairs)
 
@@ -325,14 +357,19 @@ def _generate_pairs(
     resolution: int,
     backgrounds: Backgrounds | None,
     masker: PartMasker,
+    placements: Placements | None = None,
 ) -> None:
     """Make and write the pairs ``todo`` (indices), ``config.batch_size`` per pipeline call."""
+    # Every placement is made (and checked) before the model loads.
+    placed = {i: placements.for_seed(writer.seed(i)) for i in todo} if placements is not None else None
+    cls = DualAnoDiffPipeline if placements is None else DualAnoDiffPlacementPipeline
     if pipe is None:
-        pipe = DualAnoDiffPipeline.from_pretrained(
-            config.base, torch_dtype=PRECISIONS[config.mixed_precision]
+        pipe = cls.from_pretrained(
+            config.base, adapters=config.adapters, torch_dtype=PRECISIONS[config.mixed_precision]
         )
-        pipe.load_adapters(config.adapters)
         pipe.to(device)
+    elif placements is not None and not isinstance(pipe, DualAnoDiffPlacementPipeline):
+        pipe = DualAnoDiffPlacementPipeline.from_pipe(pipe)
     pipe.scheduler = make_scheduler(config.scheduler, pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     apply_speed_options(
@@ -353,25 +390,54 @@ def _generate_pairs(
         if backgrounds is not None:
             chosen = [backgrounds.for_pair(i) for i in indices]
             bg_names, bg_images = [c[0] for c in chosen], [c[1] for c in chosen]
-        out = pipe(
-            num_pairs=len(indices),
+        sampling = dict(
             num_inference_steps=config.steps,
             guidance_scale=config.guidance,
             seeds=[writer.seed(i) for i in indices],
-            backgrounds=torch.stack(bg_images) if bg_images else None,
-            height=resolution,
-            width=resolution,
             global_prompt=config.global_prompt,
             part_prompt=config.part_prompt,
             output_type="np",
-            background_noise=config.background_noise,
             zero_mean_noise=config.zero_mean_noise,
             shared_initial_noise=config.shared_initial_noise,
         )
+        if placed is None:
+            out = pipe(
+                num_pairs=len(indices),
+                backgrounds=torch.stack(bg_images) if bg_images else None,
+                height=resolution,
+                width=resolution,
+                background_noise=config.background_noise,
+                **sampling,
+            )
+        else:
+            chosen = [placed[i] for i in indices]
+            out = pipe(
+                [c.normal for c in chosen],
+                [c.region for c in chosen],
+                band=config.band,
+                hold_part=not config.free_part,
+                **sampling,
+            )
         for k, index in enumerate(indices):
             image, part = to_uint8(out.images[k]), to_uint8(out.parts[k])
             mask = masker(part)
+            extra = {}
+            if placed is not None:
+                mask, extra = _placed_mask_and_record(
+                    config, writer, index, image, part, mask, chosen[k], out.allowed[k]
+                )
             quality = judge_mask(mask, max_area_fraction=config.max_mask_area)
+            if placed is not None and quality.kept and extra.pop("_outside", False):
+                quality = quality._replace(
+                    kept=False, reason="the part branch drew its defect mostly outside the region"
+                )
+            extra.pop("_outside", None)
+            if out.nonfinite_steps[k] is not None:  # never kept, whatever its mask
+                quality = quality._replace(
+                    kept=False,
+                    reason=f"the sampler produced non-finite values at step {out.nonfinite_steps[k]} of "
+                    f"{config.steps} (guidance {config.guidance:g} too high?)",
+                )
             writer.write(
                 index,
                 image,
@@ -389,7 +455,64 @@ def _generate_pairs(
                 adapter_identity=record_config["adapter_identity"],
                 background=bg_names[k] if bg_names else None,
                 anomaly_type=record_config["anomaly_type"],
+                **extra,
             )
         bar.update(len(indices))
         bar.set_postfix(pairs_per_s=f"{bar.n / (time.perf_counter() - started):.2f}")
     bar.close()
+
+
+PLACEMENT_FIELDS = ("on_normal", "where", "band", "fewshot_data", "fewshot_anomaly", "departure", "free_part")
+REGION = "region"  # OUT/region/<name>.png: the area a placed pair may change (region plus band), 0/255
+# A placed pair whose part branch marks more than this share of its defect outside the allowed area is rejected.
+MAX_PART_OUTSIDE = 0.5
+
+
+def _placements(
+    config: GenerateConfig, training: dict[str, Any], resolution: int, device: str
+) -> tuple[GenerateConfig, Placements]:
+    """The resolved placement settings and the normal images and regions they read (before the model)."""
+    from .masks.foreground import TEXTURE_CATEGORIES
+
+    folder = normal_folder(config.on_normal, config.fewshot_data, config.category)
+    where = config.where or "auto"
+    category = config.category or training.get("category")
+    foreground = config.foreground or ("none" if category in TEXTURE_CATEGORIES else "auto")
+    masks = None
+    if where == "auto":
+        masks = fewshot_mask_paths(
+            config.adapters,
+            training,
+            config.fewshot_data,
+            category,
+            config.fewshot_anomaly or training.get("anomaly"),
+        )
+    band = config.band if config.band is not None else max(2, resolution // 16)
+    config = replace(config, on_normal=str(folder), where=where, band=band, foreground=foreground)
+    placements = Placements(
+        folder, where, resolution, foreground, masks, config.u2net_weights, category, device=device
+    )
+    return config, placements
+
+
+def _placed_mask_and_record(
+    config: GenerateConfig,
+    writer: GeneratedWriter,
+    index: int,
+    image,
+    part,
+    part_mask,
+    placement: Placement,
+    allowed,
+) -> tuple[Any, dict[str, Any]]:
+    """A placed pair's mask (`masks.placed`), its region file written, and what its record adds."""
+    save_image_atomic(Path(config.out) / REGION / f"{writer.name(index)}.png", allowed.astype("uint8") * 255)
+    mask = placed_mask(part_mask, image, placement.normal, allowed, config.departure)
+    outside = part_outside_fraction(part_mask, allowed)
+    record = {
+        "normal": str(placement.normal_path),
+        "region": placement.spec,
+        "part_outside_region": round(outside, 4),
+        "_outside": outside > MAX_PART_OUTSIDE,
+    }
+    return mask, record

@@ -74,6 +74,9 @@ BORROWED = {
         "background_noise": (None, "background_noise"),
         "threshold": (("--mask-threshold",), "mask_threshold"),
         "vae_tiling": (None, "vae_tiling"),
+        "band": (None, "band"),
+        "departure": (None, "departure"),
+        "free_part": (None, "free_part"),
     },
 }
 # OWN: declared here, under other names or defaults: sizes and presets whose unset value comes from the
@@ -116,7 +119,7 @@ NOT_FOR_BENCHMARK = {
               "checkpoint_every", "keep_checkpoints", "resume", "progress"},
     "generate": {"base", "adapters", "out", "backgrounds", "category", "anomaly_type", "compile", "channels_last",
                  "vae_slicing", "shard", "progress", "executor", "ray_address", "ray_cpus", "ray_retries",
-                 "ray_shards"},
+                 "ray_shards", "on_normal", "where", "fewshot_data", "fewshot_anomaly"},
 }  # fmt: skip
 
 
@@ -178,7 +181,9 @@ def register(subparsers) -> None:
         "--methods",
         type=_csv,
         default=["dualanodiff", "crop-paste", "perlin", "none"],
-        help="comma list from dualanodiff, crop-paste, perlin, none (default: all four)",
+        help="comma list from dualanodiff, dualanodiff-placed (the adapters' defects placed on the category's "
+        "train/good images, in regions drawn from the few-shot masks), crop-paste, perlin, none (default: all "
+        "but dualanodiff-placed)",
     )
     what.add_argument("--quick", action="store_true", help="the quick profile's sizes instead of the paper's")
     add_split_argument(what)

@@ -89,7 +89,7 @@ def register(subparsers) -> None:
         help="BCM: how the object of each --backgrounds image is found (and blacked out): auto, u2net (with "
         "--u2net-weights), none (whole image: textures) or a folder of masks matched by stem (<stem>.png or "
         "<stem>_mask.png); default: the source the adapters were trained with (another one is allowed, with a "
-        "warning)",
+        "warning). With --on-normal: where --where auto may put a defect (default: auto; none for textures)",
     )
     p.add_argument(
         "--background-every",
@@ -129,6 +129,52 @@ def register(subparsers) -> None:
         "--anomaly-type",
         type=name_arg,
         help="recorded in the manifest (default: the type the adapters were trained on)",
+    )
+    place = p.add_argument_group(
+        "placement on real normal images (the background stays real, the mask lies in the target region)"
+    )
+    place.add_argument(
+        "--on-normal",
+        metavar="DIR",
+        help="start each pair from a defect-free image of DIR (chosen by the pair's seed) and draw the defect "
+        "into a target region of it: outside the region and a seam band the image is the normal image's own "
+        "pixels; OUT/region/NAME.png holds the area each pair may change. 'data': --data ROOT --category C's "
+        "train/good. Any adapters work (with BCM, the normal image gives the background)",
+    )
+    place.add_argument(
+        "--where",
+        metavar="auto|DIR",
+        help="target regions: auto (default) draws one per pair from the few-shot masks the adapters were "
+        "trained on (their shape, rotated, flipped, scaled within the few-shot range, on the object found by "
+        "--foreground); DIR: your own region masks, by the normal images' file stems",
+    )
+    place.add_argument(
+        "--band",
+        type=int_arg(0),
+        help="seam band in pixels around the region, redrawn and blended (default: 1/16 of the resolution)",
+    )
+    place.add_argument(
+        "--data",
+        dest="fewshot_data",
+        metavar="ROOT",
+        help="MVTec-layout root: --where auto takes few-shot masks from --category/--anomaly there when the "
+        "adapters carry none (the authors' checkpoints), and --on-normal data its train/good",
+    )
+    place.add_argument(
+        "--anomaly", dest="fewshot_anomaly", type=name_arg, help="with --data: the anomaly type"
+    )
+    place.add_argument(
+        "--departure",
+        type=float_arg(minimum=0, maximum=255),
+        default=16.0,
+        help="placed masks: the least colour change from the normal image (0-255) that counts as the defect "
+        "(default: 16; the cut is also at least half the largest change in the region)",
+    )
+    place.add_argument(
+        "--free-part",
+        action="store_true",
+        help="placed pairs: leave the part branch free outside the region (default: held to its empty grey "
+        "canvas there, so the part, and through SAIM the whole image, draw the defect inside the region)",
     )
     speed = p.add_argument_group("speed and memory (see benchmarks/README.md)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batch)")
@@ -198,6 +244,13 @@ def run(args) -> int:
         channels_last=args.channels_last,
         vae_slicing=args.vae_slicing,
         vae_tiling=args.vae_tiling,
+        on_normal=args.on_normal,
+        where=args.where,
+        band=args.band,
+        fewshot_data=args.fewshot_data,
+        fewshot_anomaly=args.fewshot_anomaly,
+        departure=args.departure,
+        free_part=args.free_part,
     )
     _refuse_what_does_not_apply(config, on_ray=args.executor == "ray")
     if args.executor != "ray" and (args.ray_shards is not None or args.ray_address is not None):
@@ -249,6 +302,10 @@ def _refuse_what_does_not_apply(config, on_ray: bool) -> None:
     check_device(config.device)
     _, _, bcm = resolve_for_adapters(config)
     given = [flag for flag, field in _BCM_OPTIONS.items() if getattr(config, field) is not None]
+    if config.on_normal is not None:  # placed pairs find the object with --foreground; no BCM background
+        given = [flag for flag in given if flag != "--foreground"]
+        if given:
+            raise InputError(f"{given[0]}: placed pairs take their background from the normal image; drop it")
     if given and not bcm:
         raise InputError(
             f"{given[0]}: {config.adapters} were trained without BCM and use no background; drop "

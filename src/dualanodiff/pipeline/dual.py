@@ -112,6 +112,16 @@ class DualAnoDiffPipeline(DiffusionPipeline, DualAnoDiffLoaderMixin):
         pipe.configure_adapters(config or AdapterConfig())
         return pipe
 
+    @classmethod
+    def from_pipe(cls, pipeline: DualAnoDiffPipeline, **kwargs) -> DualAnoDiffPipeline:
+        """A pipeline of this class on ``pipeline``'s very modules (no copy), adapters included, as diffusers'
+        ``from_pipe`` (e.g. the placement pipeline from a loaded one). ``kwargs`` replace components."""
+        pipe = cls(**{**pipeline.components, **kwargs})
+        pipe.adapter_config = pipeline.adapter_config
+        pipe.base_source = pipeline.base_source
+        pipe.base_fingerprint = pipeline.base_fingerprint
+        return pipe
+
     # ---- the steps of a call --------------------------------------------------------------------------
     def check_inputs(
         self,

@@ -46,22 +46,21 @@ class PlacementOutput(DualAnoDiffOutput):
 class DualAnoDiffPlacementPipeline(DualAnoDiffPipeline):
     """`DualAnoDiffPipeline` whose whole branch is held to a real normal image outside a target region."""
 
-    _hold: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (normal latents, noise, free mask)
+    # (the rows' clean latents to hold (2B, C, h, w), their noise, the free mask (2B, 1, h, w)), while sampling
+    _hold: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def after_step(self, latents: torch.Tensor, step_index: int, t: torch.Tensor) -> torch.Tensor:
-        """Blend the whole-branch rows (0::2) with the normal latents outside the free area."""
+        """Blend the rows with their held latents outside the free area, noised to the next step's level."""
         if self._hold is None:  # sampling freely (e.g. the parent's call)
             return latents
-        normal, noise, free = self._hold
+        clean, noise, free = self._hold
         timesteps = self.scheduler.timesteps
         if step_index + 1 < len(timesteps):
             next_t = timesteps[step_index + 1 : step_index + 2]
-            held = self.scheduler.add_noise(normal, noise, next_t.repeat(normal.shape[0]))
+            held = self.scheduler.add_noise(clean, noise, next_t.repeat(clean.shape[0]))
         else:
-            held = normal
-        latents = latents.clone()
-        latents[0::2] = free * latents[0::2] + (1 - free) * held.to(latents.dtype)
-        return latents
+            held = clean
+        return free * latents + (1 - free) * held.to(latents.dtype)
 
     @torch.no_grad()
     def __call__(
@@ -81,11 +80,15 @@ class DualAnoDiffPlacementPipeline(DualAnoDiffPipeline):
         merge_lora: bool = True,
         zero_mean_noise: bool | str = False,
         shared_initial_noise: bool = False,
+        hold_part: bool = True,
     ) -> PlacementOutput:
         """One pair per normal image: the defect drawn inside ``regions[i]`` (bool H x W, the image's size)
         of ``normal_images[i]`` (uint8 H x W x 3 or PIL; all of one size, a multiple of the VAE's factor).
 
         ``band``: seam width in pixels around the region, free for the sampler and blended in pixels.
+        ``hold_part``: hold the part branch to its empty canvas (the mid-grey image the part images of training
+        show outside the defect) outside the same area, so the part draws its defect inside the region too and
+        SAIM pulls the whole image's defect there; False leaves the part branch free, as in free sampling.
         Sampling options as `DualAnoDiffPipeline.__call__` (BCM adapters run without their background
         reference here: the real normal image already gives the background).
         """
@@ -107,10 +110,15 @@ class DualAnoDiffPlacementPipeline(DualAnoDiffPipeline):
         latents = initial.flatten(0, 1).to(device, dtype) * self.scheduler.init_noise_sigma
 
         allowed = [allowed_area(np.asarray(r, bool), band) for r in regions]
+        free = self.free_latent_mask(allowed, shape[-2:])
+        normal_latents = self.encode_normals(normals)
+        canvas = self.canvas_latent(normals[0].shape[:2]).expand_as(normal_latents)
+        clean = torch.stack([normal_latents, canvas], 1)  # (B, 2, C, h, w), as the rows interleave
+        held_rows = torch.stack([free, free if hold_part else torch.ones_like(free)], 1)
         self._hold = (
-            self.encode_normals(normals).to(device, dtype),
-            initial[:, 0].to(device, dtype),
-            self.free_latent_mask(allowed, shape[-2:]).to(device, dtype),
+            clean.flatten(0, 1).to(device, dtype),
+            initial.flatten(0, 1).to(device, dtype),
+            held_rows.flatten(0, 1).to(device, dtype),
         )
         if merge_lora:
             self.merge_adapters(True)
@@ -165,6 +173,11 @@ class DualAnoDiffPlacementPipeline(DualAnoDiffPipeline):
         """The normal images' latents (the VAE posterior's mean, scaled): deterministic, one per pair."""
         x = torch.stack([image_to_tensor(n) for n in normals]).to(self.vae.device, self.vae.dtype)
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
+
+    def canvas_latent(self, hw: tuple[int, int]) -> torch.Tensor:
+        """(1, C, h, w): the latent of the part images' empty canvas, exactly mid-grey (0 in [-1, 1])."""
+        grey = torch.zeros((1, 3, *hw), device=self.vae.device, dtype=self.vae.dtype)
+        return self.vae.encode(grey).latent_dist.mean * self.vae.config.scaling_factor
 
     def free_latent_mask(self, allowed: list[np.ndarray], latent_hw: torch.Size) -> torch.Tensor:
         """(B, 1, h, w): 1 on latent cells that overlap the allowed area (free to change), 0 elsewhere."""
