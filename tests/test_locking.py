@@ -118,7 +118,74 @@ def test_lock_is_not_reentrant_and_names_bad_output_paths(tmp_path: Path) -> Non
         with pytest.raises(InputError, match=r"ro: cannot write there"):
             with output_lock(locked, "generate"):
                 pass
-    assert a_file.read_text() == "x" and (tmp_path / STATE_DIR).is_dir()
+    assert a_file.read_text() == "x" and not (tmp_path / STATE_DIR).exists()  # tidied on release
+
+
+def test_the_last_writer_to_leave_removes_the_lock_files(tmp_path: Path) -> None:
+    """A finished folder ships without `.dualanodiff/`; shards leave it until the last of them is done, and a
+    writer's own bookkeeping kept there stays."""
+    with output_lock(tmp_path / "plain", "export"):
+        assert (tmp_path / "plain" / STATE_DIR / "writer.lock").is_file()
+    assert list((tmp_path / "plain").iterdir()) == []
+
+    first = Holder(tmp_path / "split", "generate", "0/2")
+    with output_lock(tmp_path / "split", "generate", shard=Shard(1, 2)):
+        pass
+    assert (tmp_path / "split" / STATE_DIR / "shard-00000.lock").is_file()  # shard 0/2 still writes
+    with pytest.raises(InputError, match="as shard 0/2"):  # and still holds the folder against others
+        with output_lock(tmp_path / "split", "masks"):
+            pass
+    first.close()
+    assert list((tmp_path / "split").iterdir()) == []  # the last shard to leave tidied up
+    with output_lock(tmp_path / "split", "masks"):
+        (tmp_path / "split" / STATE_DIR / "pending").mkdir()
+        (tmp_path / "split" / STATE_DIR / "pending" / "00001.json").write_text("{}")
+    assert [p.name for p in (tmp_path / "split" / STATE_DIR).rglob("*")] == ["pending", "00001.json"]
+
+
+_RACE = """
+import os, sys, time
+from dualanodiff.errors import InputError
+from dualanodiff.locking import output_lock
+from dualanodiff.sharding import Shard
+folder, me, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+shard = Shard.parse(me) if "/" in me else None
+mine = os.path.join(folder, "plain" if shard is None else "shard-" + me.replace("/", "-"))
+held, deadline = 0, time.monotonic() + 120
+while held < rounds and time.monotonic() < deadline:
+    time.sleep(0.0005)  # outside the lock: room for the others to come in
+    try:
+        with output_lock(folder, "race", shard=shard):
+            os.close(os.open(mine, os.O_CREAT | os.O_EXCL))  # created, then the others looked for
+            others = [n for n in os.listdir(folder) if n != ".dualanodiff" and n != os.path.basename(mine)]
+            if shard is None and others or shard is not None and "plain" in others:
+                print("overlap", others, flush=True)
+                sys.exit(1)
+            held += 1
+            time.sleep(0.0005)
+            os.unlink(mine)
+    except InputError:
+        pass
+print(held, flush=True)
+"""
+
+
+def test_removing_lock_files_keeps_one_writer_under_a_race(tmp_path: Path) -> None:
+    """Writers and shards that take and leave one folder hundreds of times, removing the lock files as they
+    leave: never a plain writer beside another writer, and no lock file left at the end."""
+    folder = tmp_path / "race"
+    folder.mkdir()
+    who = ["plain", "plain", "0/2", "1/2"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACE, str(folder), w, "100"], stdout=subprocess.PIPE, text=True
+        )
+        for w in who
+    ]
+    results = [(p.communicate(timeout=300)[0].strip(), p.returncode) for p in procs]
+    assert all(code == 0 for _, code in results), results
+    assert all(int(out) == 100 for out, _ in results), results  # each took the folder 100 times
+    assert list(folder.iterdir()) == []
 
 
 # -- the races of issue 12, with the real commands ---------------------------------------------------------
@@ -233,7 +300,10 @@ def _writer_commands(data: Path, base: Path, adapters: Path, gen: dict[str, Path
         out,
     )
     yield ["evaluate", "localization", *cat, *gens, "--out", str(out), "--epochs", "1"], out
-    yield ["evaluate", "classification", *cat, *gens, "--out", str(out), "--epochs", "1"], out
+    yield (
+        ["evaluate", "classification", *cat, *gens, "--out", str(out), "--epochs", "1", "--random-init"],
+        out,
+    )
     quality = ["--inception-weights", str(weights[0]), "--lpips-vgg-weights", str(weights[1])]
     yield ["evaluate", "quality", *cat, *gens, "--out", str(out), *quality], out
 
@@ -267,3 +337,30 @@ def test_every_writer_is_refused_while_another_holds_its_folder(
         assert f"{folder} is being written by `someone else` (pid {holder.proc.pid}" in err[0], err
         after = sorted(p.relative_to(folder) for p in folder.rglob("*") if STATE_DIR not in p.parts)
         assert after == [p for p in before if STATE_DIR not in p.parts], argv  # nothing written
+
+
+def test_a_newcomer_that_locked_a_removed_admission_file_takes_the_new_one(tmp_path, monkeypatch) -> None:
+    """The interleaving the race above can only hit by chance, made to happen: while a newcomer waits on the
+    admission lock, the leaving writer removes that file. The newcomer must not count the lock of the
+    removed file as admission (a second newcomer would lock the new file and both be admitted)."""
+    import fcntl
+
+    from dualanodiff import locking
+
+    with output_lock(tmp_path, "export"):
+        pass  # leaves no files; the newcomer below creates them
+    real_flock, removed = fcntl.flock, []  # (the removed file's inode number may be reused once closed)
+
+    def leaver_removes_it_while_we_wait(fd, op):
+        if op == fcntl.LOCK_EX and not removed:
+            removed.append(os.fstat(fd))
+            (tmp_path / STATE_DIR / "admit.lock").unlink()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(locking.fcntl, "flock", leaver_removes_it_while_we_wait)
+    fd = locking._admitted(tmp_path)
+    try:
+        now = os.stat(tmp_path / STATE_DIR / "admit.lock")
+        assert removed and os.path.samestat(os.fstat(fd), now)  # the file at the path, not the removed one
+    finally:
+        os.close(fd)

@@ -18,6 +18,13 @@ different number of parts is refused. ``Shard(0, 1)`` is a plain writer.
 
 The lock is advisory (only writers that take it are kept out) and needs ``fcntl`` (Linux, macOS; also on
 NFS, where Linux maps ``flock`` to POSIX locks). Where there is none it warns and does not lock.
+
+The last writer to leave removes the lock files (and ``.dualanodiff/`` when nothing else is kept there), so
+a finished dataset ships without them. Removing a lock file that others may have opened is safe because
+every newcomer takes the admission lock first and keeps it only if, once locked, its descriptor is still
+the file at that path (a file removed meanwhile is retried): the leaver removes the files while holding
+the admission lock, and only when it can hold the folder exclusively (no shard of its split is still
+running). A killed writer leaves its files; the next writer to finish removes them.
 """
 
 from __future__ import annotations
@@ -120,8 +127,21 @@ def output_lock(
         yield lock
     finally:
         del _held[key]
-        for fd in reversed(fds):
-            os.close(fd)  # closing the descriptor releases its flock
+        if fds:
+            _release(folder, fds)
+        else:
+            _remove_if_empty(state)
+
+
+def _remove_if_empty(state: Path) -> None:
+    """Remove the state folder and its empty subfolders; what a writer keeps there (staged masks) stays."""
+    try:
+        for sub in state.iterdir():
+            if sub.is_dir():
+                sub.rmdir()
+        state.rmdir()
+    except OSError:
+        pass
 
 
 # -- internals --------------------------------------------------------------------------------------------
@@ -198,12 +218,57 @@ def _describe(holders: list[Holder | None]) -> str:
     return " and ".join(named) if named else "another process"
 
 
+def _admitted(folder: Path) -> int:
+    """The descriptor of the folder's admission lock, held: blocking, but each holder keeps it for a few
+    lines only. A lock taken on a file that a leaving writer removed meanwhile is let go and taken again
+    on the file now at that path, so two newcomers never both hold admission."""
+    path = folder / STATE_DIR / _ADMIT
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileNotFoundError:  # the leaver removed the state folder between our mkdir and open
+            _state_dir(folder)
+            continue
+        except OSError as err:
+            raise InputError(f"{path}: cannot open the lock file ({err.strerror or err})") from err
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(current, os.fstat(fd)):
+            return fd
+        os.close(fd)
+
+
+def _release(folder: Path, fds: list[int]) -> None:
+    """Let go of the locks ``fds`` (the writer lock first); when no other writer holds the folder, remove
+    the lock files and, if nothing else is kept there, the state folder."""
+    state = folder / STATE_DIR
+    admit = None
+    try:
+        admit = _admitted(folder)
+        # Alone when the writer lock can be held exclusively: a plain writer holds it so already; for a
+        # shard this fails while another shard of the split holds it shared (and releases our share).
+        if _try_lock(fds[0], fcntl.LOCK_EX):
+            for path in [*state.glob("shard-*.lock"), state / _WRITER]:
+                path.unlink(missing_ok=True)
+            (state / _ADMIT).unlink(missing_ok=True)  # newcomers blocked on it will retry (_admitted)
+            _remove_if_empty(state)
+    except (OSError, InputError) as err:  # tidying failed: the locks are still released below
+        log.debug("%s: lock files left in place (%s)", folder, err)
+    finally:
+        for fd in reversed(fds):
+            os.close(fd)  # closing the descriptor releases its flock
+        if admit is not None:
+            os.close(admit)
+
+
 def _acquire(folder: Path, state: Path, shard: Shard, me: Holder) -> list[int]:
     """Take the folder's locks for ``me`` or raise InputError naming the holder; return the descriptors."""
-    admit = _open(state / _ADMIT)
+    admit = _admitted(folder)
     fds: list[int] = []
     try:
-        fcntl.flock(admit, fcntl.LOCK_EX)  # blocking, but only ever held for the few lines below
         fds.append(_open(state / _WRITER))
         if shard.alone:
             if not _try_lock(fds[0], fcntl.LOCK_EX):
