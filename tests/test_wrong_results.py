@@ -240,3 +240,21 @@ def test_an_unreadable_few_shot_image_stops_quality_instead_of_dropping_its_type
     images = sorted((synthetic_pill_root / "pill/test/crack").iterdir())[2:5]
     with pytest.raises(InputError, match="000.png: cannot read image"):
         quality_of_type(images, [truncated], None, None, is_splits=10)
+
+
+def test_settings_recorded_are_the_ones_used(monkeypatch, capsys):
+    """The decoder threads recorded for the U-Net and ResNet-34 are at most the cores this process may use (a
+    2-core machine recorded 4), and `baseline --help` names the Perlin source the code uses."""
+    import os
+
+    from dualanodiff.evaluate.classification import ClassificationConfig
+    from dualanodiff.evaluate.localization import LocalizationConfig
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert LocalizationConfig().num_workers == 2 and ClassificationConfig().num_workers == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert LocalizationConfig().num_workers == 4  # more threads than that only contend for the disk
+    with pytest.raises(SystemExit):
+        main(["baseline", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "noise colours" not in text and "shuffled and flipped" in text
