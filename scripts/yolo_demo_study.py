@@ -56,20 +56,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--normals", type=int, default=8, help="normal train images added to every training set (default: 8)"
     )
+    p.add_argument(
+        "--mosaic",
+        type=float,
+        default=0.0,
+        help="Ultralytics' mosaic probability; 0 (default): at 64 px a mosaic shrinks each image to 32 px",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="training sets to run now, comma-separated (default: all; few-shot alone needs no pairs yet)",
+    )
     p.add_argument("--quick", action="store_true", help="the demo's --quick and 1 epoch: checks that it runs")
     args = p.parse_args(argv)
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         p.error(f"--seeds {args.seeds!r}: give integers separated by commas")
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not args.methods or set(args.methods) - set(METHODS):
+        p.error(f"--methods: choose from {', '.join(METHODS)}")
     if not args.seeds or args.epochs < 1 or args.imgsz < 32 or args.imgsz % 32:
         p.error("--seeds needs one seed or more, --epochs 1 or more, --imgsz a multiple of 32")
     return args
 
 
-def make_exports(work: Path, demo: Path, quick: bool, normals: int) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The demo (resumed if done), then one YOLO export per training set, all with the same val set."""
+def make_exports(
+    work: Path, demo: Path, quick: bool, normals: int, methods: list[str]
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The demo's pairs (made or reused), then one YOLO export per training set, all with the same val set."""
     from dualanodiff.data.generated import read_generated
     from dualanodiff.data.mvtec import (
         anomaly_samples,
@@ -82,7 +98,8 @@ def make_exports(work: Path, demo: Path, quick: bool, normals: int) -> tuple[dic
 
     cfg = DemoConfig(out=str(demo), quick=quick, progress=False).resolved()
     t0 = time.perf_counter()
-    data = demo_pairs(cfg)
+    generated = [m for m in ("dualanodiff", "crop-paste") if m in methods]
+    data = demo_pairs(cfg, pairs=bool(generated))
     split = few_shot_split(anomaly_samples(data, cfg.category, cfg.anomaly))
     val = [Item(s.image, s.mask, cfg.anomaly, "real", "val") for s in split.test] + [
         Item(s.image, None, None, "normal", "val") for s in normal_test_samples(data, cfg.category)
@@ -96,11 +113,13 @@ def make_exports(work: Path, demo: Path, quick: bool, normals: int) -> tuple[dic
             Item(p.image, p.mask, cfg.anomaly, "generated", "train", {"seed": p.record.get("seed")})
             for p in read_generated(generated_dir(demo, cfg, method))
         ]
-        for method in ("dualanodiff", "crop-paste")
+        for method in generated
     }
     defects["few-shot"] = [Item(s.image, s.mask, cfg.anomaly, "real", "train") for s in split.train]
     exports = {}
     for method, items in defects.items():
+        if method not in methods:
+            continue
         exports[method] = work / "exports" / method
         write_yolo([*items, *background, *val], exports[method], val_fraction=0.0)
     real_test = val[: len(split.test)]
@@ -111,29 +130,30 @@ def make_exports(work: Path, demo: Path, quick: bool, normals: int) -> tuple[dic
             "seed": cfg.seed,
             "mode": cfg.mode,
             "pairs": {
-                m: len(read_generated(generated_dir(demo, cfg, m), include_rejected=True))
-                for m in ("dualanodiff", "crop-paste")
+                m: len(read_generated(generated_dir(demo, cfg, m), include_rejected=True)) for m in generated
             },
-            "kept": {m: len(defects[m]) for m in ("dualanodiff", "crop-paste")},
+            "kept": {m: len(defects[m]) for m in generated},
+            "num_pairs": cfg.num_pairs,
             "train_steps": cfg.train_steps,
             "seconds": round(time.perf_counter() - t0, 1),
         },
-        "train_images": {m: {"defect": len(d), "normal": len(background)} for m, d in defects.items()},
+        "train_images": {
+            m: {"defect": len(d), "normal": len(background)} for m, d in defects.items() if m in methods
+        },
         "val_images": {"real defects": len(split.test), "normal": len(val) - len(split.test)},
         "polygon_iou": {
-            "DualAnoDiff pairs": polygon_loss(defects["dualanodiff"]),
-            "Crop&Paste pairs": polygon_loss(defects["crop-paste"]),
+            **{METHODS[m]: polygon_loss(defects[m]) for m in generated},
             "real test defects": polygon_loss(real_test),
         },
     }
     return exports, info
 
 
-def demo_pairs(cfg) -> Path:
+def demo_pairs(cfg, pairs: bool = True) -> Path:
     """The demo's data, adapters and pairs, made as `dualanodiff demo` makes them (its dataset, its base, its
     protocol runner's training and generation steps, same settings and seeds, so a finished `dualanodiff
     demo --out WORK/demo` is reused as it is), without the demo's U-Net detectors, which this study does not
-    read. Returns the dataset's root."""
+    read. Returns the dataset's root; with ``pairs`` False only the dataset is made."""
     import torch
 
     from dualanodiff.benchmark import (
@@ -152,6 +172,8 @@ def demo_pairs(cfg) -> Path:
     data = make_synthetic(
         out / "data", seed=cfg.seed, resolution=cfg.resolution, categories=[cfg.category], progress=False
     )
+    if not pairs:
+        return Path(data)
     base = demo_base_folder(out / "base", cfg.base_weights)
     bench = resolve_benchmark_config(benchmark_config(cfg, data, base, out / "benchmark"))
     types = anomaly_types_by_category(bench)
@@ -208,6 +230,7 @@ def train_and_validate(export: Path, run_dir: Path, seed: int, epochs: int, args
         workers=0,
         seed=seed,
         deterministic=True,
+        mosaic=args.mosaic,
         pretrained=False,
         amp=False,
         plots=False,
@@ -293,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     work, out = Path(args.work).resolve(), Path(args.out)
     epochs = 1 if args.quick else args.epochs
     demo = Path(args.demo) if args.demo else work / "demo"
-    exports, info = make_exports(work, demo, args.quick, args.normals)
+    exports, info = make_exports(work, demo, args.quick, args.normals, args.methods)
 
     from dualanodiff.export.ultralytics_offline import ultralytics_offline
 
@@ -305,16 +328,18 @@ def main(argv: list[str] | None = None) -> int:
         "imgsz": args.imgsz,
         "batch": args.batch,
         "normals": args.normals,
+        "mosaic": args.mosaic,
         "quick": args.quick,
     }
     runs = [r for r in done if r["settings"] == key]
-    per_epoch = {m: sum(info["train_images"][m].values()) for m in METHODS}
+    # Every model sees as many training images as one trained `epochs` on a full set of generated pairs
+    # (num_pairs + the normals): the few-shot set is repeated more.
+    full = info["demo"]["num_pairs"] + args.normals
     for seed in args.seeds:
-        for method in METHODS:
+        for method in args.methods:
             if any(r["method"] == method and r["seed"] == seed for r in runs):
                 continue
-            # The same number of training images seen by every model: the few-shot set is repeated more.
-            n_epochs = max(1, round(epochs * per_epoch["dualanodiff"] / per_epoch[method]))
+            n_epochs = max(1, round(epochs * full / sum(info["train_images"][method].values())))
             print(f"[yolo study] {method}, seed {seed}: {n_epochs} epochs", flush=True)
             result = train_and_validate(
                 exports[method], work / "runs" / f"{method}-seed{seed}", seed, n_epochs, args
