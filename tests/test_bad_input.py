@@ -208,6 +208,15 @@ CASES = [
     ("benchmark-loc-epochs-0", lambda c: _benchmark(c, "--loc-epochs", "0"), ["argument --loc-epochs"]),
     ("benchmark-category-escapes", lambda c: _benchmark(c, "--categories", "../x"), ["--categories", "plain name"]),
     ("benchmark-out-is-file", lambda c: _benchmark(c, "--out", str(c.file)), ["--out", "is a file"]),
+    # found by tests/test_fuzz.py
+    ("localization-out-empty", lambda c: _evaluate(c, "localization", "--no-generated", "--out", ""),
+     ["argument --out: empty value"]),
+    ("export-anomalib-out-empty", lambda c: ["export", "anomalib", "--generated", str(c.generated), "--normal",
+     str(c.data / "pill" / "train" / "good"), "--out", ""], ["argument --out: empty value"]),
+    ("export-coco-seed-negative", lambda c: ["export", "coco", "--generated", str(c.generated), "--out", str(c.out),
+     "--seed", "-1"], ["argument --seed", "at least 0"]),
+    ("localization-one-sample", lambda c: _evaluate(c, "localization", *GEN, str(c.generated), "--samples-per-epoch",
+     "1"), ["argument --samples-per-epoch", "at least 2"]),
     # official
     ("official-import-pickle", lambda c: ["official", "import", str(c.pickled), "--base", str(c.base), "--out",
      str(c.out)], ["pytorch_lora_weights.bin: cannot read", "torch.nn.modules.linear.Linear", "not unpickled"]),

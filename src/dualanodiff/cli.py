@@ -59,6 +59,13 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
+    def _get_value(self, action: argparse.Action, arg_string: str):
+        # An empty value is never meant: `--out ""` wrote into the working directory, `--device ""` chose one.
+        if arg_string == "" and action.nargs not in (0, argparse.PARSER, argparse.REMAINDER):
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            self.error(f"argument {name}: empty value")
+        return super()._get_value(action, arg_string)
+
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(

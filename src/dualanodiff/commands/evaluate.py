@@ -153,7 +153,9 @@ def add_localization_arguments(p) -> None:
         "--runs", type=int_arg(1), default=3, help="train this many U-Nets, report the best (all are kept)"
     )
     p.add_argument("--epochs", type=int_arg(1), default=200, help="U-Net epochs")
-    p.add_argument("--samples-per-epoch", type=int_arg(1), default=500, help="training samples per epoch")
+    p.add_argument(
+        "--samples-per-epoch", type=int_arg(2), default=500, help="training samples per epoch, at least 2"
+    )
     p.add_argument(
         "--batch-size", type=int_arg(2), default=16, help="U-Net batch size, at least 2 (batch norm)"
     )

@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..checks import seed_arg
+
 _DESCRIPTION = """\
 Write a dataset tree that anomalib's Folder datamodule (and its MVTec AD reader) loads as it is:
 
@@ -56,7 +58,7 @@ def register(subparsers) -> None:
         default=0.2,
         help="share of --normal that becomes test/good when --normal-test is not given (default: 0.2)",
     )
-    a.add_argument("--seed", type=int, default=0, help="seed of that split (default: 0)")
+    a.add_argument("--seed", type=seed_arg, default=0, help="seed of that split (default: 0)")
     a.add_argument(
         "--anomaly-types",
         nargs="+",
@@ -156,7 +158,7 @@ def _add_instance_format(formats, name: str, description: str, func) -> None:
         default=0.2,
         help="share of each type (and of the normals) that goes to val, 0 to below 1 (default: 0.2)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of that split (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="seed of that split (default: 0)")
     p.add_argument(
         "--out",
         required=True,

@@ -80,9 +80,11 @@ class LocalizationConfig:
             raise InputError(
                 f"--resolution: must be a multiple of 32 (the U-Net pools 2x five times), got {self.resolution}"
             )
-        for name in ("epochs", "samples_per_epoch", "runs", "base_channels", "eval_batch_size"):
+        for name in ("epochs", "runs", "base_channels", "eval_batch_size"):
             check_int(getattr(self, name), f"--{name.replace('_', '-')}", minimum=1)
-        check_int(self.batch_size, "--batch-size", minimum=2)  # batch norm needs two samples
+        # Batch norm needs two samples in a batch, and so in an epoch (a last batch of one is dropped).
+        check_int(self.batch_size, "--batch-size", minimum=2)
+        check_int(self.samples_per_epoch, "--samples-per-epoch", minimum=2)
         check_float(self.lr, "--lr", above=0)
         check_seed(self.seed)
         if not 0.0 < self.heldout_fraction < 1.0 and self.select_on == "heldout":
