@@ -220,6 +220,10 @@ CASES = [
     # official
     ("official-import-pickle", lambda c: ["official", "import", str(c.pickled), "--base", str(c.base), "--out",
      str(c.out)], ["pytorch_lora_weights.bin: cannot read", "torch.nn.modules.linear.Linear", "not unpickled"]),
+    ("official-import-out-is-file", lambda c: ["official", "import", str(c.pickled), "--base", str(c.base),
+     "--out", str(c.file)], ["--out", "a_file", "is a file"]),
+    ("official-export-out-under-file", lambda c: ["official", "export", "--adapters", str(c.adapters), "--base",
+     str(c.base), "--out", str(c.file / "sub")], ["--out", "a_file is a file"]),
     # the small commands
     ("synthetic-resolution", lambda c: ["make-synthetic", "--out", str(c.out), "--resolution", "80000"],
      ["argument --resolution", "at most"]),
@@ -294,6 +298,7 @@ def _run_process(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "argv, expected",
     [

@@ -51,9 +51,11 @@ def register(subparsers) -> None:
 
 
 def run_import(args) -> int:
+    from ..checks import check_output_dir
     from ..model.official import convert_official_state_dict, find_official_checkpoint, read_state_dict_file
     from ..pipeline import DualAnoDiffPipeline
 
+    check_output_dir(args.out)
     path = find_official_checkpoint(args.checkpoint)
     convert_official_state_dict(read_state_dict_file(path))  # a bad file: one line, before the base loads
     pipe = DualAnoDiffPipeline.from_pretrained(args.base)
@@ -70,9 +72,11 @@ def run_import(args) -> int:
 
 
 def run_export(args) -> int:
+    from ..checks import check_output_dir
     from ..model.dual_unet import read_adapter_config
     from ..pipeline import DualAnoDiffPipeline
 
+    check_output_dir(args.out)
     read_adapter_config(args.adapters)  # a one-line error before the base loads
     pipe = DualAnoDiffPipeline.from_pretrained(args.base)
     pipe.load_adapters(args.adapters)
