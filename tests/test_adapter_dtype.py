@@ -37,6 +37,7 @@ def random_pipe(components) -> DualAnoDiffPipeline:
     return pipe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_half_precision_adapters_load_as_their_rounded_values(
     tiny_components, tiny_base_dir, tmp_path, dtype
@@ -82,6 +83,7 @@ def test_bad_save_dtypes_are_refused(tiny_components, tmp_path):
     pipe.save_adapters(tmp_path / "x", dtype="bf16")  # bf16 has fp32's range
 
 
+@pytest.mark.slow
 def test_train_cli_save_dtype(synthetic_pill_root, tiny_base_dir, tmp_path, capsys):
     argv = [
         "train", "--data", str(synthetic_pill_root), "--category", "pill", "--anomaly", "spot",

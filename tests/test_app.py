@@ -118,6 +118,7 @@ def test_painted_mask_is_scaled_back_to_the_image(synthetic_pill_root, tmp_path)
     np.testing.assert_array_equal(_shrink(again, (64, 64)), expected)
 
 
+@pytest.mark.slow
 def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, tmp_path):
     handlers = AppHandlers(tmp_path / "work", threads=1)
     defects = _defects(synthetic_pill_root, 4)
@@ -193,6 +194,7 @@ def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, 
     assert "pill/export.json" in names and any(n.startswith("pill/train/good/") for n in names)
 
 
+@pytest.mark.slow
 def test_stop_keeps_the_work_and_start_resumes(synthetic_pill_root, tmp_path):
     handlers = AppHandlers(tmp_path / "work", threads=1)
     defects = _defects(synthetic_pill_root, 4)

@@ -154,6 +154,7 @@ def _paint(page) -> None:
     page.mouse.up()
 
 
+@pytest.mark.slow
 def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
     url, workspace = app_server
     pill = synthetic_pill_root / "pill"

@@ -18,6 +18,7 @@ def _digest(folder) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_make_tiny_base_is_a_complete_deterministic_sd_folder(tmp_path):
     from diffusers import StableDiffusionPipeline
 

@@ -50,6 +50,7 @@ def _tiny_bcm_pipe():
     return DualAnoDiffPipeline.from_components(build_base("tiny"), AdapterConfig(rank=4, bcm=True))
 
 
+@pytest.mark.slow
 def test_generation_benchmark_reference_makes_the_same_pairs(tmp_path):
     rows = _run(
         "bench_generation.py", "--steps", "2", "--batch-size", "3", "--bcm", "on", "--reference-pairs", "2",
@@ -69,6 +70,7 @@ def test_generation_benchmark_reference_makes_the_same_pairs(tmp_path):
     assert row["max_abs_diff"] <= tol and row["max_abs_diff_batched_reference"] <= tol
 
 
+@pytest.mark.slow
 def test_training_benchmark_reference_takes_the_same_first_step(tmp_path):
     rows = _run("bench_training.py", "--batch-size", "2", "--bcm", "on", out=tmp_path / "training.json")
     (row,) = rows
@@ -94,6 +96,7 @@ def _numbers(value) -> list[float]:
     return [n for item in items for n in _numbers(item)]
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_writes_every_row_as_it_goes(tmp_path):
     """`gpu_check.py --smoke`: the GPU check's code on the CPU (tiny base, toy sizes), every row in the file as
     soon as it ends, all finite, the authors' structure agreeing with ours to bf16 rounding."""

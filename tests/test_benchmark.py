@@ -59,6 +59,7 @@ STEP_FUNCTIONS = (
 )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_benchmark_end_to_end_resumes_and_skips_finished_steps(
     data_root, tiny_base_dir, weights, tmp_path, monkeypatch
 ):
@@ -276,6 +277,7 @@ def test_an_out_of_range_size_names_its_flag(data_root, tmp_path):
         bm.resolve_benchmark_config(replace(cfg, loc_epochs=0))
 
 
+@pytest.mark.slow
 def test_no_pair_through_the_gate_then_a_higher_max_mask_area_regates_the_same_pairs(
     data_root, tiny_base_dir, weights, tmp_path
 ):

@@ -210,6 +210,7 @@ class _Report(HTMLParser):
         self.tag = None
 
 
+@pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path, capsys, caplog):
     import logging
 
@@ -365,6 +366,7 @@ def test_times_without_a_study_give_the_cpu_row_only():
     assert row["verdict"] == "not comparable: 6 step(s) had finished before and were skipped"
 
 
+@pytest.mark.slow
 def test_study_runs_every_variant_end_to_end(tmp_path, monkeypatch):
     """The study at the demo's --quick sizes: every variant trains, generates and detects, and study.json has
     each one's figures (the perlin variant once went missing: its rows were not read back)."""

@@ -139,6 +139,7 @@ def test_zero_lora_without_saim_equals_stock_unet(tiny_components):
     assert_equal_up_to_rounding(ours, theirs, steps=reduction_depth(stock))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bcm", [False, True])
 def test_batched_equals_per_branch_loop(tiny_components, bcm):
     unet = tiny_components.unet
@@ -314,6 +315,7 @@ def _official_state(pipe, seed=0) -> dict:
     return export_official_state_dict(adapter_state_dict(pipe.unet, pipe.text_encoder))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bcm", [False, True])
 def test_official_checkpoint_import(tiny_components, tiny_base_dir, tmp_path, bcm):
     source = _pipe(tiny_components, rank=4, bcm=bcm, text_encoder_rank=4)
@@ -411,6 +413,7 @@ def _authors_bcm_checkpoint(unet, text_encoder, rank: int, seed: int = 0) -> dic
     return state
 
 
+@pytest.mark.slow
 def test_authors_bcm_checkpoint_is_its_non_bcm_parts_plus_the_fusion(tiny_base_dir, tmp_path):
     from dualanodiff.model.base import load_base
 
@@ -525,6 +528,7 @@ def _load_as_the_authors_do(official, unet, text_encoder, rank: int, bcm: bool) 
     return modules
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bcm", [False, True])
 def test_our_export_loads_in_their_strict_loader(tiny_components, tiny_base_dir, tmp_path, bcm):
     from dualanodiff.model.base import load_base
@@ -555,6 +559,7 @@ def test_our_export_loads_in_their_strict_loader(tiny_components, tiny_base_dir,
     assert all(torch.equal(exported[k], imported[k]) for k in exported)
 
 
+@pytest.mark.slow
 def test_export_without_saim_is_the_identity_in_their_layout(tiny_components, tiny_base_dir, tmp_path):
     """Their processor always runs SAIM; an adapter set without it is written with a zero output projection."""
     from dualanodiff.model.base import load_base
@@ -613,6 +618,7 @@ def test_two_token_attention_equals_softmax_attention():
     assert_equal_up_to_rounding(two_token_attention(q, k, v), reference, steps=q.shape[-1])
 
 
+@pytest.mark.slow
 def test_official_import_and_export_commands_round_trip_an_authors_file(
     tiny_base_dir, tiny_components, tmp_path
 ):

@@ -98,6 +98,7 @@ def test_select_on_test_says_optimistic(data_root, generated, tmp_path, capsys):
     assert "optimistic" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_quality_equals_library_metrics(data_root, generated, weights, tmp_path):
     from dualanodiff.evaluate.quality import ic_lpips, inception_score, load_inception, load_lpips_vgg
 
@@ -128,6 +129,7 @@ def test_quality_equals_library_metrics(data_root, generated, weights, tmp_path)
     assert f"| crop-paste | {res['is']:.2f} | {res['ic_lpips']:.2f} |" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_quality_scores_every_generated_image_by_default(data_root, generated, weights, tmp_path):
     """IS and IC-LPIPS over kept and rejected pairs, as the paper; --quality-images kept for the kept only."""
     from dualanodiff.data.generated import GeneratedWriter, read_generated
@@ -168,6 +170,7 @@ def test_quality_scores_every_generated_image_by_default(data_root, generated, w
         assert _csv(out / "quality.csv")[0]["images"] == (option or "all")
 
 
+@pytest.mark.slow
 def test_classification_writes_accuracy(data_root, generated, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached ResNet-34 weights
     out = tmp_path / "eval"

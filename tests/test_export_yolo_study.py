@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("ultralytics") is None or importlib.util.find_spec("pycocotools") is None,
     reason="needs ultralytics and pycocotools (pip install 'dualanodiff[yolo,coco]')",

@@ -76,6 +76,7 @@ def test_sources_and_their_errors(tmp_path):
     assert ForegroundEstimator("auto", category="pill")(pill).any()
 
 
+@pytest.mark.slow
 def test_u2net_source_runs_the_users_network(tmp_path):
     from dualanodiff.masks.u2net import U2NETP
 

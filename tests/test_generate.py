@@ -54,6 +54,7 @@ def test_outputs_shapes_ranges_and_types(pipe):
     assert masks[0].shape == (64, 64) and masks[0].dtype == bool
 
 
+@pytest.mark.slow
 def test_a_pair_does_not_depend_on_its_batch(pipe, adapters):
     pipe.load_adapters(adapters)
     together = pipe(num_pairs=3, num_inference_steps=3, seeds=[7, 8, 9], output_type="np")
@@ -65,6 +66,7 @@ def test_a_pair_does_not_depend_on_its_batch(pipe, adapters):
     assert np.abs(together.images[0] - together.images[1]).max() > 1e-2  # seeds matter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["pndm", "ddim", "dpm++", "unipc", "euler"])
 def test_whole_image_branch_equals_diffusers_stable_diffusion(tiny_base_dir, scheduler):
     """SAIM off and zero LoRA: our loop is diffusers' loop, so the global branch is SD's output."""
@@ -94,6 +96,7 @@ def test_whole_image_branch_equals_diffusers_stable_diffusion(tiny_base_dir, sch
     assert_equal_up_to_rounding(got, want, pipeline_depth(sd, num_inference_steps=6), magnitude=1.0)
 
 
+@pytest.mark.slow
 def test_zero_mean_noise_samples_each_seeds_own_draw_centred(pipe, adapters):
     """The option equals passing the seeds' draws, each map centred by hand, as ``latents``; off, the draws."""
     pipe.load_adapters(adapters)
@@ -122,6 +125,7 @@ def test_zero_mean_noise_samples_each_seeds_own_draw_centred(pipe, adapters):
         pipe(seeds=seeds, zero_mean_noise="global", **kw)
 
 
+@pytest.mark.slow
 def test_shared_initial_noise_starts_the_part_from_the_whole_draw(pipe, adapters):
     """The option equals passing each seed's whole-branch draw as both branches' ``latents`` (the part's then
     centred under zero_mean_noise="part"); the whole branch's draw is the one it has without the option."""
@@ -184,6 +188,7 @@ def _config(base, adapters, out, **kw):
     return GenerateConfig(base=str(base), adapters=str(adapters), out=str(out), steps=2, batch_size=2, **kw)
 
 
+@pytest.mark.slow
 def test_generate_writes_layout_and_resumes_identically(tiny_base_dir, adapters, pipe, tmp_path):
     out = tmp_path / "gen"
     cfg = _config(tiny_base_dir, adapters, out, num_pairs=5, max_mask_area=1.0)
@@ -219,6 +224,7 @@ def test_generate_writes_layout_and_resumes_identically(tiny_base_dir, adapters,
     assert generate_to_folder(cfg, show_progress=False, process_index=0, num_processes=1)["written"] == 0
 
 
+@pytest.mark.slow
 def test_processes_split_pairs_disjoint_and_complete(tiny_base_dir, adapters, tmp_path):
     out = tmp_path / "gen"
     cfg = _config(tiny_base_dir, adapters, out, num_pairs=5)
@@ -231,6 +237,7 @@ def test_processes_split_pairs_disjoint_and_complete(tiny_base_dir, adapters, tm
     assert sorted(names) == [f"{i:05d}" for i in range(5)] and len(set(names)) == 5
 
 
+@pytest.mark.slow
 def test_quality_filter_flags_pairs(tiny_base_dir, adapters, tmp_path):
     out = tmp_path / "gen"
     generate_to_folder(
@@ -243,6 +250,7 @@ def test_quality_filter_flags_pairs(tiny_base_dir, adapters, tmp_path):
     assert all(not r["kept"] and r["reject_reason"] for r in recs)
 
 
+@pytest.mark.slow
 def test_cli_errors_for_missing_and_foreign_adapters(tiny_base_dir, tmp_path, capsys):
     def generate(adapters, *extra) -> tuple[int, str]:
         args = [
@@ -283,6 +291,7 @@ def test_every_listed_scheduler_builds():
         make_scheduler(name, base).set_timesteps(5)
 
 
+@pytest.mark.slow
 def test_bcm_generation_switches_backgrounds_every_k_pairs(tiny_base_dir, tmp_path):
     pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True))
     adapters = pipe.save_adapters(tmp_path / "bcm_adapters")
@@ -321,6 +330,7 @@ def test_backgrounds_black_out_the_object(tmp_path):
     assert (whole == grey_200).all()
 
 
+@pytest.mark.slow
 def test_a_bcm_pair_does_not_depend_on_its_batch(tiny_base_dir):
     """Under guidance, each pair's grey unconditional background is sampled from its own generator too."""
     pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True))
@@ -338,6 +348,7 @@ def test_a_bcm_pair_does_not_depend_on_its_batch(tiny_base_dir):
     assert_equal_up_to_rounding(together.parts[1], alone.parts[0], steps, magnitude=1.0)
 
 
+@pytest.mark.slow
 def test_speed_options_keep_the_pairs_and_may_change_on_resume(tiny_base_dir, adapters, tmp_path):
     run = dict(show_progress=False, process_index=0, num_processes=1)
     plain, fast = tmp_path / "plain", tmp_path / "fast"
@@ -362,6 +373,7 @@ def test_speed_options_keep_the_pairs_and_may_change_on_resume(tiny_base_dir, ad
             generate_to_folder(_config(tiny_base_dir, adapters, fast, num_pairs=3, **changes_pairs), **run)
 
 
+@pytest.mark.slow
 def test_vae_tiling_decodes_in_tiles_above_the_native_size(pipe, monkeypatch):
     tiled = []
     original = pipe.vae.tiled_decode
@@ -413,6 +425,7 @@ def test_preset_fills_unset_settings_and_config_records_the_resolved_values(tiny
     assert {r["guidance"] for r in records} == {1.2} and {r["steps"] for r in records} == {2}
 
 
+@pytest.mark.slow
 def test_cli_shared_initial_noise_is_recorded_only_when_on(tiny_base_dir, adapters, tmp_path):
     """--shared-initial-noise reaches the pipeline (the parts change) and the folder's config; off, the key is
     absent, so folders made before the option resume."""
@@ -429,6 +442,7 @@ def test_cli_shared_initial_noise_is_recorded_only_when_on(tiny_base_dir, adapte
     assert np.abs(parts[0] - parts[1]).max() > 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["shared", "independent"])
 def test_background_noise_of_the_guidance_rows(tiny_base_dir, monkeypatch, mode):
     """independent: the grey and the real background row of a pair get their own draws; shared: one. Both seeded

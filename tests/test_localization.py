@@ -127,6 +127,7 @@ def _cfg(**kw) -> LocalizationConfig:
     return LocalizationConfig(**base)
 
 
+@pytest.mark.slow
 def test_localization_learns_bright_squares_and_resumes(tiny_category, tmp_path, monkeypatch):
     normal, generated, test = tiny_category
     res = train_and_evaluate_localization(normal, generated, test, _cfg(), tmp_path / "a")
@@ -199,6 +200,7 @@ def test_localization_rejects_bad_inputs(tiny_category, tmp_path):
         train_and_evaluate_localization(normal, generated, test[:3], _cfg(), tmp_path)
 
 
+@pytest.mark.slow
 def test_classification_separates_synthetic_types(tmp_path):
     from dualanodiff.evaluate.classification import ClassificationConfig, train_and_evaluate_classification
 

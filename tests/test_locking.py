@@ -204,6 +204,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_masks_and_a_second_generate_are_refused_while_generate_writes(
     tiny_base_dir, tiny_adapters, tmp_path
 ):

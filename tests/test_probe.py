@@ -86,6 +86,7 @@ def one_pair_config(root, base, folder, out, **kw) -> TrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_probe_falls_as_the_adapters_fit_and_leaves_training_untouched(mvtec_root, tiny_base_dir, tmp_path):
     """Overfitting one pair: the probe (fixed draws) falls; and a run with the probe trains exactly what a run
     without it trains (the probe draws from its own seed and puts the models back in training mode)."""
@@ -112,6 +113,7 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_probe_log_resumes_with_the_run_with_bcm(mvtec_root, tiny_base_dir, tmp_path):
     def config(out):
         return TrainConfig(

@@ -89,6 +89,7 @@ def test_is_maths_matches_numpy_formula():
         inception_score_from_logits(logits[:5])
 
 
+@pytest.mark.slow
 def test_inception_score_pipeline_equals_torch_fidelity(inception_file):
     import torch_fidelity
 

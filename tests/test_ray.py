@@ -96,6 +96,7 @@ def _statuses(result) -> dict[str, dict]:
     return {s["id"]: s for s in result["steps"]}
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_gives_the_local_tables_and_a_rerun_does_nothing(
     config, reference, local_ray, tmp_path, monkeypatch
@@ -132,6 +133,7 @@ def test_ray_gives_the_local_tables_and_a_rerun_does_nothing(
     assert {s["status"] for s in run_benchmark(ray_config)["steps"]} == {"skipped"}
 
 
+@pytest.mark.slow
 @needs_ray
 def test_killed_worker_is_retried_and_a_failing_step_leaves_the_others_going(
     config, reference, local_ray, faults, tmp_path
@@ -176,6 +178,7 @@ def test_killed_worker_is_retried_and_a_failing_step_leaves_the_others_going(
         assert _rows(out / table, "perlin") == _rows(reference / table, "perlin")
 
 
+@pytest.mark.slow
 @needs_ray
 def test_cluster_problems_are_one_line_errors_before_any_work(
     synthetic_pill_root, local_ray, faults, tmp_path, capsys
@@ -203,6 +206,7 @@ def test_cluster_problems_are_one_line_errors_before_any_work(
                                          quality=False, device="cuda"), RayRunner())  # fmt: skip
 
 
+@pytest.mark.slow
 @needs_ray
 def test_generate_on_ray_makes_the_pairs_one_process_makes(
     tiny_base_dir, tiny_adapters, local_ray, tmp_path, capsys

@@ -12,6 +12,7 @@ from dualanodiff.pipeline import DualAnoDiffPipeline
 from rounding import assert_equal_up_to_rounding, pipeline_depth, reduction_depth
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sdpa", [False, True])
 def test_loop_reference_generates_the_same_pairs(tiny_components, sdpa):
     pipe = DualAnoDiffPipeline.from_components(tiny_components, AdapterConfig(rank=4, bcm=True))

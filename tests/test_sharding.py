@@ -119,6 +119,7 @@ LAUNCHERS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", list(LAUNCHERS))
 def test_a_launcher_splits_the_pairs(launcher, tiny_base_dir, tiny_adapters, reference, tmp_path) -> None:
     out = tmp_path / "gen"

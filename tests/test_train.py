@@ -92,6 +92,7 @@ def test_batch_order_covers_each_epoch_and_is_seeded():
 # --- the loop -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_overfit_one_pair_loss_falls(mvtec_root, tiny_base_dir, tmp_path):
     folder = tmp_path / "one"
     (folder / "images").mkdir(parents=True)
@@ -149,6 +150,7 @@ def bcm_config(root, base, out, **kw) -> TrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(mvtec_root, tiny_base_dir, tmp_path, monkeypatch):
     straight = train_adapters(bcm_config(mvtec_root, tiny_base_dir, tmp_path / "a"))
     assert not (straight / "checkpoints").exists()  # removed once the final adapters are written
@@ -207,6 +209,7 @@ def test_bf16_on_cpu_keeps_trainable_weights_fp32(mvtec_root, tiny_base_dir, tmp
     assert any(not torch.equal(p, q) for p, q in zip(t.trainable, before))
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients(mvtec_root, tiny_base_dir, tmp_path):
     grads = []
     for checkpointing in (False, True):
@@ -233,6 +236,7 @@ def cli_args(root, base, out, anomaly, *extra) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_cli_trains_all_types_and_skips_finished(mvtec_root, tiny_base_dir, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(cli_args(mvtec_root, tiny_base_dir, out, "spot")) == 0
@@ -341,6 +345,7 @@ def test_bcm_foreground_source_defaults_to_the_dataset_folder_and_is_part_of_the
         resolve_config(bcm_config(mvtec_root, "b", tmp_path, foreground="u2net"))
 
 
+@pytest.mark.slow
 def test_bcm_training_with_estimated_foregrounds_records_the_source(mvtec_root, tiny_base_dir, tmp_path):
     import json
 
