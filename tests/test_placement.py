@@ -3,6 +3,9 @@ regions come from the few-shot shapes on the object, and the mask never leaves t
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +136,169 @@ def test_a_region_on_an_empty_foreground_is_refused():
     tiny[0, 0] = True
     with pytest.raises(InputError, match="fits on the object"):
         sampler.draw(np.random.default_rng(0), tiny)
+
+
+# -- dualanodiff generate --on-normal ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def placed_data(tmp_path_factory):
+    """A 64 px synthetic pill category (an object: the foreground estimate matters) with few-shot cracks."""
+    from dualanodiff.synthetic import make_synthetic
+
+    root = make_synthetic(
+        tmp_path_factory.mktemp("placed_data"), resolution=64, n_train_good=4, n_test_good=1,
+        categories=["pill"], defect_counts={"pill": {"crack": 6}},
+    )  # fmt: skip
+    return root
+
+
+def _generate(capsys, tiny_base_dir, adapters, out, *extra):
+    from dualanodiff.cli import main
+
+    args = ["generate", "--base", str(tiny_base_dir), "--adapters", str(adapters), "--out", str(out),
+            "--num-pairs", "4", "--steps", "2", "--batch-size", "2", "--max-area", "1.0", "--no-progress"]  # fmt: skip
+    code = main([*args, *extra])
+    return code, capsys.readouterr().err
+
+
+def _records(out):
+    from dualanodiff.io import read_jsonl
+
+    return {r["name"]: r for r in read_jsonl(out / "manifest.jsonl")}
+
+
+def _pair_image(out, name, kept):
+    from PIL import Image
+
+    folder = out if kept else out / "rejected"
+    return np.asarray(Image.open(folder / "image" / f"{name}.png").convert("RGB"))
+
+
+def _pair_mask(out, name, kept):
+    from PIL import Image
+
+    folder = out if kept else out / "rejected"
+    return np.asarray(Image.open(folder / "mask" / f"{name}.png")) > 0
+
+
+def test_generate_on_normal_keeps_the_normal_image_outside_the_region_file(
+    capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
+):
+    from PIL import Image
+
+    out = tmp_path / "placed"
+    code, err = _generate(
+        capsys, tiny_base_dir, tiny_adapters, out, "--on-normal", "data", "--data", str(placed_data),
+        "--category", "pill", "--anomaly", "crack",
+    )  # fmt: skip
+    assert code == 0, err
+    records = _records(out)
+    assert len(records) == 4
+    for name, record in records.items():
+        allowed = np.asarray(Image.open(out / "region" / f"{name}.png")) > 0
+        normal = np.asarray(Image.open(record["normal"]).convert("RGB"))
+        image = _pair_image(out, name, record["kept"])
+        assert allowed.any() and not allowed.all()
+        assert np.array_equal(image[~allowed], normal[~allowed]), name  # bit for bit outside the band
+        assert not _pair_mask(out, name, record["kept"])[~allowed].any()  # the mask never leaves the band
+        assert record["region"]["kind"] == "auto" and record["region"]["shape"].endswith(".png")
+        assert Path(record["normal"]).parent == placed_data / "pill" / "train" / "good"
+    # Resumes: the same command makes nothing new and changes nothing.
+    before = {n: _pair_image(out, n, r["kept"]) for n, r in records.items()}
+    code, err = _generate(
+        capsys, tiny_base_dir, tiny_adapters, out, "--on-normal", "data", "--data", str(placed_data),
+        "--category", "pill", "--anomaly", "crack",
+    )  # fmt: skip
+    assert code == 0, err
+    assert _records(out) == records
+    assert all(np.array_equal(before[n], _pair_image(out, n, r["kept"])) for n, r in records.items())
+
+
+def test_generate_where_dir_puts_the_defect_where_the_user_said(
+    capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
+):
+    from PIL import Image
+
+    good = placed_data / "pill" / "train" / "good"
+    where = tmp_path / "where"
+    where.mkdir()
+    regions = {}
+    for k, path in enumerate(sorted(good.iterdir())):
+        region = _square(16 + 2 * k, 20, 12)
+        regions[path.stem] = region
+        Image.fromarray(region.astype(np.uint8) * 255).save(where / f"{path.stem}.png")
+    out = tmp_path / "placed"
+    code, err = _generate(
+        capsys, tiny_base_dir, tiny_adapters, out, "--on-normal", str(good), "--where", str(where),
+        "--band", "3", "--foreground", "none", "--shard", "0/2",
+    )  # fmt: skip
+    assert code == 0, err
+    code, err = _generate(
+        capsys, tiny_base_dir, tiny_adapters, out, "--on-normal", str(good), "--where", str(where),
+        "--band", "3", "--foreground", "none", "--shard", "1/2",
+    )  # fmt: skip
+    assert code == 0, err
+    records = _records(out)
+    assert len(records) == 4  # two shards fill one folder
+    for name, record in records.items():
+        stem = Path(record["normal"]).stem
+        allowed = np.asarray(Image.open(out / "region" / f"{name}.png")) > 0
+        assert np.array_equal(allowed, allowed_area(regions[stem], 3))
+        assert record["region"] == {"kind": "file", "file": str(where / f"{stem}.png")}
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty-folder", "no normal images there"),
+        ("region-size", "region of 32x32 px, the normal image is 64x64"),
+        ("region-misses", "the region misses the object"),
+        ("no-fewshot", "carry no few-shot masks"),
+        ("where-without", "--where and --band place defects on normal images: give --on-normal too"),
+    ],
+)
+def test_bad_placement_input_is_one_line_and_exit_2(
+    capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path, case, message
+):
+    from PIL import Image
+
+    good = placed_data / "pill" / "train" / "good"
+    where = tmp_path / "where"
+    where.mkdir()
+    extra = ["--on-normal", str(good), "--where", str(where)]
+    if case == "empty-folder":
+        (tmp_path / "empty").mkdir()
+        extra = ["--on-normal", str(tmp_path / "empty"), "--data", str(placed_data), "--category", "pill",
+                 "--anomaly", "crack"]  # fmt: skip
+    elif case == "region-size":
+        for path in good.iterdir():
+            Image.fromarray(_square(4, 4, 8, size=32).astype(np.uint8) * 255).save(where / f"{path.stem}.png")
+    elif case == "region-misses":  # a corner of the plain background, off the pill
+        for path in good.iterdir():
+            Image.fromarray(_square(0, 0, 3).astype(np.uint8) * 255).save(where / f"{path.stem}.png")
+        extra += ["--foreground", "auto"]
+    elif case == "no-fewshot":
+        extra = ["--on-normal", str(good)]
+    else:
+        extra = ["--where", "auto"]
+    out = tmp_path / "out"
+    code, err = _generate(capsys, tiny_base_dir, tiny_adapters, out, *extra)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (out / "manifest.jsonl").exists()
+
+
+def test_non_finite_pairs_are_never_kept(capsys, tiny_base_dir, tiny_adapters, tmp_path):
+    """An overflowing guidance scale: every pair is rejected, the reason naming the step and the cause, even
+    with the area gate wide open."""
+    out = tmp_path / "nan"
+    code, err = _generate(capsys, tiny_base_dir, tiny_adapters, out, "--guidance", "1e30")
+    assert code == 0, err
+    records = _records(out)
+    assert records and not any(r["kept"] for r in records.values())
+    for record in records.values():
+        assert re.fullmatch(
+            r"the sampler produced non-finite values at step [12] of 2 \(guidance 1e\+30 too high\?\)",
+            record["reject_reason"],
+        ), record["reject_reason"]
+    assert not (out / "image").exists() or not any((out / "image").iterdir())

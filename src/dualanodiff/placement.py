@@ -120,7 +120,7 @@ class Placements:
         self.foreground = foreground
         self._folder = foreground if foreground_kind(foreground) == "folder" else None
         self._estimator = None
-        if where == "auto" and self._folder is None:
+        if self._folder is None:  # auto regions stay on it; a user's region must touch it
             self._estimator = ForegroundEstimator(foreground, u2net_weights, category, device=device)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
 
