@@ -166,9 +166,9 @@ def _summary(path: Path) -> str:
 
 
 def module_map(graph: Graph, layers=LAYERS) -> str:
-    """The map as Markdown: one line per first-level package or module, layer by layer, top down, with the
-    layers below it that it imports."""
-    rank = layer_of(layers)
+    """The map as Markdown: one line per first-level package or module, layer by layer, top down, each with
+    the first sentence of its docstring (what the imports are, `python scripts/module_map.py` checks; listing
+    them here would make the map stale at every new import)."""
     lines = []
     for i, (title, names) in enumerate(layers):
         lines += [f"**{i + 1}. {title}**", ""]
@@ -178,12 +178,7 @@ def module_map(graph: Graph, layers=LAYERS) -> str:
                 continue
             path = graph.files[module]
             shown = f"{name}/" if path.name == "__init__.py" and name != "__init__" else f"{name}.py"
-            uses = sorted(
-                {top(graph, b) for a in graph.files if top(graph, a) == name for b in graph.imports[a]}
-                - {name},
-                key=lambda n: (rank.get(n, len(layers)), n),  # an unplaced one last (`unplaced` names it)
-            )
-            lines.append(f"- `{shown}`: {_summary(path)}" + (f" (imports {', '.join(uses)})" if uses else ""))
+            lines.append(f"- `{shown}`: {_summary(path)}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
