@@ -220,6 +220,8 @@ CASES = [
     # official
     ("official-import-pickle", lambda c: ["official", "import", str(c.pickled), "--base", str(c.base), "--out",
      str(c.out)], ["pytorch_lora_weights.bin: cannot read", "torch.nn.modules.linear.Linear", "not unpickled"]),
+    ("official-import-category-escapes", lambda c: ["official", "import", str(c.pickled), "--base", str(c.base),
+     "--out", str(c.out), "--category", "3/2"], ["argument --category", "plain name"]),
     ("official-import-out-is-file", lambda c: ["official", "import", str(c.pickled), "--base", str(c.base),
      "--out", str(c.file)], ["--out", "a_file", "is a file"]),
     ("official-export-out-under-file", lambda c: ["official", "export", "--adapters", str(c.adapters), "--base",

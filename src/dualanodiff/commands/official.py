@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ..checks import name_arg
+
 _DESCRIPTION = """\
 The authors of DualAnoDiff released their adapters as one state dict per anomaly type (pytorch_lora_weights.bin,
 with or without BCM, text-encoder LoRA included).
@@ -31,9 +33,11 @@ def register(subparsers) -> None:
     )
     imp.add_argument("--out", required=True, help="adapters folder to write")
     imp.add_argument(
-        "--category", help="recorded for `generate` (its official-code preset treats screw apart)"
+        "--category",
+        type=name_arg,
+        help="recorded for `generate` (its official-code preset treats screw apart)",
     )
-    imp.add_argument("--anomaly", help="anomaly type, recorded in the generated manifests")
+    imp.add_argument("--anomaly", type=name_arg, help="anomaly type, recorded in the generated manifests")
     imp.set_defaults(func=run_import)
 
     exp = modes.add_parser("export", help="an adapters folder -> their pytorch_lora_weights.bin")
