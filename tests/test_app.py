@@ -73,18 +73,22 @@ def test_data_checks_show_beside_each_image(synthetic_pill_root, tmp_path):
     notes = handlers.add_uploads(
         "pill", "crack", [str(a), str(b), str(c), str(broken)], [str(a_mask), str(small)], None, None
     )
-    assert any(n.startswith("added test/crack/broken.png") for n in notes)
+    # A file that does not decode is refused at upload, naming it; it never reaches the dataset.
+    assert [n for n in notes if n.startswith("broken.png")] == [
+        "broken.png: not added, cannot read image (UnidentifiedImageError: cannot identify image file "
+        f"'{broken}')"
+    ]
     entries = {e.name: e for e in defect_entries(handlers.project)}
     assert entries[a.name].ok and entries[a.name].mask is not None
     assert entries[b.name].problems == (f"{b.name}: no mask yet (upload {b.stem}_mask.png or paint one)",)
     assert "mask size 32x32 differs from image" in entries[c.name].problems[0]
-    assert "cannot read image" in entries["broken.png"].problems[0]
+    assert "broken.png" not in entries
     items, names, summary = handlers.data_overview()
-    assert names == sorted(entries) and len(items) == 4
-    assert "4 defect image(s), 1 ready to train" in summary
+    assert names == sorted(entries) and len(items) == 3
+    assert "3 defect image(s), 1 ready to train" in summary
     # The same checks as the command line: training refuses these files before loading anything.
     config = handlers.train_config("demo", "all", "paper", 2, 1e-3, 4, 2, None, 0, 0, "no", False)
-    with pytest.raises(InputError, match=r"2 image\(s\) without a mask"):
+    with pytest.raises(InputError, match=r"1 image\(s\) without a mask"):
         handlers.start_training(config)
     # A mask for no image is refused with a reason; one whose stem matches is stored as <stem>_mask.png.
     stray = tmp_path / "nothing_mask.png"
@@ -116,6 +120,40 @@ def test_painted_mask_is_scaled_back_to_the_image(synthetic_pill_root, tmp_path)
     # Reopened, the editor shows the saved mask as the painted layer.
     again = handlers.paint_background(image.name)["layers"][0][..., 3] > 0
     np.testing.assert_array_equal(_shrink(again, (64, 64)), expected)
+
+
+def test_the_paint_round_trip_is_exact_for_a_non_square_image_and_refuses_a_resized_layer(tmp_path):
+    """An existing mask reopens as a layer of exactly the enlarged image's size at its place; saving that
+    layer unchanged stores the same mask; a layer of another size (what a canvas of another size sends) is
+    refused in one line and the stored mask is left alone."""
+    from dualanodiff.app.handlers import PAINT_CANVAS, paint_scale
+
+    image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    mask = np.zeros((48, 80), bool)
+    mask[30:40, 60:70] = True
+    Image.fromarray(image).save(tmp_path / "wide.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "wide_mask.png")
+    handlers = AppHandlers(tmp_path / "work")
+    handlers.add_uploads(
+        "pill", "crack", [str(tmp_path / "wide.png")], [str(tmp_path / "wide_mask.png")], None, None
+    )
+    value = handlers.paint_background("wide.png")
+    scale = paint_scale((48, 80))
+    assert scale == 6 and value["background"].shape[:2] == (288, 480) == value["layers"][0].shape[:2]
+    assert min(value["background"].shape[:2]) >= PAINT_CANVAS
+    np.testing.assert_array_equal(value["layers"][0][scale * 30, scale * 60], (255, 255, 255, 255))
+    path = handlers.save_painting("wide.png", value)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)) > 0, mask)
+    shifted = np.zeros((800, 800, 4), np.uint8)
+    shifted[144 : 144 + 288, 144 : 144 + 480] = value["layers"][0]
+    with pytest.raises(
+        InputError, match=r"^wide.png: the editor sent a 800x800 px painting for a 480x288 px canvas"
+    ):
+        handlers.save_painting("wide.png", {"background": value["background"], "layers": [shifted]})
+    np.testing.assert_array_equal(np.asarray(Image.open(path)) > 0, mask)
+    # The brush is one image pixel on a small image, and grows with a larger one.
+    assert handlers.brush_size("wide.png") == scale
+    assert paint_scale((700, 1000)) == 1 and paint_scale((20, 600)) == 4
 
 
 @pytest.mark.slow
@@ -267,4 +305,21 @@ def test_without_the_extra_the_command_says_what_to_install(monkeypatch, tmp_pat
     assert main(["app", "--workspace", str(tmp_path / "w")]) == 2
     assert capsys.readouterr().err == (
         'dualanodiff app: error: the app needs the [app] extra (gradio): pip install "dualanodiff[app]"\n'
+    )
+
+
+def test_a_stopped_training_promises_a_resume_only_from_a_checkpoint(tmp_path):
+    from dualanodiff.app.worker import stopped_message
+    from dualanodiff.training import TrainConfig
+
+    config = TrainConfig(
+        base="demo", out=str(tmp_path), category="pill", anomaly="crack", checkpoint_every=50
+    )
+    params = {"config": config.to_dict()}
+    assert stopped_message("train", params) == (
+        "stopped before the first checkpoint (every 50 steps): starting again begins at step 0"
+    )
+    (config.output_dir() / "checkpoints" / "step-00000050").mkdir(parents=True)
+    assert stopped_message("train", params) == (
+        "stopped; start it again to resume from the checkpoint of step 50"
     )

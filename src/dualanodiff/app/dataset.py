@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import IMAGE_EXTENSIONS, is_image_file, load_mask
+from ..data.images import IMAGE_EXTENSIONS, is_image_file, load_mask, load_rgb
 from ..data.mvtec import DefectSample
 from ..data.validate import sample_problems
 from ..errors import InputError
@@ -63,8 +63,13 @@ def _image_suffix(upload: Path) -> str:
 
 
 def _copy_in(upload: Path, folder: Path) -> Path:
-    """Copy an uploaded file into ``folder`` under its sanitised name, atomically."""
+    """Copy an uploaded file into ``folder`` under its sanitised name, atomically; a file that does not decode
+    as an image (a text file renamed .png) is refused now, naming it, rather than flagged later."""
     _image_suffix(upload)
+    try:
+        load_rgb(upload)  # the readers' own decoder: what it cannot read, training could not either
+    except InputError as err:
+        raise InputError(f"{upload.name}: not added, " + str(err).replace(f"{upload}: ", "", 1)) from None
     target = path_inside(folder, upload.name)
     with atomic_path(target) as tmp:
         shutil.copyfile(upload, tmp)

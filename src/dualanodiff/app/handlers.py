@@ -35,6 +35,12 @@ DEMO_BASE = "demo"  # what the base field holds for the built-in demo base
 DEMO_TRAINING = {"max_steps": 400, "learning_rate": 1e-3, "rank": 16, "batch_size": 4}
 DEMO_SAMPLER_STEPS = 25
 PAINT_SIDE = 512  # small images are enlarged to about this side for painting, then the mask is scaled back
+# The editor's initial canvas (`gr.ImageEditor(canvas_size=...)`). Gradio centres a supplied layer in the bounds of
+# everything on its canvas, and that canvas keeps children of this initial size: an image smaller than it would
+# get its mask layer drawn off-centre (800 px default, 512 px image: +144 px, the +18 px mask shift once seen). An
+# image at least this large in both sides makes the bounds the image's own, so layers land at the origin.
+PAINT_CANVAS = 64
+BRUSH_FRACTION = 64  # the default brush is 1/64 of the image's longer side (one pixel of a 64 px image)
 
 
 class AppHandlers:
@@ -122,12 +128,13 @@ class AppHandlers:
         return items, [e.name for e in entries], summary
 
     def paint_background(self, image_name: str) -> dict[str, Any]:
-        """The editor's value for painting the mask of a defect image: the image (enlarged when small)
-        and its current mask, if any, as a white layer."""
+        """The editor's value for painting the mask of a defect image: the image enlarged by a whole factor
+        (small images to about `PAINT_SIDE`, and never below `PAINT_CANVAS` a side) and its current mask, if
+        any, as a white layer of exactly the enlarged image's size, so it opens where it is."""
         project = self.project
         image_path = dataset.defect_image(project, image_name)
         image = load_rgb(image_path)
-        scale = max(1, PAINT_SIDE // max(image.shape[:2]))
+        scale = paint_scale(image.shape[:2])
         big = np.kron(image, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else image
         layer = np.zeros((*big.shape[:2], 4), np.uint8)
         mask_path = project.mask_path(image_path)
@@ -138,7 +145,10 @@ class AppHandlers:
         return {"background": big, "layers": [layer], "composite": None}
 
     def save_painting(self, image_name: str, editor: dict[str, Any] | None) -> Path:
-        """Save what was painted over a defect image as its mask (any painted pixel of any layer)."""
+        """Save what was painted over a defect image as its mask (any painted pixel of any layer).
+
+        A layer whose size is not the enlarged image's is refused: scaling or cropping it would store a mask
+        moved off the defect."""
         self._no_training("change the data")
         if not image_name:
             raise InputError("choose the image to paint a mask for")
@@ -146,15 +156,34 @@ class AppHandlers:
         layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
         if not layers:
             raise nothing
-        painted = np.zeros(layers[0].shape[:2], bool)
-        for layer in layers:
-            painted |= (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer.max(-1) > 0)
         project = self.project
         image = load_rgb(dataset.defect_image(project, image_name))
+        scale = paint_scale(image.shape[:2])
+        expected = (image.shape[0] * scale, image.shape[1] * scale)
+        background = (editor or {}).get("background")
+        shapes = [layer.shape[:2] for layer in layers]
+        if background is not None:
+            shapes.append(np.asarray(background).shape[:2])
+        for shape in shapes:
+            if tuple(shape) != expected:
+                raise InputError(
+                    f"{image_name}: the editor sent a {shape[1]}x{shape[0]} px painting for a {expected[1]}x"
+                    f"{expected[0]} px canvas; nothing saved (choose the image again and repaint)"
+                )
+        painted = np.zeros(expected, bool)
+        for layer in layers:
+            painted |= (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer.max(-1) > 0)
         mask = _shrink(painted, image.shape[:2])
         if not mask.any():  # an empty mask is no mask: keep the saved one rather than break the image
             raise nothing
         return dataset.save_painted_mask(project, image_name, mask)
+
+    def brush_size(self, image_name: str) -> int:
+        """The default brush (canvas pixels) for an image: 1/`BRUSH_FRACTION` of its longer side, at least one
+        image pixel, so a thin crack on a small image is not painted three pixels wide."""
+        image = load_rgb(dataset.defect_image(self.project, image_name))
+        scale = paint_scale(image.shape[:2])
+        return scale * max(1, round(max(image.shape[:2]) / BRUSH_FRACTION))
 
     def remove_image(self, image_name: str) -> None:
         self._no_training("change the data")
@@ -431,6 +460,12 @@ def _relative(problem: str, project: Project) -> str:
     for folder in (project.defect_dir, project.mask_dir, Path(project.root)):
         problem = problem.replace(f"{folder}{os.sep}", "")
     return problem
+
+
+def paint_scale(shape: tuple[int, int]) -> int:
+    """The whole factor an image of ``shape`` (h, w) is enlarged by in the paint editor."""
+    short, long = min(shape), max(shape)
+    return max(1, PAINT_SIDE // long, -(-PAINT_CANVAS // short))
 
 
 def _shrink(painted: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

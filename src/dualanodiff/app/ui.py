@@ -19,7 +19,7 @@ from ..generate import SCHEDULERS
 from ..report import loss_curve_png
 from ..training import PRESETS
 from .gallery import triple_image, verdict
-from .handlers import DEMO_BASE, DEMO_SAMPLER_STEPS, DEMO_TRAINING, AppHandlers
+from .handlers import DEMO_BASE, DEMO_SAMPLER_STEPS, DEMO_TRAINING, PAINT_CANVAS, AppHandlers
 
 POLL_SECONDS = 1.0
 CSS = """
@@ -143,6 +143,7 @@ def _data_tab(h: AppHandlers):
             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
             eraser=gr.Eraser(default_size=24),
             layers=False,
+            canvas_size=(PAINT_CANVAS, PAINT_CANVAS),  # see PAINT_CANVAS: the mask layer lands at the origin
             transforms=(),
             sources=(),
             elem_id="paint-editor",
@@ -194,7 +195,13 @@ def _data_tab(h: AppHandlers):
         if not name:
             return None, ""
         try:
-            return h.paint_background(name), _note(f"{name}: paint the defect white, then save the mask")
+            size = h.brush_size(name)  # the brush scales with the image: one image pixel on a 64 px image
+            value = gr.update(
+                value=h.paint_background(name),
+                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=size),
+                eraser=gr.Eraser(default_size=size),
+            )
+            return value, _note(f"{name}: paint the defect white, then save the mask")
         except InputError as err:
             return None, _error(err)
 

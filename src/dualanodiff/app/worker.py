@@ -98,6 +98,22 @@ DONE_MESSAGES: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
+def stopped_message(kind: str, params: dict[str, Any]) -> str:
+    """What a stop leaves, said truly: a training run resumes only from a checkpoint it has written."""
+    if kind != "train":
+        return "stopped; everything written so far is kept: start it again to resume"
+    from ..training import TrainConfig
+    from ..training.checkpoint import list_checkpoints
+
+    config = TrainConfig.from_dict(params["config"])
+    found = list_checkpoints(config.output_dir())
+    if found:
+        return f"stopped; start it again to resume from the checkpoint of step {found[-1][0]}"
+    every = config.checkpoint_every
+    when = f"every {every} steps" if every else "none were asked for"
+    return f"stopped before the first checkpoint ({when}): starting again begins at step 0"
+
+
 def main(job_dir: str) -> int:
     from ..progress import quiet_libraries
 
@@ -123,7 +139,7 @@ def main(job_dir: str) -> int:
         return 2
     except KeyboardInterrupt:
         print("stopped", flush=True)
-        status.finish("stopped", "stopped; everything written so far is kept: start it again to resume")
+        status.finish("stopped", stopped_message(job["kind"], job["params"]))
         return 130
     except BaseException as err:  # a bug or out of memory: say so in one line, the traceback goes to the log
         traceback.print_exc()
