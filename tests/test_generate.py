@@ -403,6 +403,7 @@ def test_presets_follow_the_paper_and_the_authors_inference():
         GenerateConfig(base="b", adapters="a", out="o", preset="fast")
 
 
+@pytest.mark.slow
 def test_preset_fills_unset_settings_and_config_records_the_resolved_values(tiny_base_dir, tmp_path):
     pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True))
     adapters = pipe.save_adapters(
@@ -475,6 +476,7 @@ def test_background_noise_of_the_guidance_rows(tiny_base_dir, monkeypatch, mode)
     assert moved == (mode == "independent")  # other noise moves pixels by more than rounding; the same, not
 
 
+@pytest.mark.slow
 def test_bcm_generation_uses_the_adapters_foreground_source(tiny_base_dir, tmp_path, monkeypatch):
     from dualanodiff.synthetic import synthetic_sample
 

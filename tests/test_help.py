@@ -106,6 +106,7 @@ def test_negative_numbers_are_values_not_flags(capsys):
     assert "argument --lr: must be greater than 0, got -0.0001" in err
 
 
+@pytest.mark.slow
 def test_no_progress_hides_every_bar_and_library_bars_never_show(
     synthetic_pill_root, tiny_base_dir, tmp_path, capsys
 ):

@@ -178,6 +178,7 @@ def _assert_in_step(out: Path) -> None:
     assert set(_stems(out / "image")) <= kept
 
 
+@pytest.mark.slow
 def test_an_interrupted_masks_never_leaves_masks_and_manifest_out_of_step(
     tmp_path: Path, monkeypatch
 ) -> None:

@@ -309,6 +309,7 @@ def _writer_commands(data: Path, base: Path, adapters: Path, gen: dict[str, Path
     yield ["evaluate", "quality", *cat, *gens, "--out", str(out), *quality], out
 
 
+@pytest.mark.slow
 def test_every_writer_is_refused_while_another_holds_its_folder(
     synthetic_pill_root,
     tiny_base_dir,

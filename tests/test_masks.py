@@ -425,6 +425,7 @@ def test_make_masks_for_folder_grey(tmp_path) -> None:
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_make_masks_for_folder_u2net_and_errors(tmp_path) -> None:
     out, regions = _make_generated(tmp_path)
     weights = tmp_path / "u2netp.pth"

@@ -160,6 +160,7 @@ def test_lpips_features_equal_lpips_forward(lpips_model, vgg_file):
     assert_equal_up_to_rounding(ours.numpy(), ref, steps=2 * reduction_depth(lpips_model))
 
 
+@pytest.mark.slow
 def test_ic_lpips_zero_for_identical_images_and_assignment(lpips_model):
     dark, bright = np.full((64, 64, 3), 20, np.uint8), np.full((64, 64, 3), 230, np.uint8)
     dark[20:30, 20:30] = 60
