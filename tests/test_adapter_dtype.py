@@ -71,6 +71,7 @@ def test_half_precision_adapters_load_as_their_rounded_values(
     assert {v.dtype for v in adapter_state_dict(low.unet, low.text_encoder).values()} == {torch.bfloat16}
 
 
+@pytest.mark.slow
 def test_bad_save_dtypes_are_refused(tiny_components, tmp_path):
     pipe = random_pipe(tiny_components)
     with pytest.raises(InputError, match="save dtype must be one of fp32, bf16, fp16"):

@@ -180,6 +180,7 @@ def _pair_mask(out, name, kept):
     return np.asarray(Image.open(folder / "mask" / f"{name}.png")) > 0
 
 
+@pytest.mark.slow
 def test_generate_on_normal_keeps_the_normal_image_outside_the_region_file(
     capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
 ):
@@ -213,6 +214,7 @@ def test_generate_on_normal_keeps_the_normal_image_outside_the_region_file(
     assert all(np.array_equal(before[n], _pair_image(out, n, r["kept"])) for n, r in records.items())
 
 
+@pytest.mark.slow
 def test_generate_where_dir_puts_the_defect_where_the_user_said(
     capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
 ):
@@ -288,6 +290,7 @@ def test_bad_placement_input_is_one_line_and_exit_2(
     assert not (out / "manifest.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_pairs_are_never_kept(capsys, tiny_base_dir, tiny_adapters, tmp_path):
     """An overflowing guidance scale: every pair is rejected, the reason naming the step and the cause, even
     with the area gate wide open."""

@@ -134,6 +134,7 @@ def test_a_launcher_splits_the_pairs(launcher, tiny_base_dir, tiny_adapters, ref
     assert written == ([NUM_PAIRS] if launcher == "accelerate --cpu" else [3, 4])  # each rank its own share
 
 
+@pytest.mark.slow
 def test_explicit_shards_run_side_by_side(tiny_base_dir, tiny_adapters, reference, tmp_path) -> None:
     out = tmp_path / "gen"
     procs = [
@@ -160,6 +161,7 @@ def test_explicit_shards_run_side_by_side(tiny_base_dir, tiny_adapters, referenc
     _assert_same_as_one_process(out, reference)
 
 
+@pytest.mark.slow
 def test_shards_in_one_process_then_a_plain_resume(tiny_base_dir, tiny_adapters, reference, tmp_path) -> None:
     out = tmp_path / "gen"
     config = GenerateConfig(

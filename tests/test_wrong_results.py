@@ -48,6 +48,7 @@ def _config(base, folder, out, **kw) -> TrainConfig:
 # --------------------------------------------------------------------------------------------- non-finite
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_at_the_step_names_the_lr_and_keeps_its_last_good_checkpoint(
     tiny_base_dir, one_pair, tmp_path, capsys
 ):
@@ -169,6 +170,7 @@ def test_an_all_empty_ground_truth_is_refused_naming_a_file(synthetic_pill_root,
 # ------------------------------------------------------------------------------------------ stale settings
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_reused_only_for_the_same_settings_and_files(tiny_base_dir, one_pair, tmp_path):
     out = tmp_path / "out"
     run_dir = train_adapters(_config(tiny_base_dir, one_pair, out))
@@ -198,6 +200,7 @@ def test_a_finished_run_is_reused_only_for_the_same_settings_and_files(tiny_base
 # ------------------------------------------------------------------------------------------ base identity
 
 
+@pytest.mark.slow
 def test_adapters_refuse_a_base_with_the_same_architecture_but_other_weights(tiny_base_dir, tmp_path):
     trained_on = build_base("tiny", seed=0, resolution=64)
     other = build_base("tiny", seed=1, resolution=64)
