@@ -40,7 +40,7 @@ PAINT_SIDE = 512  # small images are enlarged to about this side for painting, t
 # get its mask layer drawn off-centre (800 px default, 512 px image: +144 px, the +18 px mask shift once seen). An
 # image at least this large in both sides makes the bounds the image's own, so layers land at the origin.
 PAINT_CANVAS = 64
-BRUSH_FRACTION = 64  # the default brush is 1/64 of the image's longer side (one pixel of a 64 px image)
+BRUSH_FRACTION = 64  # the brush is 1/64 of the enlarged image's side (one pixel of a 64 px image)
 
 
 class AppHandlers:
@@ -177,13 +177,6 @@ class AppHandlers:
         if not mask.any():  # an empty mask is no mask: keep the saved one rather than break the image
             raise nothing
         return dataset.save_painted_mask(project, image_name, mask)
-
-    def brush_size(self, image_name: str) -> int:
-        """The default brush (canvas pixels) for an image: 1/`BRUSH_FRACTION` of its longer side, at least one
-        image pixel, so a thin crack on a small image is not painted three pixels wide."""
-        image = load_rgb(dataset.defect_image(self.project, image_name))
-        scale = paint_scale(image.shape[:2])
-        return scale * max(1, round(max(image.shape[:2]) / BRUSH_FRACTION))
 
     def remove_image(self, image_name: str) -> None:
         self._no_training("change the data")

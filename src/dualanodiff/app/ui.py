@@ -19,7 +19,15 @@ from ..generate import SCHEDULERS
 from ..report import loss_curve_png
 from ..training import PRESETS
 from .gallery import triple_image, verdict
-from .handlers import DEMO_BASE, DEMO_SAMPLER_STEPS, DEMO_TRAINING, PAINT_CANVAS, AppHandlers
+from .handlers import (
+    BRUSH_FRACTION,
+    DEMO_BASE,
+    DEMO_SAMPLER_STEPS,
+    DEMO_TRAINING,
+    PAINT_CANVAS,
+    PAINT_SIDE,
+    AppHandlers,
+)
 
 POLL_SECONDS = 1.0
 CSS = """
@@ -140,8 +148,11 @@ def _data_tab(h: AppHandlers):
             label="Paint the defect white; the eraser removes paint",
             type="numpy",
             image_mode="RGBA",
-            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
-            eraser=gr.Eraser(default_size=24),
+            # Images are enlarged to about PAINT_SIDE, so a fixed brush scales with the image: 1/64 of its side,
+            # one pixel of a 64 px image. (Changing the brush per image with gr.update left the editor unable to
+            # paint in Gradio 6.)
+            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=PAINT_SIDE // BRUSH_FRACTION),
+            eraser=gr.Eraser(default_size=PAINT_SIDE // BRUSH_FRACTION),
             layers=False,
             canvas_size=(PAINT_CANVAS, PAINT_CANVAS),  # see PAINT_CANVAS: the mask layer lands at the origin
             transforms=(),
@@ -195,13 +206,7 @@ def _data_tab(h: AppHandlers):
         if not name:
             return None, ""
         try:
-            size = h.brush_size(name)  # the brush scales with the image: one image pixel on a 64 px image
-            value = gr.update(
-                value=h.paint_background(name),
-                brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=size),
-                eraser=gr.Eraser(default_size=size),
-            )
-            return value, _note(f"{name}: paint the defect white, then save the mask")
+            return h.paint_background(name), _note(f"{name}: paint the defect white, then save the mask")
         except InputError as err:
             return None, _error(err)
 
