@@ -73,7 +73,7 @@ def app_server(tmp_path):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # importing gradio and torch takes minutes on a busy 2-core machine
     while True:
         try:
             urllib.request.urlopen(url, timeout=2)
@@ -288,3 +288,96 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
     report = workspace / "evaluation" / "pill" / "crack" / "report.html"
     assert report.is_file()
     shutil.rmtree(tmp_path / "screenshots", ignore_errors=True)
+
+
+def _stroke(page, scale: int, row: int, columns: range) -> None:
+    """Drag the brush along image row ``row`` over ``columns`` (image pixels of an image enlarged ``scale``
+    times), through the pixels' centres, placed from where the editor draws its canvas (`window.editor`)."""
+    canvas = page.locator("#paint-editor canvas").first
+    sync_api.expect(canvas).to_be_visible()
+    page.get_by_role("button", name="Brush").first.click()
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x0, y0, zoom = page.evaluate(
+        "() => { const c = window.editor.image_container; return [c.position.x, c.position.y, c.scale.x]; }"
+    )
+
+    def at(column: int) -> tuple[float, float]:
+        return (box["x"] + x0 + (column + 0.5) * scale * zoom, box["y"] + y0 + (row + 0.5) * scale * zoom)
+
+    page.mouse.move(*at(columns[0]))
+    page.mouse.down()
+    for column in columns[1:]:
+        page.mouse.move(*at(column), steps=2)
+    page.mouse.up()
+
+
+def _choose_image(page, name: str) -> None:
+    page.locator("#paint-image input").click()
+    page.get_by_role("option", name=name).click()
+    _wait_for(page, "#paint-note", f"{name}: paint the defect white")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: the square image passes; the non-square one, opened after the square one, loses its mask "
+    "layer (the editor keeps the earlier image's 512 px bounds and centres the 480x288 layer off the canvas)",
+)
+def test_an_existing_mask_keeps_its_place_through_the_paint_editor(app_server, tmp_path):
+    """An existing mask opens where it is, an unchanged save changes nothing, and a stroke adds its own pixels
+    and nothing else, on a square and a non-square image (it once came back moved by +18 px on a 64 px image)."""
+    from dualanodiff.app.handlers import AppHandlers, paint_scale
+
+    url, workspace = app_server
+    rng = np.random.default_rng(0)
+    uploads, originals = [], {}
+    for name, (h, w), box in (
+        ("square.png", (64, 64), (10, 20, 5, 15)),
+        ("wide.png", (48, 80), (30, 40, 60, 70)),
+    ):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
+        mask = np.zeros((h, w), bool)
+        mask[box[0] : box[1], box[2] : box[3]] = True
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"{Path(name).stem}_mask.png")
+        uploads.append(name)
+        originals[name] = mask
+    AppHandlers(workspace).add_uploads(
+        "pill", "crack", [str(tmp_path / n) for n in uploads],
+        [str(tmp_path / f"{Path(n).stem}_mask.png") for n in uploads], None, None,
+    )  # fmt: skip
+    masks = workspace / "data" / "pill" / "ground_truth" / "crack"
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        for name, mask in originals.items():
+            stored = masks / f"{Path(name).stem}_mask.png"
+            _choose_image(page, name)
+            page.click("#save-mask")  # unchanged: the file stays as it was
+            _wait_for(page, "#paint-note", f"mask saved: {stored.name}", timeout=120_000)
+            np.testing.assert_array_equal(np.asarray(Image.open(stored)) > 0, mask)
+            _choose_image(page, uploads[1 - uploads.index(name)])  # away and back: a fresh editor value
+            _choose_image(page, name)
+            row, columns = mask.shape[0] - 6, range(2, mask.shape[1] - 2, 1)
+            _stroke(page, paint_scale(mask.shape), row, columns)
+            page.click("#save-mask")
+            _wait_for(page, "#paint-note", f"mask saved: {stored.name}", timeout=120_000)
+            saved = np.asarray(Image.open(stored)) > 0
+            page.screenshot(path=str(tmp_path / f"paint-{Path(name).stem}.png"))  # to look at when it fails
+            # The brush is one image pixel wide (it scales with the image) and the mouse lands on screen pixels,
+            # so the stroke may fall on either side of a pixel row: each of its columns gets a pixel in its row or
+            # the next, and nothing lands farther than that from the stroke or off the original mask.
+            assert (saved & mask).sum() == mask.sum(), f"{name}: original mask pixels lost (moved?)"
+            added = saved & ~mask
+            band = np.zeros_like(mask)
+            band[row - 1 : row + 2, columns[0] - 1 : columns[-1] + 2] = True
+            assert not (added & ~band).any(), (
+                f"{name}: {(added & ~band).sum()} pixels added away from the stroke; {added.sum()} added"
+            )
+            covered = added[row - 1 : row + 2, columns[0] : columns[-1] + 1].any(axis=0)
+            assert covered.all(), (
+                f"{name}: the stroke left {(~covered).sum()} of {len(columns)} columns unpainted"
+            )
+        browser.close()
