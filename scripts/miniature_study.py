@@ -160,6 +160,27 @@ def run_seed(args, seed: int) -> dict:
     return out
 
 
+def _commit() -> str:
+    """The commit of the code that made the study (with "+changes" when the tree differed from it)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    return (
+        head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+        if head.returncode == 0
+        else "unknown"
+    )
+
+
 def aggregate(seeds: list[dict]) -> dict:
     """Per method and figure: mean, sample standard deviation, min, max over the seeds."""
     out: dict[str, dict] = {}
@@ -219,6 +240,7 @@ def main() -> None:
             "seeds": [s["seed"] for s in seeds],
             "variants": args.variants,
             "stack": stack(),
+            "commit": _commit(),
             "per_seed": seeds,
             "summary": aggregate(seeds),
         }

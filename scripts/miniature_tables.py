@@ -33,6 +33,8 @@ ORDER = (
     "DualAnoDiff, independent initial noise",
     "DualAnoDiff, SAIM off",
     "DualAnoDiff with BCM",
+    "DualAnoDiff placed on normal images",
+    "DualAnoDiff placed, part branch free",
     "Crop&Paste",
     "DRAEM-Perlin",
     "no generated data",
@@ -46,12 +48,18 @@ COMPARISONS = (
     ("DualAnoDiff, PNDM 50 steps", "DualAnoDiff (DPM-Solver++ 20 steps)"),
     ("DualAnoDiff, guidance 2.5", "DualAnoDiff (DPM-Solver++ 20 steps)"),
     ("DualAnoDiff, independent initial noise", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+    ("DualAnoDiff placed on normal images", "Crop&Paste"),
+    ("DualAnoDiff placed on normal images", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+    ("DualAnoDiff placed, part branch free", "DualAnoDiff placed on normal images"),
 )
 # Paired differences of the median mask IoU: the settings that change the sampling of the same adapters.
 IOU_COMPARISONS = (
     ("DualAnoDiff, guidance 2.5", "DualAnoDiff (DPM-Solver++ 20 steps)"),
     ("DualAnoDiff, independent initial noise", "DualAnoDiff (DPM-Solver++ 20 steps)"),
     ("DualAnoDiff, SAIM off", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+    ("DualAnoDiff placed on normal images", "DualAnoDiff (DPM-Solver++ 20 steps)"),
+    ("DualAnoDiff placed on normal images", "Crop&Paste"),
+    ("DualAnoDiff placed, part branch free", "DualAnoDiff placed on normal images"),
 )
 
 
@@ -232,6 +240,47 @@ def replace_between(path: Path, name: str, text: str) -> None:
     write_text_atomic(path, pattern.sub(lambda m: m.group(1) + text + m.group(2), source))
 
 
+def placed_pairs_picture(folder: Path, out: Path, count: int = 16) -> None:
+    """The first ``count`` placed pairs of a generated folder, one row each: the normal image, the placed
+    image with its mask outlined (kept or the reason it was rejected), the part image, and the area the pair
+    was allowed to change (OUT/region)."""
+    import numpy as np
+    from PIL import Image
+
+    from dualanodiff.data.generated import manifest_records
+    from dualanodiff.io import save_image_atomic
+    from dualanodiff.report import image_grid, overlay_mask
+
+    cells, labels = [], []
+    for name, record in sorted(manifest_records(folder).items())[:count]:
+        side = folder if record["kept"] else folder / "rejected"
+        image = np.asarray(Image.open(side / "image" / f"{name}.png").convert("RGB"))
+        mask = np.asarray(Image.open(side / "mask" / f"{name}.png")) > 0
+        normal = Image.open(record["normal"]).convert("RGB").resize(image.shape[1::-1], Image.BILINEAR)
+        region = np.asarray(Image.open(folder / "region" / f"{name}.png").convert("RGB"))
+        cells += [
+            np.asarray(normal),
+            overlay_mask(image, mask),
+            np.asarray(Image.open(side / "part" / f"{name}.png").convert("RGB")),
+            region,
+        ]
+        verdict = "kept" if record["kept"] else "rejected"
+        labels += [f"{name} normal", f"{verdict}", "part", "region+band"]
+    save_image_atomic(out, image_grid(cells, 8, labels))
+
+
+def placement_tables(studies: list[Path]) -> str:
+    """docs/placement.md's measured block: one table per type's study.json, and where its picture is."""
+    parts = []
+    for path in studies:
+        study = json.loads(path.read_text())
+        parts.append(study_table(study))
+        parts.append(
+            f"Commit measured: `{study.get('commit', 'unknown')}`; results: `{path.relative_to(ROOT)}`.\n"
+        )
+    return "\n".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -249,7 +298,21 @@ def main() -> None:
     )
     parser.add_argument("--times", type=Path, default=None, help="JSON written by benchmarks/bench_demo.py")
     parser.add_argument("--print", action="store_true", help="print the tables; write nothing")
+    parser.add_argument(
+        "--placement",
+        type=Path,
+        nargs="+",
+        help="instead: the placement measurement's study.json files (one per type) into docs/placement.md",
+    )
     args = parser.parse_args()
+    if args.placement:
+        text = placement_tables(args.placement)
+        if args.print:
+            print(text)
+        else:
+            replace_between(ROOT / "docs" / "placement.md", "placement-table", text)
+            print("wrote the placement tables into docs/placement.md")
+        return
     base_meta = json.loads((ASSETS / META_NAME).read_text())
     if args.base_only:
         replace_between(ROOT / "docs" / "demo.md", "demo-base", base_text(base_meta))

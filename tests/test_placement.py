@@ -305,3 +305,61 @@ def test_non_finite_pairs_are_never_kept(capsys, tiny_base_dir, tiny_adapters, t
             record["reject_reason"],
         ), record["reject_reason"]
     assert not (out / "image").exists() or not any((out / "image").iterdir())
+
+
+def test_masks_on_a_placed_folder_applies_the_placed_rule_and_never_revives_a_nan_pair(
+    capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
+):
+    """`dualanodiff masks` again on a placed folder gives the same masks (the placed rule, not the part's own
+    mask) and keeps an overflowed pair rejected with its reason."""
+    from dualanodiff.cli import main
+    from dualanodiff.io import read_jsonl
+
+    out = tmp_path / "placed"
+    common = ["--on-normal", "data", "--data", str(placed_data), "--category", "pill", "--anomaly", "crack"]
+    assert _generate(capsys, tiny_base_dir, tiny_adapters, out, *common)[0] == 0
+    before = _records(out)
+    masks = {n: _pair_mask(out, n, r["kept"]) for n, r in before.items()}
+    assert main(["masks", "--generated", str(out), "--method", "grey", "--max-area", "0.9", "--no-progress"]) == 0
+    after = {r["name"]: r for r in read_jsonl(out / "manifest.jsonl")}
+    for name, record in after.items():
+        assert np.array_equal(_pair_mask(out, name, record["kept"]), masks[name]), name
+        assert record["normal"] == before[name]["normal"]
+
+    nan = tmp_path / "nan"
+    assert _generate(capsys, tiny_base_dir, tiny_adapters, nan, "--guidance", "1e30")[0] == 0
+    assert main(["masks", "--generated", str(nan), "--max-area", "1.0", "--no-progress"]) == 0
+    for record in read_jsonl(nan / "manifest.jsonl"):
+        assert not record["kept"] and record["reject_reason"].startswith("the sampler produced non-finite")
+
+
+@pytest.mark.parametrize("method", ["crop-paste", "perlin"])
+def test_baselines_take_the_same_foreground_choice_and_record_it(capsys, placed_data, tmp_path, method):
+    """--foreground auto keeps every baseline defect on the estimated object and is recorded per pair; an
+    unknown source is one line and exit 2."""
+    from PIL import Image
+
+    from dualanodiff.cli import main
+    from dualanodiff.io import read_jsonl
+    from dualanodiff.masks.plain_background import estimate_foreground
+
+    out = tmp_path / method
+    args = ["baseline", method, "--data", str(placed_data), "--category", "pill", "--anomaly", "crack",
+            "--num-pairs", "6", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main([*args, "--foreground", "auto"]) == 0, capsys.readouterr().err
+    on_object = 0
+    for record in read_jsonl(out / "manifest.jsonl"):
+        assert record["foreground"] == "auto"
+        normal = np.asarray(Image.open(placed_data / "pill" / "train" / record["normal"]).convert("RGB"))
+        object_mask = estimate_foreground(normal)  # None: no plain background found, anywhere goes
+        if object_mask is not None:
+            mask = np.asarray(Image.open(out / "mask" / f"{record['name']}.png")) > 0
+            assert not (mask & ~object_mask).any(), record["name"]
+            on_object += 1
+    assert on_object >= 3  # three of the four normal images have an estimated object
+    capsys.readouterr()
+    assert (
+        main([*args[:-3], "--out", str(tmp_path / "bad"), "--foreground", "elsewhere", "--no-progress"]) == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--foreground elsewhere: not a folder of masks" in err[0]

@@ -30,7 +30,7 @@ from .errors import InputError
 from .io import save_image_atomic
 from .locking import output_lock
 from .masks import PartMasker, build_masker, judge_mask
-from .masks.placed import part_outside_fraction, placed_mask
+from .masks.placed import NONFINITE_REASON, placed_outcome
 from .model.dual_unet import read_adapter_config
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
 from .pipeline import (
@@ -422,21 +422,15 @@ def _generate_pairs(
             image, part = to_uint8(out.images[k]), to_uint8(out.parts[k])
             mask = masker(part)
             extra = {}
-            if placed is not None:
-                mask, extra = _placed_mask_and_record(
-                    config, writer, index, image, part, mask, chosen[k], out.allowed[k]
+            if placed is None:
+                quality = judge_mask(mask, max_area_fraction=config.max_mask_area)
+            else:
+                mask, quality, extra = _placed_pair(
+                    config, writer, index, image, mask, chosen[k], out.allowed[k]
                 )
-            quality = judge_mask(mask, max_area_fraction=config.max_mask_area)
-            if placed is not None and quality.kept and extra.pop("_outside", False):
-                quality = quality._replace(
-                    kept=False, reason="the part branch drew its defect mostly outside the region"
-                )
-            extra.pop("_outside", None)
             if out.nonfinite_steps[k] is not None:  # never kept, whatever its mask
                 quality = quality._replace(
-                    kept=False,
-                    reason=f"the sampler produced non-finite values at step {out.nonfinite_steps[k]} of "
-                    f"{config.steps} (guidance {config.guidance:g} too high?)",
+                    kept=False, reason=nonfinite_reason(out.nonfinite_steps[k], config)
                 )
             writer.write(
                 index,
@@ -464,8 +458,6 @@ def _generate_pairs(
 
 PLACEMENT_FIELDS = ("on_normal", "where", "band", "fewshot_data", "fewshot_anomaly", "departure", "free_part")
 REGION = "region"  # OUT/region/<name>.png: the area a placed pair may change (region plus band), 0/255
-# A placed pair whose part branch marks more than this share of its defect outside the allowed area is rejected.
-MAX_PART_OUTSIDE = 0.5
 
 
 def _placements(
@@ -495,24 +487,28 @@ def _placements(
     return config, placements
 
 
-def _placed_mask_and_record(
+def nonfinite_reason(step: int, config: GenerateConfig) -> str:
+    """The manifest's reason for a pair whose latents stopped being finite (`masks` keeps it rejected)."""
+    return f"{NONFINITE_REASON} at step {step} of {config.steps} (guidance {config.guidance:g} too high?)"
+
+
+def _placed_pair(
     config: GenerateConfig,
     writer: GeneratedWriter,
     index: int,
     image,
-    part,
     part_mask,
     placement: Placement,
     allowed,
-) -> tuple[Any, dict[str, Any]]:
-    """A placed pair's mask (`masks.placed`), its region file written, and what its record adds."""
+) -> tuple[Any, Any, dict[str, Any]]:
+    """A placed pair's region file (written first), mask and verdict (`masks.placed`), and its record's fields."""
     save_image_atomic(Path(config.out) / REGION / f"{writer.name(index)}.png", allowed.astype("uint8") * 255)
-    mask = placed_mask(part_mask, image, placement.normal, allowed, config.departure)
-    outside = part_outside_fraction(part_mask, allowed)
+    mask, quality, outside = placed_outcome(
+        part_mask, image, placement.normal, allowed, config.departure, config.max_mask_area
+    )
     record = {
         "normal": str(placement.normal_path),
         "region": placement.spec,
         "part_outside_region": round(outside, 4),
-        "_outside": outside > MAX_PART_OUTSIDE,
     }
-    return mask, record
+    return mask, quality, record

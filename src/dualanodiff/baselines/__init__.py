@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ def run_baseline(
     split: str = "strict",
     resolution: int | tuple[int, int] | None = None,
     anomaly_source_dir: str | os.PathLike | None = None,
+    foreground: str | None = None,
+    u2net_weights: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Generate ``num_pairs`` pairs for one MVTec-layout anomaly type with a baseline (the CLI's entry).
 
@@ -40,6 +43,10 @@ def run_baseline(
     :func:`dualanodiff.data.mvtec.few_shot_split`), so its pairs never contain a test defect.
     Both paste onto the category's ``train/good`` images. Perlin needs no defect images; ``anomaly``
     only labels its pairs. Resumable: rerun with the same arguments.
+
+    ``foreground``: where on a normal image a defect may go, the same choice as placement's and BCM's:
+    ``auto`` (estimated), ``u2net``, ``none`` (anywhere: textures) or a folder of masks by stem; None: the
+    dataset's ``<category>/foreground/train/good`` masks where they exist, else anywhere. Recorded per pair.
     """
     if method not in METHODS:
         raise InputError(f"--method: unknown baseline {method!r} (choose from {', '.join(METHODS)})")
@@ -52,6 +59,43 @@ def run_baseline(
     if not normals:
         raise InputError(f"{Path(root) / category / 'train' / 'good'}: no normal images to paste onto")
     context = {"data_root": str(Path(root).resolve()), "category": category, "split": split}
+    with tempfile.TemporaryDirectory() as estimated:
+        normals, chosen = _with_foreground(normals, foreground, u2net_weights, category, estimated)
+        if foreground is not None:  # recorded only when chosen: folders made before the option resume
+            context["foreground"] = chosen
+        return _run(method, root, category, anomaly, num_pairs, out_dir, seed, split, resolution,
+                    anomaly_source_dir, normals, context)  # fmt: skip
+
+
+def _with_foreground(normals, foreground, u2net_weights, category, scratch) -> tuple[list, str]:
+    """The normal samples with the foreground masks of ``foreground`` (estimates written to ``scratch``: made
+    again by a resumed run, deterministically), and the name of the choice as recorded."""
+    from dataclasses import replace
+
+    from ..data.folder import match_foregrounds
+    from ..data.images import load_rgb
+    from ..io import save_image_atomic
+    from ..masks.foreground import ForegroundEstimator, check_foreground_spec, foreground_kind
+
+    if foreground is None:
+        return normals, "dataset" if any(s.foreground for s in normals) else "none"
+    check_foreground_spec(foreground, u2net_weights)
+    if foreground_kind(foreground) == "folder":
+        return match_foregrounds(normals, foreground), str(foreground)
+    estimator = ForegroundEstimator(foreground, u2net_weights, category)
+    out = []
+    for sample in normals:
+        mask = estimator(load_rgb(sample.image))
+        path = None
+        if mask is not None:
+            path = Path(scratch) / f"{sample.image.stem}.png"
+            save_image_atomic(path, mask.astype("uint8") * 255)
+        out.append(replace(sample, foreground=path))
+    return out, foreground
+
+
+def _run(method, root, category, anomaly, num_pairs, out_dir, seed, split, resolution, anomaly_source_dir,
+         normals, context) -> dict[str, Any]:  # fmt: skip
     if method == "crop-paste":
         few_shot = few_shot_split(anomaly_samples(root, category, anomaly), mode=split).train
         if not few_shot:

@@ -183,5 +183,13 @@ def crop_paste(
         writer = GeneratedWriter(out_dir, config)
         for i in progress_bar(writer.pending(num_pairs), desc="crop-paste", unit="pair"):
             image, mask, info = make_pair(np.random.default_rng(writer.seed(i)), defects_at, normals, size)
-            writer.write(i, image, mask, method=METHOD, anomaly_type=config["anomaly_type"], **info)
+            writer.write(
+                i,
+                image,
+                mask,
+                method=METHOD,
+                anomaly_type=config["anomaly_type"],
+                foreground=config.get("foreground"),
+                **info,
+            )
         return {"method": METHOD, **writer.summary(num_pairs)}

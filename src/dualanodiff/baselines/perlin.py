@@ -247,5 +247,13 @@ def perlin(
         writer = GeneratedWriter(out_dir, config)
         for i in progress_bar(writer.pending(num_pairs), desc="perlin", unit="pair"):
             image, mask, info = make_pair(np.random.default_rng(writer.seed(i)), normals, sources, size)
-            writer.write(i, image, mask, method=METHOD, anomaly_type=anomaly_type, **info)
+            writer.write(
+                i,
+                image,
+                mask,
+                method=METHOD,
+                anomaly_type=anomaly_type,
+                foreground=config.get("foreground"),
+                **info,
+            )
         return {"method": METHOD, **writer.summary(num_pairs)}

@@ -47,6 +47,13 @@ def register(subparsers) -> None:
         help="perlin: folder of texture images, e.g. DTD (default: another normal image of the category, cut "
         "into blocks that are shuffled and flipped)",
     )
+    p.add_argument(
+        "--foreground",
+        help="where on a normal image a defect may go, as `generate --on-normal` and BCM take it: auto "
+        "(estimated), u2net (with --u2net-weights), none (anywhere: textures) or a folder of masks by stem "
+        "(default: the dataset's <category>/foreground/train/good masks where they exist, else anywhere)",
+    )
+    p.add_argument("--u2net-weights", help="with --foreground u2net: u2net.pth or u2netp.pth")
     add_progress_argument(p)
     p.set_defaults(func=run)
 
@@ -71,6 +78,8 @@ def run(args) -> int:
         split=args.split,
         resolution=args.resolution,
         anomaly_source_dir=args.anomaly_source,
+        foreground=args.foreground,
+        u2net_weights=args.u2net_weights,
     )
     print(json.dumps(summary, indent=2, default=str))
     return 0

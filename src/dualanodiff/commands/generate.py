@@ -89,7 +89,7 @@ def register(subparsers) -> None:
         help="BCM: how the object of each --backgrounds image is found (and blacked out): auto, u2net (with "
         "--u2net-weights), none (whole image: textures) or a folder of masks matched by stem (<stem>.png or "
         "<stem>_mask.png); default: the source the adapters were trained with (another one is allowed, with a "
-        "warning). With --on-normal: where --where auto may put a defect (default: auto; none for textures)",
+        "warning). With --on-normal: the object --where auto puts a defect on (auto when unset; none for textures)",
     )
     p.add_argument(
         "--background-every",

@@ -26,11 +26,12 @@ from ..data.generated import (
     pair_path,
     read_generated_config,
 )
-from ..data.images import image_size, load_rgb
+from ..data.images import image_size, load_mask, load_rgb
 from ..errors import InputError
 from ..progress import progress_bar
 from .grey import DEFAULT_THRESHOLD as GREY_DEFAULT_THRESHOLD
 from .grey import GREY_LEVEL, grey_mask, half_max_mask
+from .placed import NONFINITE_REASON
 from .quality import DEFAULT_MAX_AREA_FRACTION, DEFAULT_MIN_AREA_FRACTION, judge_mask
 from .u2net import U2NetMasker, load_u2net
 
@@ -226,6 +227,15 @@ def make_masks_for_folder(
                         )
                 for name, mask in zip(batch, masker.batch(parts)):
                     verdict = judge_mask(mask, min_area_fraction, max_area_fraction)
+                    record = records[name]
+                    if record.get("normal") is not None:  # placed on a normal image: the placed rule
+                        mask, verdict = _placed_again(
+                            out, record, mask, config, min_area_fraction, max_area_fraction
+                        )
+                    if str(record.get("reject_reason") or "").startswith(NONFINITE_REASON):
+                        verdict = verdict._replace(
+                            kept=False, reason=record["reject_reason"]
+                        )  # never revived
                     writer.update(
                         name,
                         mask,
@@ -255,3 +265,35 @@ def make_masks_for_folder(
         "min_area_fraction": min_area_fraction,
         "max_area_fraction": max_area_fraction,
     }
+
+
+def _placed_again(
+    out: Path,
+    record: dict[str, Any],
+    part_mask: np.ndarray,
+    config: dict[str, Any],
+    min_area: float,
+    max_area: float,
+):
+    """A placed pair's mask and verdict by the placed rule (`masks.placed`), from its image, its normal
+    image (resized as generation resized it) and its OUT/region file."""
+    from PIL import Image
+
+    from .placed import placed_outcome
+
+    name, kept = record["name"], bool(record.get("kept", True))
+    image = load_rgb(pair_path(out, "image", name, kept))
+    region_path = out / "region" / f"{name}.png"
+    if not region_path.is_file():
+        raise InputError(f"{region_path}: region missing for placed pair {name!r}")
+    normal_path = Path(record["normal"])
+    if not normal_path.is_file():
+        raise InputError(f"{normal_path}: the normal image of placed pair {name!r} is gone")
+    normal = load_rgb(normal_path)
+    if normal.shape != image.shape:
+        size = (image.shape[1], image.shape[0])
+        normal = np.asarray(Image.fromarray(normal).resize(size, Image.BILINEAR))
+    allowed = load_mask(region_path)
+    departure = float(config.get("departure", 16.0))
+    mask, verdict, _ = placed_outcome(part_mask, image, normal, allowed, departure, max_area, min_area)
+    return mask, verdict

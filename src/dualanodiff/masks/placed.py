@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .quality import MaskQuality, judge_mask
+
 DEFAULT_DEPARTURE = 16.0  # uint8 levels: below this a change is VAE reconstruction noise, not a defect
 
 
@@ -48,3 +50,31 @@ def part_outside_fraction(part_mask: np.ndarray, allowed: np.ndarray) -> float:
     """The share of the part branch's defect pixels that lie outside the allowed area (0 when none marked)."""
     marked = int(part_mask.sum())
     return float((part_mask & ~allowed).sum() / marked) if marked else 0.0
+
+
+# A placed pair whose part branch marks more than this share of its defect outside the allowed area is
+# rejected: the part drew its defect elsewhere, so what the whole image shows in the region is not it.
+MAX_PART_OUTSIDE = 0.5
+OUTSIDE_REASON = "the part branch drew its defect mostly outside the region"
+# The start of the reason of a pair whose sampler overflowed (`generate`); `masks` never revives such a pair.
+NONFINITE_REASON = "the sampler produced non-finite values"
+
+
+def placed_outcome(
+    part_mask: np.ndarray,
+    image: np.ndarray,
+    normal: np.ndarray,
+    allowed: np.ndarray,
+    departure: float,
+    max_area_fraction: float,
+    min_area_fraction: float | None = None,
+) -> tuple[np.ndarray, MaskQuality, float]:
+    """A placed pair's mask, its verdict (the area gate, then the part-outside rule) and the part's share
+    outside the allowed area: one rule for `generate` and `masks`."""
+    mask = placed_mask(part_mask, image, normal, allowed, departure)
+    limits = {} if min_area_fraction is None else {"min_area_fraction": min_area_fraction}
+    verdict = judge_mask(mask, max_area_fraction=max_area_fraction, **limits)
+    outside = part_outside_fraction(part_mask, allowed)
+    if verdict.kept and outside > MAX_PART_OUTSIDE:
+        verdict = verdict._replace(kept=False, reason=OUTSIDE_REASON)
+    return mask, verdict, outside
