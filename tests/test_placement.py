@@ -320,7 +320,10 @@ def test_masks_on_a_placed_folder_applies_the_placed_rule_and_never_revives_a_na
     assert _generate(capsys, tiny_base_dir, tiny_adapters, out, *common)[0] == 0
     before = _records(out)
     masks = {n: _pair_mask(out, n, r["kept"]) for n, r in before.items()}
-    assert main(["masks", "--generated", str(out), "--method", "grey", "--max-area", "0.9", "--no-progress"]) == 0
+    assert (
+        main(["masks", "--generated", str(out), "--method", "grey", "--max-area", "0.9", "--no-progress"])
+        == 0
+    )
     after = {r["name"]: r for r in read_jsonl(out / "manifest.jsonl")}
     for name, record in after.items():
         assert np.array_equal(_pair_mask(out, name, record["kept"]), masks[name]), name
