@@ -197,6 +197,7 @@ CASES = [
     ("baseline-pairs-huge", lambda c: _baseline(c, "--num-pairs", "1000000000"), ["--num-pairs", "at most"]),
     ("baseline-crop-paste-anomaly-source", lambda c: _baseline(c, "--anomaly-source", str(c.data)),
      ["--anomaly-source", "only perlin"]),
+    ("baseline-anomaly-too-long", lambda c: _baseline(c, "--anomaly", "x" * 300), ["--anomaly", "300 bytes long"]),
     ("baseline-out-is-file", lambda c: _baseline(c, "--out", str(c.file)), ["--out", "is a file"]),
     ("baseline-wrong-size-mask", lambda c: _baseline(c, data=c.bad_mask_data),
      ["000_mask.png", "mask size 32x32 differs from image", "000.png size 64x64"]),

@@ -85,6 +85,9 @@ def check_seed(value, name: str = "--seed") -> int:
     return check_int(value, name, 0, MAX_SEED)
 
 
+MAX_NAME_BYTES = 200  # a name becomes a folder name (255 bytes on most file systems) with room for suffixes
+
+
 def check_name(value: str, name: str) -> str:
     """A name that becomes one path component (a category, an anomaly type, a method label).
 
@@ -97,6 +100,8 @@ def check_name(value: str, name: str) -> str:
         raise InputError(
             f"{name}: {value!r} is not a plain name (it becomes a folder name: no '/', '\\', '.' or '..')"
         )
+    if len(value.encode()) > MAX_NAME_BYTES:  # file systems refuse longer folder names (a traceback before)
+        raise InputError(f"{name}: {len(value.encode())} bytes long; a name is at most {MAX_NAME_BYTES}")
     return value
 
 
