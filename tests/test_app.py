@@ -126,7 +126,7 @@ def test_the_paint_round_trip_is_exact_for_a_non_square_image_and_refuses_a_resi
     """An existing mask reopens as a layer of exactly the enlarged image's size at its place; saving that
     layer unchanged stores the same mask; a layer of another size (what a canvas of another size sends) is
     refused in one line and the stored mask is left alone."""
-    from dualanodiff.app.handlers import PAINT_CANVAS, paint_scale
+    from dualanodiff.app.handlers import PAINT_SIDE, paint_scale, paint_side
 
     image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
     mask = np.zeros((48, 80), bool)
@@ -139,15 +139,25 @@ def test_the_paint_round_trip_is_exact_for_a_non_square_image_and_refuses_a_resi
     )
     value = handlers.paint_background("wide.png")
     scale = paint_scale((48, 80))
-    assert scale == 6 and value["background"].shape[:2] == (288, 480) == value["layers"][0].shape[:2]
-    assert min(value["background"].shape[:2]) >= PAINT_CANVAS
-    np.testing.assert_array_equal(value["layers"][0][scale * 30, scale * 60], (255, 255, 255, 255))
+    # One square canvas for every image (the editor keeps its first canvas's bounds), the image at its top left.
+    assert scale == 6 and value["background"].shape[:2] == (512, 512) == value["layers"][0].shape[:2]
+    assert paint_side((64, 64)) == paint_side((48, 80)) == PAINT_SIDE
+    np.testing.assert_array_equal(
+        value["background"][:288, :480], np.kron(image, np.ones((6, 6, 1), np.uint8))
+    )
+    layer = value["layers"][0][..., 3] > 0
+    np.testing.assert_array_equal(layer[:288, :480], np.kron(mask, np.ones((6, 6), bool)))
+    assert not layer[288:].any() and not layer[:, 480:].any()
     path = handlers.save_painting("wide.png", value)
     np.testing.assert_array_equal(np.asarray(Image.open(path)) > 0, mask)
+    stray = {**value, "layers": [value["layers"][0].copy()]}
+    stray["layers"][0][400:420, 10:30] = 255  # paint on the grey beyond the image: dropped
+    path = handlers.save_painting("wide.png", stray)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)) > 0, mask)
     shifted = np.zeros((800, 800, 4), np.uint8)
-    shifted[144 : 144 + 288, 144 : 144 + 480] = value["layers"][0]
+    shifted[144 : 144 + 512, 144 : 144 + 512] = value["layers"][0]
     with pytest.raises(
-        InputError, match=r"^wide.png: the editor sent a 800x800 px painting for a 480x288 px canvas"
+        InputError, match=r"^wide.png: the editor sent a 800x800 px painting for a 512x512 px canvas"
     ):
         handlers.save_painting("wide.png", {"background": value["background"], "layers": [shifted]})
     np.testing.assert_array_equal(np.asarray(Image.open(path)) > 0, mask)

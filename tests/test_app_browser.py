@@ -319,11 +319,6 @@ def _choose_image(page, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the square image passes; the non-square one, opened after the square one, loses its mask "
-    "layer (the editor keeps the earlier image's 512 px bounds and centres the 480x288 layer off the canvas)",
-)
 def test_an_existing_mask_keeps_its_place_through_the_paint_editor(app_server, tmp_path):
     """An existing mask opens where it is, an unchanged save changes nothing, and a stroke adds its own pixels
     and nothing else, on a square and a non-square image (it once came back moved by +18 px on a 64 px image)."""

@@ -136,13 +136,21 @@ class AppHandlers:
         image = load_rgb(image_path)
         scale = paint_scale(image.shape[:2])
         big = np.kron(image, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else image
-        layer = np.zeros((*big.shape[:2], 4), np.uint8)
+        h, w = big.shape[:2]
+        # Every image on one square canvas of the same side (grey beyond the image, at its top left): the
+        # editor keeps the bounds of the first canvas it showed and centres later layers in them, so a canvas
+        # of another size would get its mask layer drawn off the image (seen in Chromium: a 480x288 image
+        # opened after a 512x512 one lost its mask).
+        side = paint_side(image.shape[:2])
+        canvas = np.full((side, side, 3), 128, np.uint8)
+        canvas[:h, :w] = big
+        layer = np.zeros((side, side, 4), np.uint8)
         mask_path = project.mask_path(image_path)
         if mask_path.is_file():
             mask = load_mask(mask_path, size=(image.shape[1], image.shape[0]))
             mask = np.kron(mask, np.ones((scale, scale), bool)) if scale > 1 else mask
-            layer[mask] = (255, 255, 255, 255)
-        return {"background": big, "layers": [layer], "composite": None}
+            layer[:h, :w][mask] = (255, 255, 255, 255)
+        return {"background": canvas, "layers": [layer], "composite": None}
 
     def save_painting(self, image_name: str, editor: dict[str, Any] | None) -> Path:
         """Save what was painted over a defect image as its mask (any painted pixel of any layer).
@@ -159,7 +167,8 @@ class AppHandlers:
         project = self.project
         image = load_rgb(dataset.defect_image(project, image_name))
         scale = paint_scale(image.shape[:2])
-        expected = (image.shape[0] * scale, image.shape[1] * scale)
+        side = paint_side(image.shape[:2])
+        expected = (side, side)
         background = (editor or {}).get("background")
         shapes = [layer.shape[:2] for layer in layers]
         if background is not None:
@@ -173,6 +182,9 @@ class AppHandlers:
         painted = np.zeros(expected, bool)
         for layer in layers:
             painted |= (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer.max(-1) > 0)
+        painted = painted[
+            : image.shape[0] * scale, : image.shape[1] * scale
+        ]  # paint beyond the image: dropped
         mask = _shrink(painted, image.shape[:2])
         if not mask.any():  # an empty mask is no mask: keep the saved one rather than break the image
             raise nothing
@@ -459,6 +471,12 @@ def paint_scale(shape: tuple[int, int]) -> int:
     """The whole factor an image of ``shape`` (h, w) is enlarged by in the paint editor."""
     short, long = min(shape), max(shape)
     return max(1, PAINT_SIDE // long, -(-PAINT_CANVAS // short))
+
+
+def paint_side(shape: tuple[int, int]) -> int:
+    """The side of the square paint canvas for an image of ``shape`` (h, w): `PAINT_SIDE` for every image
+    that fits it once enlarged, so the editor's canvas keeps one size from image to image."""
+    return max(PAINT_SIDE, paint_scale(shape) * max(shape))
 
 
 def _shrink(painted: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
