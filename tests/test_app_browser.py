@@ -191,7 +191,7 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
         _wait_for(page, "#paint-note", f"{defects[0].name}: paint the defect white")
         _paint(page)
         page.click("#save-mask")
-        _wait_for(page, "#paint-note", f"mask saved: {defects[0].stem}_mask.png")
+        _wait_for(page, "#paint-note", f"mask saved: {defects[0].stem}_mask.png", timeout=120_000)
         _wait_for(page, "#data-summary", "4 defect image(s), 4 ready to train")
         painted = np.asarray(Image.open(data / "ground_truth" / "crack" / f"{defects[0].stem}_mask.png")) > 0
         assert painted.shape == (64, 64) and 10 < painted.sum() < 64 * 64 // 2
