@@ -84,7 +84,15 @@ def test_a_diverging_detector_stops_instead_of_scoring_nan_weights(
     if mode == "localization":
         argv += ["--no-generated", "--runs", "1", "--samples-per-epoch", "8", "--base-channels", "4"]
     else:  # two labels for one folder: enough to train a classifier
-        argv += ["--generated", str(generated), str(generated), "--anomaly-types", "crack", "spot"]
+        argv += [
+            "--generated",
+            str(generated),
+            str(generated),
+            "--anomaly-types",
+            "crack",
+            "spot",
+            "--random-init",
+        ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "training diverged" in err[-1] and "--lr 1e+12" in err[-1]
