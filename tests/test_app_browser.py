@@ -231,8 +231,10 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
         assert (generated / "rejected" / "image" / "00000.png").is_file()
 
         page.click("#gen-zip")
+        # The download button appears once the zip is written (long on a loaded 2-core machine).
+        sync_api.expect(page.locator("#gen-zip-download")).to_be_visible(timeout=180_000)
         with page.expect_download() as download:
-            page.click("#gen-zip-download")
+            page.click("#gen-zip-download", timeout=60_000)
         dataset_zip = tmp_path / "dataset.zip"
         download.value.save_as(dataset_zip)
         records = {}
