@@ -276,7 +276,7 @@ def placement_tables(studies: list[Path]) -> str:
         study = json.loads(path.read_text())
         parts.append(study_table(study))
         parts.append(
-            f"Commit measured: `{study.get('commit', 'unknown')}`; results: `{path.relative_to(ROOT)}`.\n"
+            f"Commit measured: `{study.get('commit', 'unknown')}`; results: `{path.resolve().relative_to(ROOT)}`.\n"
         )
     return "\n".join(parts)
 
