@@ -366,3 +366,25 @@ def test_baselines_take_the_same_foreground_choice_and_record_it(capsys, placed_
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--foreground elsewhere: not a folder of masks" in err[0]
+
+
+def test_the_placement_picture_shows_each_pair_with_its_normal_part_and_region(
+    capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
+):
+    """scripts/miniature_tables.py draws the first placed pairs (4 cells a pair) from a placed folder."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location(
+        "miniature_tables", Path(__file__).resolve().parents[1] / "scripts" / "miniature_tables.py"
+    )
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    out = tmp_path / "placed"
+    common = ["--on-normal", "data", "--data", str(placed_data), "--category", "pill", "--anomaly", "crack"]
+    assert _generate(capsys, tiny_base_dir, tiny_adapters, out, *common)[0] == 0
+    picture = tmp_path / "pairs.png"
+    tables.placed_pairs_picture(out, picture, count=4)
+    width, height = Image.open(picture).size
+    assert width > 8 * 64 and height > 64  # 4 pairs x 4 cells in rows of 8: two pairs a row
