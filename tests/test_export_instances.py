@@ -3,6 +3,9 @@ split, and the one-line refusals (exit 2, before anything is written)."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
 from export_data import H, W, generated, normals, real, sources, tricky_mask
@@ -93,8 +96,27 @@ def test_bad_input_is_one_line_and_nothing_is_written(fmt: str, tmp_path, capsys
     capsys.readouterr()
     assert "another format" in _fails(capsys, "export", fmt, "--generated", *gen, "--out", str(anomalib))
 
+    # The writer's library is checked at writing, after the inputs and before the lock: without it (CI installs
+    # no extras) the refusal names the extra; with it, a folder another writer holds is refused.
+    library = {"coco": "pycocotools", "yolo": "cv2"}[fmt]
     with output_lock(out, "test"):
-        assert "already being written" in _fails(
-            capsys, "export", fmt, "--generated", *gen, "--out", str(out)
-        )
+        err = _fails(capsys, "export", fmt, "--generated", *gen, "--out", str(out))
+    if importlib.util.find_spec(library) is None:
+        assert f"pip install 'dualanodiff[{fmt}]'" in err
+    else:
+        assert "already being written" in err
     assert not (out / "export.json").exists()
+
+
+@pytest.mark.parametrize("fmt", ["coco", "yolo"])
+def test_a_missing_writer_library_is_named_before_anything_is_written(
+    fmt: str, tmp_path, capsys, monkeypatch
+) -> None:
+    # None in sys.modules makes `import` raise ImportError, as on a machine without the extra.
+    for name in {"coco": ("pycocotools", "pycocotools.mask"), "yolo": ("cv2",)}[fmt]:
+        monkeypatch.setitem(sys.modules, name, None)
+    s = sources(tmp_path)
+    out = tmp_path / "out"
+    err = _fails(capsys, "export", fmt, "--generated", *[str(g) for g in s["generated"]], "--out", str(out))
+    assert "not installed" in err and f"pip install 'dualanodiff[{fmt}]'" in err
+    assert not out.exists()
