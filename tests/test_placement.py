@@ -388,3 +388,50 @@ def test_the_placement_picture_shows_each_pair_with_its_normal_part_and_region(
     tables.placed_pairs_picture(out, picture, count=4)
     width, height = Image.open(picture).size
     assert width > 8 * 64 and height > 64  # 4 pairs x 4 cells in rows of 8: two pairs a row
+
+
+def test_a_foreground_folder_keeps_drawn_regions_on_its_masks_and_a_missing_one_is_named(tmp_path):
+    """``--foreground DIR``: each normal image's mask is found by stem (``<stem>.png`` or ``<stem>_mask.png``)
+    and every drawn region lies on it; a normal image without one is refused before anything loads."""
+    from PIL import Image
+
+    from dualanodiff.placement import Placements
+
+    good, fg, shapes = tmp_path / "good", tmp_path / "fg", tmp_path / "shapes"
+    for folder in (good, fg, shapes):
+        folder.mkdir()
+    objects = {}
+    for k in range(3):
+        Image.fromarray(_normal(k)).save(good / f"n{k}.png")
+        objects[f"n{k}"] = _square(8 + 4 * k, 30 - 4 * k, 28)
+        suffix = "_mask" if k == 1 else ""
+        Image.fromarray(objects[f"n{k}"].astype(np.uint8) * 255).save(fg / f"n{k}{suffix}.png")
+    Image.fromarray(_square(0, 0, 6, size=32).astype(np.uint8) * 255).save(shapes / "s.png")
+    placements = Placements(good, "auto", 64, str(fg), fewshot_masks=[shapes / "s.png"])
+    for seed in range(12):
+        placed = placements.for_seed(seed)
+        assert placed.region.any() and not (placed.region & ~objects[placed.normal_path.stem]).any()
+
+    (fg / "n2.png").unlink()
+    with pytest.raises(InputError, match=r"--foreground .*fg: no mask for n2\.png .*1 of 3 missing"):
+        Placements(good, "auto", 64, str(fg), fewshot_masks=[shapes / "s.png"])
+
+
+def test_a_region_painted_at_the_normal_images_own_size_is_resized_with_it(tmp_path):
+    """A region the size of the normal image on disk (as the app's region painter saves it) is resized to the
+    generation size as the image is; any other size is refused naming both."""
+    from PIL import Image
+
+    from dualanodiff.placement import Placements
+
+    good, where = tmp_path / "good", tmp_path / "where"
+    good.mkdir()
+    where.mkdir()
+    Image.fromarray(_normal(0, size=128)).save(good / "a.png")
+    Image.fromarray(_square(32, 64, 40, size=128).astype(np.uint8) * 255).save(where / "a.png")
+    placed = Placements(good, str(where), 64, "none").for_seed(0)
+    assert placed.normal.shape == (64, 64, 3)
+    assert np.array_equal(placed.region, _square(16, 32, 20))
+    Image.fromarray(_square(4, 4, 8, size=32).astype(np.uint8) * 255).save(where / "a.png")
+    with pytest.raises(InputError, match=r"a\.png: region of 32x32 px, the normal image is 128x128$"):
+        Placements(good, str(where), 64, "none").for_seed(0)

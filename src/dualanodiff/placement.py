@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .data.folder import folder_normals
-from .data.images import load_mask, load_mask_for, load_rgb
+from .data.images import image_size, is_image_file, load_mask, load_mask_for, load_rgb, resize_rgb
 from .errors import InputError
 from .masks.foreground import ForegroundEstimator, check_foreground_spec, foreground_kind
 from .masks.regions import RegionSampler, load_region, region_files
@@ -50,7 +49,7 @@ def fewshot_mask_paths(
 
     own = Path(adapters) / FEWSHOT_MASKS
     if own.is_dir() and any(own.iterdir()):
-        return sorted(p for p in own.iterdir() if p.suffix.lower() == ".png")
+        return sorted(p for p in own.iterdir() if is_image_file(p))
     if data is not None:
         if not (category and anomaly):
             raise InputError(
@@ -65,7 +64,7 @@ def fewshot_mask_paths(
                 s.mask for s in few_shot_train(root, training["category"], training["anomaly"], mode=mode)
             ]
     if training.get("masks") and Path(training["masks"]).is_dir():
-        return sorted(p for p in Path(training["masks"]).iterdir() if p.suffix.lower() == ".png")
+        return sorted(p for p in Path(training["masks"]).iterdir() if is_image_file(p))
     raise InputError(
         f"--where auto: {adapters} carry no few-shot masks (the authors' checkpoints do not, and the training "
         "data they record is not there): give --data ROOT --category C --anomaly A, or --where DIR"
@@ -119,6 +118,16 @@ class Placements:
         check_foreground_spec(foreground, u2net_weights)
         self.foreground = foreground
         self._folder = foreground if foreground_kind(foreground) == "folder" else None
+        self._foreground_files: list[Path] = []
+        if self._folder is not None:  # matched by stem as every folder of foreground masks is
+            samples = {s.image: s.foreground for s in folder_normals(folder, self._folder)}
+            missing = [p.name for p in self.normals if samples.get(p) is None]
+            if missing:
+                raise InputError(
+                    f"--foreground {self._folder}: no mask for {missing[0]} (expected <stem>.png or "
+                    f"<stem>_mask.png; {len(missing)} of {len(self.normals)} missing)"
+                )
+            self._foreground_files = [samples[p] for p in self.normals]
         self._estimator = None
         if self._folder is None:  # auto regions stay on it; a user's region must touch it
             self._estimator = ForegroundEstimator(foreground, u2net_weights, category, device=device)
@@ -131,7 +140,7 @@ class Placements:
         normal, foreground = self._normal(index)
         path = self.normals[index]
         if self.regions is not None:
-            region = load_region(self.regions[path.stem], self.size)
+            region = load_region(self.regions[path.stem], self.size, own_size=image_size(path))
             if foreground is not None and not (region & foreground).any():
                 raise InputError(f"{self.regions[path.stem]}: the region misses the object of {path.name}")
             return Placement(path, normal, region, {"kind": "file", "file": str(self.regions[path.stem])})
@@ -141,10 +150,9 @@ class Placements:
     def _normal(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         if index not in self._cache:
             path = self.normals[index]
-            normal = _resized(load_rgb(path), self.size)
+            normal = resize_rgb(load_rgb(path), self.size)
             if self._folder is not None:
-                mask_path = _foreground_file(Path(self._folder), path.stem)
-                foreground = load_mask_for(mask_path, path, size=self.size)
+                foreground = load_mask_for(self._foreground_files[index], path, size=self.size)
             elif self._estimator is not None:
                 foreground = self._estimator(normal)
             else:
@@ -153,17 +161,3 @@ class Placements:
                 raise InputError(f"{path}: the foreground estimate is empty (no object to place a defect on)")
             self._cache[index] = (normal, foreground)
         return self._cache[index]
-
-
-def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The image at ``size`` (W, H), resized bilinearly as `train` resizes its images."""
-    if image.shape[1::-1] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-
-
-def _foreground_file(folder: Path, stem: str) -> Path:
-    for name in (f"{stem}.png", f"{stem}_mask.png"):
-        if (folder / name).is_file():
-            return folder / name
-    raise InputError(f"--foreground {folder}: no mask for {stem} (expected {stem}.png or {stem}_mask.png)")

@@ -92,6 +92,14 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     return np.rint(unit * 255.0).astype(np.uint8)
 
 
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``uint8 (H, W, 3)`` at ``size`` (W, H), bilinear as `train` resizes its images (unchanged at that size):
+    the one resize a placed pair's normal image gets, at generation and when `masks` re-reads it."""
+    if image.shape[1::-1] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(W, H) of an image file from its header only, so checking thousands of files stays cheap."""
     try:

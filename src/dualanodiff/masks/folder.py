@@ -26,7 +26,7 @@ from ..data.generated import (
     pair_path,
     read_generated_config,
 )
-from ..data.images import image_size, load_mask, load_rgb
+from ..data.images import image_size, load_mask, load_rgb, resize_rgb
 from ..errors import InputError
 from ..progress import progress_bar
 from .grey import DEFAULT_THRESHOLD as GREY_DEFAULT_THRESHOLD
@@ -277,7 +277,6 @@ def _placed_again(
 ):
     """A placed pair's mask and verdict by the placed rule (`masks.placed`), from its image, its normal
     image (resized as generation resized it) and its OUT/region file."""
-    from PIL import Image
 
     from .placed import placed_outcome
 
@@ -289,10 +288,7 @@ def _placed_again(
     normal_path = Path(record["normal"])
     if not normal_path.is_file():
         raise InputError(f"{normal_path}: the normal image of placed pair {name!r} is gone")
-    normal = load_rgb(normal_path)
-    if normal.shape != image.shape:
-        size = (image.shape[1], image.shape[0])
-        normal = np.asarray(Image.fromarray(normal).resize(size, Image.BILINEAR))
+    normal = resize_rgb(load_rgb(normal_path), (image.shape[1], image.shape[0]))
     allowed = load_mask(region_path)
     departure = float(config.get("departure", 16.0))
     mask, verdict, _ = placed_outcome(part_mask, image, normal, allowed, departure, max_area, min_area)

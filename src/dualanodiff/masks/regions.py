@@ -59,13 +59,19 @@ def composite(generated: np.ndarray, normal: np.ndarray, weights: np.ndarray) ->
     return out
 
 
-def load_region(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
-    """A user's region mask (any image, non-zero = region) at ``size`` (W, H); refuses an empty one."""
+def load_region(
+    path: str | os.PathLike, size: tuple[int, int], own_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """A user's region mask (any image, non-zero = region) at ``size`` (W, H), the generation size; refuses
+    an empty one. A region drawn at the normal image's ``own_size`` (W, H) is resized to ``size`` as the image
+    is (bilinear, thresholded at half), which lets a user paint on the image as it is on disk."""
     region = load_mask(path)
-    if region.shape != (size[1], size[0]):
-        raise InputError(
-            f"{path}: region of {region.shape[1]}x{region.shape[0]} px, the normal image is {size[0]}x{size[1]}"
-        )
+    got = (region.shape[1], region.shape[0])
+    if got != size and got == own_size:
+        region = _resize_mask(region, size)
+    elif got != size:
+        sizes = f"{size[0]}x{size[1]}" if own_size in (None, size) else f"{own_size[0]}x{own_size[1]}"
+        raise InputError(f"{path}: region of {got[0]}x{got[1]} px, the normal image is {sizes}")
     if not region.any():
         raise InputError(f"{path}: the region is empty (no non-zero pixel)")
     return region
