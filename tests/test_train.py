@@ -249,6 +249,20 @@ def test_cli_trains_all_types_and_skips_finished(mvtec_root, tiny_base_dir, tmp_
         assert len(read_loss_log(out / "pill" / kind)) == n_train  # one epoch, batch 1
     assert (spot / "adapters.safetensors").stat().st_mtime_ns == mtime
 
+    # The adapters carry their training masks (the shapes `generate --where auto` draws), equal to the data's.
+    from dualanodiff.data.images import load_mask
+
+    crack = out / "pill" / "crack"
+    samples = training_samples(
+        TrainConfig(
+            base=str(tiny_base_dir), out=str(out), data=str(mvtec_root), category="pill", anomaly="crack"
+        )
+    )
+    copies = sorted((crack / "fewshot_masks").iterdir())
+    assert [p.name for p in copies] == [f"{k:03d}_{s.image.stem}.png" for k, s in enumerate(samples)]
+    for copy, sample in zip(copies, samples):
+        assert np.array_equal(np.asarray(Image.open(copy)) > 0, load_mask(sample.mask))
+
 
 def broken_copy(root, tmp_path, damage):
     copy = tmp_path / "data"

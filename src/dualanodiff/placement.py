@@ -22,10 +22,9 @@ from .data.images import image_size, is_image_file, load_mask, load_mask_for, lo
 from .errors import InputError
 from .masks.foreground import ForegroundEstimator, check_foreground_spec, foreground_kind
 from .masks.regions import RegionSampler, load_region, region_files
+from .model.dual_unet import FEWSHOT_MASKS
 
 log = logging.getLogger(__name__)
-
-FEWSHOT_MASKS = "fewshot_masks"  # the adapters' folder of few-shot masks (written by `train`)
 
 
 @dataclass(frozen=True)

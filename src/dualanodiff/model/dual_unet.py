@@ -26,6 +26,7 @@ from .processor import DualBranchAttnProcessor
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+FEWSHOT_MASKS = "fewshot_masks"  # the adapters' copy of their training masks (`generate --where auto` shapes)
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # Precisions adapters may be saved in (`save_adapters(dtype=...)`); loading casts to the model's precision.
 SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

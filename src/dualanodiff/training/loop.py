@@ -45,7 +45,13 @@ from .checkpoint import (
 )
 from .config import TrainConfig, identity, resolve_config, steps_per_epoch, total_steps
 from .probe import ProbeSet, append_probe_row, build_probe_set, row_losses, truncate_probe_log
-from .sources import data_hash, expand_anomaly_types, training_samples, write_estimated_foregrounds
+from .sources import (
+    data_hash,
+    expand_anomaly_types,
+    training_samples,
+    write_estimated_foregrounds,
+    write_fewshot_masks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +264,7 @@ def _train_locked(
                 f"{found[-1][1]}: a checkpoint at step {found[-1][0]}, beyond this run's {total} steps; give at "
                 "least that many (--max-steps/--epochs), or --no-resume to start over"
             )
+    write_fewshot_masks(samples, run_dir)
     if config.bcm and foreground_kind(config.foreground) in ("auto", "u2net"):
         samples = write_estimated_foregrounds(config, samples, run_dir / "foreground")
     AdapterTrainer(config, samples, run_dir, data).run(on_step)

@@ -19,6 +19,7 @@ from ..data.mvtec import DefectSample, few_shot_train, list_anomaly_types
 from ..data.validate import validate_training_samples
 from ..errors import InputError
 from ..masks.foreground import foreground_kind
+from ..model.dual_unet import FEWSHOT_MASKS
 from .config import TrainConfig, default_foreground
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,23 @@ def data_hash(samples: list[DefectSample]) -> str:
         for path in (sample.image, sample.mask, sample.foreground):
             digest.update(b"-" if path is None else hashlib.sha256(Path(path).read_bytes()).digest())
     return digest.hexdigest()[:16]
+
+
+def write_fewshot_masks(samples: list[DefectSample], run_dir: Path) -> Path:
+    """Copy the training masks into ``run_dir/fewshot_masks/`` (0/255 PNGs, one per sample, in sample order),
+    so adapters carry the defect shapes that placement draws regions from even when their data moves.
+    Replaced whole: a retraining on other data leaves no stale shape behind."""
+    import shutil
+
+    from ..data.images import load_mask
+    from ..io import save_image_atomic
+
+    folder = run_dir / FEWSHOT_MASKS
+    if folder.is_dir():
+        shutil.rmtree(folder)
+    for k, s in enumerate(samples):
+        save_image_atomic(folder / f"{k:03d}_{s.image.stem}.png", load_mask(s.mask).astype(np.uint8) * 255)
+    return folder
 
 
 def write_estimated_foregrounds(
