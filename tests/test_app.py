@@ -164,6 +164,55 @@ def test_the_paint_round_trip_is_exact_for_a_non_square_image_and_refuses_a_resi
     assert paint_scale((700, 1000)) == 1 and paint_scale((20, 600)) == 4
 
 
+def test_a_painted_region_round_trips_and_chooses_where_placed_pairs_go(synthetic_pill_root, tmp_path):
+    """The region painter stores a region at the normal image's own size and reopens it in place; the page's
+    "Where the defects go" choice becomes `generate --on-normal/--where`, and each way it cannot work is one
+    line naming what to do."""
+    handlers = AppHandlers(tmp_path / "work")
+    ((image, mask),) = _defects(synthetic_pill_root, 1)
+    handlers.add_uploads("pill", "crack", [str(image)], [str(mask)], None, None)
+    with pytest.raises(InputError, match="placing defects needs normal images: add some on the Data page"):
+        handlers.placement_fields("auto")
+    good = sorted((synthetic_pill_root / "pill" / "train" / "good").glob("*.png"))[:2]
+    handlers.add_uploads("pill", "crack", None, None, [str(g) for g in good], None)
+    assert handlers.normal_names() == [g.name for g in good]
+    assert handlers.placement_fields("noise") == {}
+    assert handlers.placement_fields("auto") == {
+        "on_normal": str(handlers.project.normal_train_dir),
+        "where": "auto",
+    }
+    with pytest.raises(InputError, match="no region painted yet"):
+        handlers.placement_fields("painted")
+    with pytest.raises(InputError, match="where the defects go: choose one of noise, auto, painted"):
+        handlers.placement_fields("anywhere")
+
+    name = good[1].name
+    value = handlers.region_background(name)
+    assert not (value["layers"][0][..., 3] > 0).any()  # nothing painted yet
+    layer = np.zeros_like(value["layers"][0])
+    layer[160:240, 80:200] = (255, 255, 255, 255)  # image rows 20-29, columns 10-24 (8x enlarged)
+    path = handlers.save_region(name, {"background": value["background"], "layers": [layer]})
+    expected = np.zeros((64, 64), bool)
+    expected[20:30, 10:25] = True
+    np.testing.assert_array_equal(np.asarray(Image.open(path)) > 0, expected)
+    assert path == handlers.workspace.regions_dir(handlers.project) / f"{good[1].stem}.png"
+    reopened = handlers.region_background(name)["layers"][0]
+    np.testing.assert_array_equal(reopened, layer)  # in place, exactly
+    assert handlers.painted_regions() == [name]
+    fields = handlers.placement_fields("painted")
+    assert fields["where"] == str(handlers.workspace.regions_dir(handlers.project))
+    config = handlers.generate_config("", "demo", 4, 0, "ddim", 2, 2.5, 1.0, 4, "painted")
+    assert (config.on_normal, config.where) == (fields["on_normal"], fields["where"])
+    with pytest.raises(InputError, match="nothing painted; paint where the defect may go first"):
+        handlers.save_region(name, {"layers": [np.zeros_like(layer)]})
+    with pytest.raises(InputError, match="choose a normal image"):
+        handlers.region_background("")
+    with pytest.raises(InputError, match="elsewhere.png: no such normal image"):
+        handlers.region_background("elsewhere.png")
+    handlers.remove_region(name)
+    assert handlers.painted_regions() == [] and not path.exists()
+
+
 @pytest.mark.slow
 def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, tmp_path):
     handlers = AppHandlers(tmp_path / "work", threads=1)
@@ -238,6 +287,28 @@ def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, 
     assert len([n for n in names if n.startswith("pill/test/crack/")]) == len(kept)
     assert len([n for n in names if n.startswith("pill/ground_truth/crack/")]) == len(kept)
     assert "pill/export.json" in names and any(n.startswith("pill/train/good/") for n in names)
+
+    # Placed on a normal image, only where painted: outside the allowed area (region plus seam band) each
+    # pair is the normal image bit for bit, and the page's fields come back with the choice after a reload.
+    normal = handlers.normal_names()[0]
+    value = handlers.region_background(normal)
+    layer = np.zeros_like(value["layers"][0])
+    layer[160:320, 160:320] = (255, 255, 255, 255)  # image rows and columns 20-39
+    handlers.save_region(normal, {"background": value["background"], "layers": [layer]})
+    placed = handlers.generate_config("", "", 2, 0, "ddim", 2, 2.5, 1.0, 2, "painted")
+    handlers.start_generation(placed, discard=True)
+    status = handlers.jobs.wait("generate", timeout=300)
+    assert status.state == "done", handlers.jobs.log("generate")
+    assert AppHandlers(tmp_path / "work").last_generation_fields()[-1] == "painted"
+    pairs = handlers.generated_pairs()
+    assert len(pairs) == 2
+    source = np.asarray(Image.open(handlers.project.normal_train_dir / normal).convert("RGB"))
+    for pair in pairs:
+        assert Path(pair.record["normal"]).name == normal
+        allowed = np.asarray(Image.open(folder / "region" / f"{pair.name}.png")) > 0
+        assert allowed[20:40, 20:40].all() and not allowed[:10].any()
+        image = np.asarray(Image.open(pair.image).convert("RGB"))
+        np.testing.assert_array_equal(image[~allowed], source[~allowed])
 
 
 @pytest.mark.slow

@@ -292,12 +292,13 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
     shutil.rmtree(tmp_path / "screenshots", ignore_errors=True)
 
 
-def _stroke(page, scale: int, row: int, columns: range) -> None:
+def _stroke(page, scale: int, row: int, columns: range, editor: str = "paint-editor") -> None:
     """Drag the brush along image row ``row`` over ``columns`` (image pixels of an image enlarged ``scale``
-    times), through the pixels' centres, placed from where the editor draws its canvas (`window.editor`)."""
-    canvas = page.locator("#paint-editor canvas").first
+    times), through the pixels' centres, placed from where the editor draws its canvas (`window.editor`: the
+    editor last opened; every editor shows the same square canvas, so the geometry is the same for each)."""
+    canvas = page.locator(f"#{editor} canvas").first
     sync_api.expect(canvas).to_be_visible()
-    page.get_by_role("button", name="Brush").first.click()
+    page.locator(f"#{editor}").get_by_role("button", name="Brush").first.click()
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     x0, y0, zoom = page.evaluate(
@@ -378,3 +379,42 @@ def test_an_existing_mask_keeps_its_place_through_the_paint_editor(app_server, t
                 f"{name}: the stroke left {(~covered).sum()} of {len(columns)} columns unpainted"
             )
         browser.close()
+
+
+@pytest.mark.slow
+def test_a_region_painted_in_the_browser_lands_where_it_was_painted(
+    app_server, synthetic_pill_root, tmp_path
+):
+    """The Generate page's region painter: a stroke on a normal image is stored, at the image's own size, on
+    the stroke's row and nowhere else, and the page lists the image as painted."""
+    from dualanodiff.app.handlers import AppHandlers, paint_scale
+
+    url, workspace = app_server
+    good = sorted((synthetic_pill_root / "pill" / "train" / "good").glob("*.png"))[:2]
+    handlers = AppHandlers(workspace)
+    handlers.add_uploads("pill", "crack", None, None, [str(g) for g in good], None)
+    stored = handlers.workspace.regions_dir(handlers.project) / f"{good[1].stem}.png"
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        _tab(page, "3. Generate")
+        page.get_by_label("on my normal images, only where I painted").check()
+        page.get_by_text("Paint where defects may go").click()
+        page.locator("#region-image input").click()
+        page.get_by_role("option", name=good[1].name).click()
+        _wait_for(page, "#region-note", f"{good[1].name}: paint where a defect may go")
+        row, columns = 40, range(10, 30)
+        _stroke(page, paint_scale((64, 64)), row, columns, editor="region-editor")
+        page.click("#region-save")
+        _wait_for(page, "#region-note", f"region saved: {stored.name}", timeout=120_000)
+        _wait_for(page, "#region-list", f"Regions painted on 1 image(s): {good[1].name}")
+        page.screenshot(path=str(tmp_path / "region.png"))  # to look at when it fails
+        browser.close()
+    region = np.asarray(Image.open(stored)) > 0
+    assert region.shape == (64, 64)
+    band = np.zeros_like(region)
+    band[row - 1 : row + 2, columns[0] - 1 : columns[-1] + 2] = True
+    assert region.any() and not (region & ~band).any(), f"{(region & ~band).sum()} pixels off the stroke"
+    assert region[row - 1 : row + 2, columns[0] : columns[-1] + 1].any(axis=0).all()

@@ -20,7 +20,7 @@ from ..data.mvtec import list_anomaly_types, list_categories
 from ..errors import InputError
 from ..export import export_anomalib, export_for_training
 from ..generate import SCHEDULERS, GenerateConfig
-from ..io import read_json_object
+from ..io import read_json_object, save_image_atomic
 from ..training import TrainConfig, resolve_config, training_samples
 from ..training.loop import complete_config
 from . import dataset
@@ -28,12 +28,19 @@ from .evaluation import StudyRequest, check_study, study_resolution
 from .jobs import Jobs, JobStatus
 from .progress import generation_progress, status_html, training_progress
 from .review import set_verdict, zip_folder
-from .workspace import Project, Workspace
+from .workspace import Project, Workspace, path_inside
 
 DEMO_BASE = "demo"  # what the base field holds for the built-in demo base
 # The demo's settings (`dualanodiff demo`): what trains the tiny demo base in minutes on a CPU.
 DEMO_TRAINING = {"max_steps": 400, "learning_rate": 1e-3, "rank": 16, "batch_size": 4}
 DEMO_SAMPLER_STEPS = 25
+# "Where the defects go" on the Generate page: the paper's method, or placed on the project's normal images
+# (`generate --on-normal`), anywhere on the object (`--where auto`) or only in painted regions (`--where DIR`).
+PLACEMENTS = {
+    "noise": "whole new images, as in the paper",
+    "auto": "on my normal images, anywhere on the object",
+    "painted": "on my normal images, only where I painted",
+}
 PAINT_SIDE = 512  # small images are enlarged to about this side for painting, then the mask is scaled back
 # The editor's initial canvas (`gr.ImageEditor(canvas_size=...)`). Gradio centres a supplied layer in the bounds of
 # everything on its canvas, and that canvas keeps children of this initial size: an image smaller than it would
@@ -128,67 +135,21 @@ class AppHandlers:
         return items, [e.name for e in entries], summary
 
     def paint_background(self, image_name: str) -> dict[str, Any]:
-        """The editor's value for painting the mask of a defect image: the image enlarged by a whole factor
-        (small images to about `PAINT_SIDE`, and never below `PAINT_CANVAS` a side) and its current mask, if
-        any, as a white layer of exactly the enlarged image's size, so it opens where it is."""
-        project = self.project
-        image_path = dataset.defect_image(project, image_name)
+        """The editor's value for painting the mask of a defect image, its current mask (if any) in place."""
+        image_path = dataset.defect_image(self.project, image_name)
         image = load_rgb(image_path)
-        scale = paint_scale(image.shape[:2])
-        big = np.kron(image, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else image
-        h, w = big.shape[:2]
-        # Every image on one square canvas of the same side (grey beyond the image, at its top left): the
-        # editor keeps the bounds of the first canvas it showed and centres later layers in them, so a canvas
-        # of another size would get its mask layer drawn off the image (seen in Chromium: a 480x288 image
-        # opened after a 512x512 one lost its mask).
-        side = paint_side(image.shape[:2])
-        canvas = np.full((side, side, 3), 128, np.uint8)
-        canvas[:h, :w] = big
-        layer = np.zeros((side, side, 4), np.uint8)
-        mask_path = project.mask_path(image_path)
-        if mask_path.is_file():
-            mask = load_mask(mask_path, size=(image.shape[1], image.shape[0]))
-            mask = np.kron(mask, np.ones((scale, scale), bool)) if scale > 1 else mask
-            layer[:h, :w][mask] = (255, 255, 255, 255)
-        return {"background": canvas, "layers": [layer], "composite": None}
+        mask_path = self.project.mask_path(image_path)
+        mask = load_mask(mask_path, size=(image.shape[1], image.shape[0])) if mask_path.is_file() else None
+        return paint_canvas(image, mask)
 
     def save_painting(self, image_name: str, editor: dict[str, Any] | None) -> Path:
-        """Save what was painted over a defect image as its mask (any painted pixel of any layer).
-
-        A layer whose size is not the enlarged image's is refused: scaling or cropping it would store a mask
-        moved off the defect."""
+        """Save what was painted over a defect image as its mask (any painted pixel of any layer)."""
         self._no_training("change the data")
         if not image_name:
             raise InputError("choose the image to paint a mask for")
-        nothing = InputError(f"{image_name}: nothing painted; paint the defect with the brush first")
-        layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
-        if not layers:
-            raise nothing
-        project = self.project
-        image = load_rgb(dataset.defect_image(project, image_name))
-        scale = paint_scale(image.shape[:2])
-        side = paint_side(image.shape[:2])
-        expected = (side, side)
-        background = (editor or {}).get("background")
-        shapes = [layer.shape[:2] for layer in layers]
-        if background is not None:
-            shapes.append(np.asarray(background).shape[:2])
-        for shape in shapes:
-            if tuple(shape) != expected:
-                raise InputError(
-                    f"{image_name}: the editor sent a {shape[1]}x{shape[0]} px painting for a {expected[1]}x"
-                    f"{expected[0]} px canvas; nothing saved (choose the image again and repaint)"
-                )
-        painted = np.zeros(expected, bool)
-        for layer in layers:
-            painted |= (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer.max(-1) > 0)
-        painted = painted[
-            : image.shape[0] * scale, : image.shape[1] * scale
-        ]  # paint beyond the image: dropped
-        mask = _shrink(painted, image.shape[:2])
-        if not mask.any():  # an empty mask is no mask: keep the saved one rather than break the image
-            raise nothing
-        return dataset.save_painted_mask(project, image_name, mask)
+        image = load_rgb(dataset.defect_image(self.project, image_name))
+        mask = painted_mask(editor, image.shape[:2], image_name, "paint the defect with the brush first")
+        return dataset.save_painted_mask(self.project, image_name, mask)
 
     def remove_image(self, image_name: str) -> None:
         self._no_training("change the data")
@@ -297,6 +258,67 @@ class AppHandlers:
             return TrainConfig.from_dict(config).output_dir()
         return self.workspace.adapters_dir(self.project)
 
+    # -- target regions (placement on normal images) ---------------------------------------------------------
+    def normal_names(self) -> list[str]:
+        """The project's normal training images (what placed pairs start from), by name."""
+        return [p.name for p in dataset.list_images(self.project.normal_train_dir)]
+
+    def _normal_image(self, name: str) -> Path:
+        if not name:
+            raise InputError("choose a normal image to paint a region on")
+        path = path_inside(self.project.normal_train_dir, name)
+        if not path.is_file():
+            raise InputError(f"{name}: no such normal image in this project")
+        return path
+
+    def _region_file(self, name: str) -> Path:
+        return self.workspace.regions_dir(self.project) / f"{Path(name).stem}.png"
+
+    def region_background(self, name: str) -> dict[str, Any]:
+        """The editor's value for painting where defects may go on one normal image (its region, if any)."""
+        image = load_rgb(self._normal_image(name))
+        region_path = self._region_file(name)
+        region = load_mask(region_path) if region_path.is_file() else None
+        if region is not None and region.shape != image.shape[:2]:
+            region = None  # the image was replaced by one of another size: paint afresh
+        return paint_canvas(image, region)
+
+    def save_region(self, name: str, editor: dict[str, Any] | None) -> Path:
+        """Save a painted region at the normal image's own size (generation resizes both alike)."""
+        image = load_rgb(self._normal_image(name))
+        region = painted_mask(editor, image.shape[:2], name, "paint where the defect may go first")
+        target = self._region_file(name)
+        save_image_atomic(target, region.astype(np.uint8) * 255)
+        return target
+
+    def remove_region(self, name: str) -> None:
+        self._region_file(self._normal_image(name).name).unlink(missing_ok=True)
+
+    def painted_regions(self) -> list[str]:
+        """Names of the normal images that have a painted region (only these are used with "painted")."""
+        folder = self.workspace.regions_dir(self.project)
+        stems = {p.stem for p in dataset.list_images(folder)}
+        return [n for n in self.normal_names() if Path(n).stem in stems]
+
+    def placement_fields(self, placement: str) -> dict[str, Any]:
+        """The `GenerateConfig` fields of the page's "Where the defects go" choice (`PLACEMENTS`)."""
+        if placement not in PLACEMENTS:
+            raise InputError(f"where the defects go: choose one of {', '.join(PLACEMENTS)}")
+        if placement == "noise":
+            return {}
+        if not self.normal_names():
+            raise InputError(
+                "placing defects needs normal images: add some on the Data page (Normal images for training)"
+            )
+        where = "auto"
+        if placement == "painted":
+            if not self.painted_regions():
+                raise InputError(
+                    "no region painted yet: paint where the defect may go on a normal image first"
+                )
+            where = str(self.workspace.regions_dir(self.project))
+        return {"on_normal": str(self.project.normal_train_dir), "where": where}
+
     # -- generate ------------------------------------------------------------------------------------------
     def default_adapters(self) -> str:
         return str(self.workspace.adapters_dir(self.project))
@@ -312,6 +334,7 @@ class AppHandlers:
         guidance: float,
         max_mask_area: float,
         batch_size: float,
+        placement: str = "noise",
     ) -> GenerateConfig:
         """The `GenerateConfig` of the Generate page; the base defaults to the one the adapters trained on."""
         adapters = (adapters or "").strip() or self.default_adapters()
@@ -335,6 +358,7 @@ class AppHandlers:
             max_mask_area=float(max_mask_area),
             batch_size=_int_or_none(batch_size, "batch size") or 0,
             anomaly_type=self.project.anomaly,
+            **self.placement_fields(placement),
         )
 
     def start_generation(self, config: GenerateConfig, discard: bool) -> JobStatus:
@@ -354,7 +378,11 @@ class AppHandlers:
             return None
         adapters = "" if config["adapters"] == self.default_adapters() else config["adapters"]
         names = ("num_pairs", "seed", "scheduler", "steps", "guidance", "max_mask_area", "batch_size")
-        return [adapters, config["base"], *(config[n] for n in names)]
+        where = config.get("where")
+        placement = (
+            "noise" if not config.get("on_normal") else "auto" if where in (None, "auto") else "painted"
+        )
+        return [adapters, config["base"], *(config[n] for n in names), placement]
 
     def generated_folder(self) -> Path:
         out = self.jobs.status("generate").params.get("config", {}).get("out")
@@ -465,6 +493,57 @@ def _relative(problem: str, project: Project) -> str:
     for folder in (project.defect_dir, project.mask_dir, Path(project.root)):
         problem = problem.replace(f"{folder}{os.sep}", "")
     return problem
+
+
+def paint_canvas(image: np.ndarray, mask: np.ndarray | None) -> dict[str, Any]:
+    """The paint editor's value for ``image`` (uint8 H x W x 3) and its ``mask`` (bool H x W, or None): the
+    image enlarged by a whole factor (small images to about `PAINT_SIDE`, never below `PAINT_CANVAS` a side)
+    at the top left of one square canvas, grey beyond it, and the mask as a white layer of the canvas's size.
+
+    Every image gets a canvas of the same side: the editor keeps the bounds of the first canvas it showed and
+    centres later layers in them, so a canvas of another size would get its layer drawn off the image (seen
+    in Chromium: a 480x288 image opened after a 512x512 one lost its mask)."""
+    scale = paint_scale(image.shape[:2])
+    big = np.kron(image, np.ones((scale, scale, 1), np.uint8)) if scale > 1 else image
+    h, w = big.shape[:2]
+    side = paint_side(image.shape[:2])
+    canvas = np.full((side, side, 3), 128, np.uint8)
+    canvas[:h, :w] = big
+    layer = np.zeros((side, side, 4), np.uint8)
+    if mask is not None:
+        mask = np.kron(mask, np.ones((scale, scale), bool)) if scale > 1 else mask
+        layer[:h, :w][mask] = (255, 255, 255, 255)
+    return {"background": canvas, "layers": [layer], "composite": None}
+
+
+def painted_mask(editor: dict[str, Any] | None, shape: tuple[int, int], name: str, hint: str) -> np.ndarray:
+    """What was painted (any painted pixel of any layer) over an image of ``shape`` (h, w) shown by
+    `paint_canvas`, at the image's size; paint beyond the image is dropped.
+
+    A layer whose size is not the canvas's is refused: scaling or cropping it would store a mask moved off
+    where it was painted. Nothing painted is refused too (``hint`` says what to paint)."""
+    nothing = InputError(f"{name}: nothing painted; {hint}")
+    layers = [np.asarray(layer) for layer in (editor or {}).get("layers") or [] if layer is not None]
+    if not layers:
+        raise nothing
+    scale, side = paint_scale(shape), paint_side(shape)
+    background = (editor or {}).get("background")
+    shapes = [layer.shape[:2] for layer in layers]
+    if background is not None:
+        shapes.append(np.asarray(background).shape[:2])
+    for got in shapes:
+        if tuple(got) != (side, side):
+            raise InputError(
+                f"{name}: the editor sent a {got[1]}x{got[0]} px painting for a {side}x{side} px canvas; "
+                "nothing saved (choose the image again and repaint)"
+            )
+    painted = np.zeros((side, side), bool)
+    for layer in layers:
+        painted |= (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer.max(-1) > 0)
+    mask = _shrink(painted[: shape[0] * scale, : shape[1] * scale], shape)
+    if not mask.any():  # an empty mask is no mask: keep the saved one rather than break the image
+        raise nothing
+    return mask
 
 
 def paint_scale(shape: tuple[int, int]) -> int:

@@ -26,6 +26,7 @@ from .handlers import (
     DEMO_TRAINING,
     PAINT_CANVAS,
     PAINT_SIDE,
+    PLACEMENTS,
     AppHandlers,
 )
 
@@ -102,6 +103,25 @@ def build_app(handlers: AppHandlers, banner: str = "") -> gr.Blocks:
 # -- data ----------------------------------------------------------------------------------------------------
 
 
+def _paint_editor(label: str, elem_id: str) -> gr.ImageEditor:
+    """A white brush over an image shown by `paint_canvas` (a mask, or a target region)."""
+    return gr.ImageEditor(
+        label=label,
+        type="numpy",
+        image_mode="RGBA",
+        # Images are enlarged to about PAINT_SIDE, so a fixed brush scales with the image: 1/64 of its side,
+        # one pixel of a 64 px image. (Changing the brush per image with gr.update left the editor unable to
+        # paint in Gradio 6.)
+        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=PAINT_SIDE // BRUSH_FRACTION),
+        eraser=gr.Eraser(default_size=PAINT_SIDE // BRUSH_FRACTION),
+        layers=False,
+        canvas_size=(PAINT_CANVAS, PAINT_CANVAS),  # see PAINT_CANVAS: the layer lands at the origin
+        transforms=(),
+        sources=(),
+        elem_id=elem_id,
+    )
+
+
 def _data_tab(h: AppHandlers):
     project = h.project
     gr.Markdown(
@@ -121,7 +141,7 @@ def _data_tab(h: AppHandlers):
     with gr.Row():
         normal_train = gr.File(
             file_count="multiple",
-            label="Normal images (defect-free; for the anomalib export and the study)",
+            label="Normal images (defect-free; to place defects on, for the anomalib export and the study)",
             elem_id="normal-train-files",
         )
         normal_test = gr.File(
@@ -144,21 +164,7 @@ def _data_tab(h: AppHandlers):
     with gr.Accordion("Paint a mask", open=True):
         with gr.Row():
             chosen = gr.Dropdown([], label="Image", elem_id="paint-image")
-        editor = gr.ImageEditor(
-            label="Paint the defect white; the eraser removes paint",
-            type="numpy",
-            image_mode="RGBA",
-            # Images are enlarged to about PAINT_SIDE, so a fixed brush scales with the image: 1/64 of its side,
-            # one pixel of a 64 px image. (Changing the brush per image with gr.update left the editor unable to
-            # paint in Gradio 6.)
-            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=PAINT_SIDE // BRUSH_FRACTION),
-            eraser=gr.Eraser(default_size=PAINT_SIDE // BRUSH_FRACTION),
-            layers=False,
-            canvas_size=(PAINT_CANVAS, PAINT_CANVAS),  # see PAINT_CANVAS: the mask layer lands at the origin
-            transforms=(),
-            sources=(),
-            elem_id="paint-editor",
-        )
+        editor = _paint_editor("Paint the defect white; the eraser removes paint", "paint-editor")
         with gr.Row():
             save = gr.Button("Save mask", variant="primary", elem_id="save-mask")
             remove = gr.Button("Remove this image", variant="stop", elem_id="remove-image")
@@ -347,6 +353,25 @@ def _generate_tab(h: AppHandlers):
         guidance = gr.Number(2.5, label="Guidance (--guidance)")
         area = gr.Number(0.5, label="Largest mask area kept (--max-area)", elem_id="gen-area")
         batch = gr.Number(8, label="Pairs per call (--batch-size)", precision=0)
+    placement = gr.Radio(
+        [(label, key) for key, label in PLACEMENTS.items()],
+        value="noise",
+        label="Where the defects go (--on-normal, --where)",
+        info="On your normal images the background stays the real image, pixel for pixel, outside the region "
+        "and a narrow seam; the mask lies inside the region.",
+        elem_id="gen-placement",
+    )
+    with gr.Accordion('Paint where defects may go (for "only where I painted")', open=False):
+        with gr.Row():
+            region_image = gr.Dropdown(
+                h.normal_names(), value=None, label="Normal image", elem_id="region-image"
+            )
+            region_list = gr.Markdown(elem_id="region-list")
+        region_editor = _paint_editor("Paint the area a defect may take, white", "region-editor")
+        with gr.Row():
+            save_region = gr.Button("Save region", variant="primary", elem_id="region-save")
+            clear_region = gr.Button("Remove this region", elem_id="region-remove")
+        region_note = gr.HTML(elem_id="region-note")
     discard = gr.Checkbox(False, label="Discard the earlier pairs first (needed to change the settings)")
     with gr.Row():
         start = gr.Button("Generate", variant="primary", elem_id="gen-start")
@@ -393,9 +418,50 @@ def _generate_tab(h: AppHandlers):
 
     start.click(
         start_generation,
-        [adapters, base, pairs, seed, sampler, steps, guidance, area, batch, discard],
+        [adapters, base, pairs, seed, sampler, steps, guidance, area, batch, placement, discard],
         message,
     )
+
+    def regions_listed() -> str:
+        painted = h.painted_regions()
+        if not painted:
+            return "No region painted yet."
+        return f"Regions painted on {len(painted)} image(s): " + ", ".join(painted)
+
+    def normals_listed(current):
+        names = h.normal_names()
+        value = current if current in names else (names[0] if names else None)
+        return gr.update(choices=names, value=value), regions_listed()
+
+    region_image.focus(normals_listed, region_image, [region_image, region_list])
+
+    def open_region(name):
+        if not name:
+            return None, ""
+        try:
+            return h.region_background(name), _note(f"{name}: paint where a defect may go, then save")
+        except InputError as err:
+            return None, _error(err)
+
+    region_image.change(open_region, region_image, [region_editor, region_note])
+
+    def store_region(name, value):
+        try:
+            path = h.save_region(name, value)
+            return _note(f"region saved: {path.name}"), regions_listed()
+        except InputError as err:
+            return _error(err), regions_listed()
+
+    save_region.click(store_region, [region_image, region_editor], [region_note, region_list])
+
+    def drop_region(name):
+        try:
+            h.remove_region(name)
+            return None, _note(f"{name}: region removed"), regions_listed()
+        except InputError as err:
+            return gr.update(), _error(err), regions_listed()
+
+    clear_region.click(drop_region, region_image, [region_editor, region_note, region_list])
 
     def stop_generation():
         h.jobs.stop("generate")
@@ -467,7 +533,7 @@ def _generate_tab(h: AppHandlers):
     training_outputs = [training_file, training_call, download_note]
     make_coco.click(lambda: prepare_training_export("coco"), None, training_outputs)
     make_yolo.click(lambda: prepare_training_export("yolo"), None, training_outputs)
-    fields = [adapters, base, pairs, seed, sampler, steps, guidance, area, batch]
+    fields = [adapters, base, pairs, seed, sampler, steps, guidance, area, batch, placement]
     return (refresh, seen, [status, gallery, names, seen]), (h.last_generation_fields, fields)
 
 

@@ -10,6 +10,7 @@
     WORK/base/demo/                            the built-in demo base as a diffusers folder
     WORK/adapters/<category>/<type>/           `dualanodiff train --out WORK/adapters`
     WORK/generated/<category>/<type>/          `dualanodiff generate --out ...`
+    WORK/regions/<category>/<type>/            painted target regions, <normal stem>.png (`generate --where`)
     WORK/exports/anomalib/<category>/          `dualanodiff export anomalib --out ...`
     WORK/evaluation/<category>/<type>/         the localization study and its report.html
     WORK/downloads/                            zip files offered for download
@@ -135,6 +136,10 @@ class Workspace:
 
     def generated_dir(self, project: Project) -> Path:
         return self.folder / "generated" / project.category / project.anomaly
+
+    def regions_dir(self, project: Project) -> Path:
+        """``--where`` of placed generation: a region painted on a normal image, named by its stem."""
+        return self.folder / "regions" / project.category / project.anomaly
 
     def export_dir(self, project: Project) -> Path:
         return self.folder / "exports" / "anomalib" / project.category
