@@ -260,6 +260,20 @@ def test_demo_quick_end_to_end(tmp_path, capsys, caplog):
     probe = results["loss"]["probe"]  # --quick: 12 steps, a probe every 4
     assert probe["steps"] == [0, 12] and probe["last"] < probe["first"]
 
+    # The printed `generate` line continues from the demo's adapters with no sampling flag: they carry the
+    # demo's recipe (the full demo's sampler, guidance, noise and mask settings).
+    import shlex
+
+    from dualanodiff.demo.config import sampling_recipe
+
+    line = next(x for x in printed.splitlines() if x.startswith("More pairs from its adapters: "))
+    argv = shlex.split(line.split(": ", 1)[1])[1:]
+    argv[argv.index("--num-pairs") + 1] = "2"
+    assert main([*argv, "--steps", "2", "--max-area", "1", "--no-progress"]) == 0
+    config = json.loads((out / "more-pairs" / "config.json").read_text())
+    recipe = {k: v for k, v in sampling_recipe().items() if k != "steps"}
+    assert config["preset"] == "adapters" and {k: config[k] for k in recipe} == recipe
+
 
 def _script(name: str):
     import importlib.util

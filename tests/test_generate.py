@@ -504,3 +504,85 @@ def test_bcm_generation_uses_the_adapters_foreground_source(tiny_base_dir, tmp_p
     cfg.foreground, cfg.out = str(fg), str(tmp_path / "gen2")
     with pytest.raises(InputError, match="000_mask.png: foreground mask size 64x48 differs from image"):
         generate_to_folder(cfg, **run)
+
+
+def test_the_adapters_recipe_fills_what_the_call_leaves_unset_and_a_preset_overrides_it():
+    """`--preset adapters` (the default): the adapters' sampling recipe, the paper's preset for the rest;
+    explicit settings win; `--preset paper` ignores the recipe; adapters without one are the paper's, recorded
+    as "paper" (so folders made before recipes existed resume)."""
+    from dualanodiff.generate import resolve_generate_config
+
+    recipe = {"scheduler": "dpm++", "steps": 20, "guidance": 5.0, "zero_mean_noise": "part",
+              "shared_initial_noise": True, "mask_method": "grey-half-max"}  # fmt: skip
+    plain = GenerateConfig(base="b", adapters="a", out="o")
+    got = resolve_generate_config(plain, bcm=False, recipe=recipe)
+    assert got.preset == "adapters" and got.num_pairs == 1000  # the paper's where the recipe is silent
+    assert {k: getattr(got, k) for k in recipe} == recipe
+    mine = GenerateConfig(base="b", adapters="a", out="o", guidance=2.0, shared_initial_noise=False,
+                          zero_mean_noise=False, mask_method="grey")  # fmt: skip
+    got = resolve_generate_config(mine, bcm=False, recipe=recipe)
+    assert (got.guidance, got.shared_initial_noise, got.zero_mean_noise, got.mask_method) == (
+        2.0, False, False, "grey")  # fmt: skip
+    assert got.steps == 20
+    paper = resolve_generate_config(
+        GenerateConfig(base="b", adapters="a", out="o", preset="paper"), bcm=False, recipe=recipe
+    )
+    none = resolve_generate_config(plain, bcm=False, recipe=None)
+    for got in (paper, none):
+        assert got.preset == "paper"
+        assert (got.scheduler, got.steps, got.guidance) == ("pndm", 50, 2.5)
+        assert (got.zero_mean_noise, got.shared_initial_noise, got.mask_method) == (False, False, "auto")
+
+
+@pytest.mark.slow
+def test_adapters_trained_on_a_base_with_a_recipe_are_sampled_with_it(
+    tiny_base_dir, synthetic_pill_root, tmp_path
+):
+    """A base folder's sampling recipe travels into the adapters `train` writes, and a plain `generate` uses
+    it (recorded in config.json); a flag still wins; a broken recipe file stops `train` before it trains."""
+    import shutil
+
+    from dualanodiff.model.base import SAMPLING_RECIPE
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base_dir, base)
+    recipe = {"scheduler": "ddim", "steps": 2, "guidance": 3.0, "zero_mean_noise": "part",
+              "shared_initial_noise": True, "mask_method": "grey-half-max"}  # fmt: skip
+    (base / SAMPLING_RECIPE).write_text(json.dumps(recipe))
+    train = ["train", "--data", str(synthetic_pill_root), "--category", "pill", "--anomaly", "spot", "--base", str(base),
+             "--out", str(tmp_path / "adapters"), "--max-steps", "1", "--batch-size", "1", "--rank", "2",
+             "--text-encoder-rank", "2", "--no-progress"]  # fmt: skip
+    assert cli(train) == 0
+    adapters = tmp_path / "adapters" / "pill" / "spot"
+    assert json.loads((adapters / "adapter_config.json").read_text())["sampling"] == recipe
+    for name, flags in (("plain", []), ("flag", ["--guidance", "1.5", "--no-shared-initial-noise"])):
+        out = tmp_path / name
+        argv = ["generate", "--base", str(base), "--adapters", str(adapters), "--out", str(out),
+                "--num-pairs", "2", "--max-area", "1", "--device", "cpu", "--no-progress", *flags]  # fmt: skip
+        assert cli(argv) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert config["preset"] == "adapters"
+        assert (config["scheduler"], config["steps"], config["mask_method"]) == ("ddim", 2, "grey-half-max")
+        assert config["zero_mean_noise"] == "part"
+    assert config["guidance"] == 1.5 and "shared_initial_noise" not in config  # the flags won (off: absent)
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["guidance"] == 3.0
+
+    (base / SAMPLING_RECIPE).write_text("{not json")
+    assert cli([*train[:-1], "--out", str(tmp_path / "again"), "--no-progress"]) == 2
+    assert not (tmp_path / "again" / "pill" / "spot" / "adapters.safetensors").exists()
+
+
+def test_the_demo_base_carries_the_demos_recipe(tmp_path):
+    from dualanodiff.demo.base import demo_base_folder
+    from dualanodiff.demo.config import DemoConfig, sampling_recipe
+    from dualanodiff.model.base import SAMPLING_RECIPE, read_sampling_recipe
+
+    folder = demo_base_folder(tmp_path / "demo")
+    demo = DemoConfig().resolved()
+    assert read_sampling_recipe(folder) == sampling_recipe()
+    assert sampling_recipe() == {"scheduler": demo.scheduler, "steps": demo.sampler_steps,
+                                 "guidance": demo.guidance, "zero_mean_noise": demo.zero_mean_noise,
+                                 "shared_initial_noise": demo.shared_initial_noise,
+                                 "mask_method": demo.mask_method}  # fmt: skip
+    (folder / SAMPLING_RECIPE).unlink()  # a folder written before bases carried one gets it on next use
+    assert read_sampling_recipe(demo_base_folder(folder)) == sampling_recipe()

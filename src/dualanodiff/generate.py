@@ -52,7 +52,11 @@ SCHEDULERS = {
     "euler": (EulerDiscreteScheduler, {}),
 }
 PRECISIONS = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-GENERATION_PRESETS = ("paper", "official-code")
+# "adapters" (the default): the sampling recipe the adapters carry (from their base, `model.base.SAMPLING_RECIPE`),
+# the paper's preset for what it leaves unset and for adapters that carry none (every SD 1.5 adapter).
+GENERATION_PRESETS = ("adapters", "paper", "official-code")
+# What the recipe-able settings are when neither the call, the recipe nor a preset sets them: the paper's way.
+PAPER_NOISE_AND_MASK = {"zero_mean_noise": False, "shared_initial_noise": False, "mask_method": "auto"}
 # Settings a preset fills when left unset (None).
 PRESET_FIELDS = ("num_pairs", "steps", "guidance", "scheduler", "background_every", "background_noise")
 
@@ -68,7 +72,7 @@ def preset_settings(preset: str, bcm: bool, category: str | None = None) -> dict
     """
     if preset not in GENERATION_PRESETS:
         raise InputError(f"--preset {preset!r}: choose one of {', '.join(GENERATION_PRESETS)}")
-    if preset == "paper":
+    if preset in ("paper", "adapters"):
         return dict(
             num_pairs=1000,
             steps=50,
@@ -98,7 +102,7 @@ class GenerateConfig:
     base: str
     adapters: str
     out: str
-    preset: str = "paper"
+    preset: str = "adapters"
     num_pairs: int | None = None  # paper: 1,000 pairs per anomaly type (official code: 500)
     batch_size: int = 8
     steps: int | None = None  # paper: 50 (official code: 100; 50 with BCM)
@@ -114,17 +118,19 @@ class GenerateConfig:
     background_every: int | None = None  # BCM: switch background every K pairs (official, screw: 10; else 50)
     background_noise: str | None = None  # BCM under guidance: "shared" or "independent" (see the pipeline)
     category: str | None = None  # for the screw settings of official-code; default: the adapters' category
-    mask_method: str = "auto"
+    mask_method: str | None = None  # None: the adapters' recipe, else "auto"
     u2net_weights: str | None = None
     mask_threshold: float | None = None
     max_mask_area: float = 0.5
     anomaly_type: str | None = None  # default: the type the adapters were trained on (adapter_config.json)
     global_prompt: str = GLOBAL_PROMPT
     part_prompt: str = PART_PROMPT
-    # Centre each initial noise map: True (both branches) or "part" (`DualAnoDiffPipeline.__call__`; small latents)
-    zero_mean_noise: bool | str = False
-    # Start the part branch from the whole branch's noise draw (`DualAnoDiffPipeline.__call__`; small latents)
-    shared_initial_noise: bool = False
+    # Centre each initial noise map: True (both branches) or "part" (`DualAnoDiffPipeline.__call__`; small latents);
+    # None: the adapters' recipe, else off
+    zero_mean_noise: bool | str | None = None
+    # Start the part branch from the whole branch's noise draw (`DualAnoDiffPipeline.__call__`; small latents);
+    # None: the adapters' recipe, else off
+    shared_initial_noise: bool | None = None
     # Placement on real normal images (`DualAnoDiffPlacementPipeline`): a folder of normal images, or None for
     # the paper's generation; the target regions: "auto" (few-shot shapes on the object) or a folder of masks.
     on_normal: str | None = None
@@ -163,7 +169,7 @@ class GenerateConfig:
         check_float(self.max_mask_area, "--max-area", above=0, maximum=1)
         if self.mask_threshold is not None:
             check_float(self.mask_threshold, "--threshold", minimum=0)
-        if self.zero_mean_noise not in ZERO_MEAN_NOISE:
+        if self.zero_mean_noise is not None and self.zero_mean_noise not in ZERO_MEAN_NOISE:
             raise InputError(f"--zero-mean-noise must be False, True or 'part', got {self.zero_mean_noise!r}")
         if self.anomaly_type is not None:
             check_name(self.anomaly_type, "--anomaly-type")
@@ -182,12 +188,21 @@ class GenerateConfig:
             raise InputError("--where and --band place defects on normal images: give --on-normal too")
 
 
-def resolve_generate_config(config: GenerateConfig, bcm: bool, category: str | None = None) -> GenerateConfig:
-    """Fill the settings left unset from the preset, for adapters with or without BCM (of ``category``)."""
+def resolve_generate_config(
+    config: GenerateConfig, bcm: bool, category: str | None = None, recipe: dict[str, Any] | None = None
+) -> GenerateConfig:
+    """Fill the settings left unset, for adapters with or without BCM (of ``category``): from the adapters'
+    sampling ``recipe`` under ``preset="adapters"`` (then recorded as that preset), else from the preset
+    (``"adapters"`` without a recipe is the paper's, and is recorded as "paper", as before recipes existed)."""
     category = config.category or category
-    preset = preset_settings(config.preset, bcm, category)
-    filled = {k: preset[k] for k in PRESET_FIELDS if getattr(config, k) is None}
-    return replace(config, category=category, **filled)
+    use_recipe = config.preset == "adapters" and bool(recipe)
+    preset_name = "adapters" if use_recipe else "paper" if config.preset == "adapters" else config.preset
+    source = {**preset_settings(preset_name, bcm, category), **PAPER_NOISE_AND_MASK}
+    if use_recipe:
+        source.update(recipe)
+    fields = (*PRESET_FIELDS, *PAPER_NOISE_AND_MASK)
+    filled = {k: source[k] for k in fields if getattr(config, k) is None}
+    return replace(config, category=category, preset=preset_name, **filled)
 
 
 # Settings that change speed and memory but not the pairs (to float rounding): a resume may change them.
@@ -205,7 +220,8 @@ def resolve_for_adapters(config: GenerateConfig) -> tuple[GenerateConfig, dict[s
     meta = read_adapter_config(adapters)
     training = meta.get("training") or {}
     bcm = bool((meta.get("adapter") or {}).get("bcm"))
-    return resolve_generate_config(config, bcm, training.get("category")), training, bcm
+    resolved = resolve_generate_config(config, bcm, training.get("category"), meta.get("sampling"))
+    return resolved, training, bcm
 
 
 def apply_speed_options(

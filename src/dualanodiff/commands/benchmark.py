@@ -323,6 +323,12 @@ def config_from_args(args):
     values = {k: v for k, v in vars(args).items() if k in names}
     if "zero_mean_noise" in values:
         values["zero_mean_noise"] = ZERO_MEAN_NOISE[values["zero_mean_noise"]]
+    for name in (
+        "zero_mean_noise",
+        "shared_initial_noise",
+    ):  # not given: BenchmarkConfig's (the paper's) default
+        if values.get(name) is None:
+            values.pop(name, None)
     return BenchmarkConfig(**values)
 
 

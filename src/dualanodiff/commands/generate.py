@@ -14,8 +14,8 @@ from .masks import add_mask_arguments
 # Options whose default depends on the preset or the adapters: absent from the parsed arguments unless given
 # (so --help shows the help's own "default: ...", not "None").
 PRESET_DEFAULT = argparse.SUPPRESS
-# --zero-mean-noise [both|part] as GenerateConfig.zero_mean_noise takes it (absent: off)
-ZERO_MEAN_NOISE = {None: False, "both": True, "part": "part"}
+# --zero-mean-noise [both|part|off] as GenerateConfig.zero_mean_noise takes it (absent: None, the adapters' recipe)
+ZERO_MEAN_NOISE = {None: None, "off": False, "both": True, "part": "part"}
 
 
 def register(subparsers) -> None:
@@ -41,11 +41,13 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder (resumed if it exists)")
     p.add_argument(
         "--preset",
-        choices=["paper", "official-code"],
-        default="paper",
-        help="sampler settings: paper = 50 PNDM steps, guidance 2.5, 1000 pairs; official-code = the authors' "
-        "inference: 100 steps, guidance 2.5, 500 pairs (BCM: 50 steps, guidance 2.0, 1.2 for screw, background "
-        "every 50 pairs, 10 for screw, independent background noise); explicit options below win",
+        choices=["adapters", "paper", "official-code"],
+        default="adapters",
+        help="sampler settings: adapters (default) = the sampling recipe the adapters carry from their base (the "
+        "demo base's: DPM-Solver++ 20 steps, guidance 5, centred shared noise, grey-half-max masks), else the "
+        "paper's; paper = 50 PNDM steps, guidance 2.5, 1000 pairs; official-code = the authors' inference: 100 "
+        "steps, guidance 2.5, 500 pairs (BCM: 50 steps, guidance 2.0, 1.2 for screw, background every 50 pairs, "
+        "10 for screw, independent background noise); explicit options below win",
     )
     p.add_argument(
         "--num-pairs",
@@ -108,17 +110,19 @@ def register(subparsers) -> None:
         "--zero-mean-noise",
         nargs="?",
         const="both",
-        choices=["both", "part"],
+        choices=["both", "part", "off"],
         help="centre each pair's initial noise (zero mean per channel) in both branches, or in the part branch "
         "only (part: whole images keep their colour from the noise): on small latents (e.g. the demo base's "
-        "16x16) the noise's mean colour otherwise tints the part's grey canvas and the masks fail",
+        "16x16) the noise's mean colour otherwise tints the part's grey canvas and the masks fail (default: the "
+        "adapters' recipe, else off)",
     )
     p.add_argument(
         "--shared-initial-noise",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="start the part branch from the whole branch's noise draw (the authors draw one for each): each "
         "branch samples as before, but the two agree better on where the defect goes (on the demo's 16x16 "
-        "latents, docs/demo.md)",
+        "latents, docs/demo.md) (default: the adapters' recipe, else off)",
     )
     p.add_argument(
         "--category",
@@ -186,7 +190,7 @@ def register(subparsers) -> None:
         help="above the VAE's native size (512 px for SD 1.5), decode in blended tiles: less memory, "
         "slightly different pixels",
     )
-    add_mask_arguments(p)
+    add_mask_arguments(p, method_default=None, default_words="the adapters' recipe, else auto")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument(
         "--shard",
@@ -232,9 +236,9 @@ def run(args) -> int:
         background_every=getattr(args, "background_every", None),
         background_noise=getattr(args, "background_noise", None),
         zero_mean_noise=ZERO_MEAN_NOISE[getattr(args, "zero_mean_noise", None)],
-        shared_initial_noise=getattr(args, "shared_initial_noise", False),
+        shared_initial_noise=args.shared_initial_noise,
         category=getattr(args, "category", None),
-        mask_method=args.method,
+        mask_method=args.method,  # None unless given: the adapters' recipe, else auto
         u2net_weights=args.u2net_weights,
         mask_threshold=args.threshold,
         max_mask_area=args.max_area,

@@ -27,16 +27,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def add_mask_arguments(p) -> None:
-    """The mask options, shared by `masks` and `generate`."""
+def add_mask_arguments(p, method_default: str | None = "auto", default_words: str = "auto") -> None:
+    """The mask options, shared by `masks` and `generate` (whose --method defaults to the adapters' recipe)."""
     p.add_argument(
         "--method",
         choices=list(MASK_METHODS),
-        default="auto",
+        default=method_default,
         help="auto: u2net when --u2net-weights is given, else grey; grey-canvas: distance from the part image's "
         "own canvas colour (its median), for a part branch whose canvas comes out tinted; grey-half-max: the same "
         "distance cut at half its peak (never below --threshold), for soft-edged parts whose blur a fixed "
-        "threshold takes in",
+        f"threshold takes in (default: {default_words})",
     )
     p.add_argument(
         "--u2net-weights",

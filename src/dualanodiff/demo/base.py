@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
 from ..io import atomic_path, write_json_atomic
-from ..model.base import BaseComponents, build_base, save_base
+from ..model.base import SAMPLING_RECIPE, BaseComponents, build_base, save_base
+from .config import sampling_recipe
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 WEIGHTS_NAME = "demo_base.safetensors"
@@ -135,6 +136,8 @@ def load_demo_base(folder: str | os.PathLike | None = None) -> BaseComponents:
 def demo_base_folder(out_dir: str | os.PathLike, folder: str | os.PathLike | None = None) -> Path:
     """Write the demo base as a complete diffusers folder (usable as ``--base DIR`` by every command)."""
     out_dir = Path(out_dir)
-    if (out_dir / "unet" / "config.json").is_file() and (out_dir / "model_index.json").is_file():
-        return out_dir
-    return save_base(load_demo_base(folder), out_dir)
+    if not ((out_dir / "unet" / "config.json").is_file() and (out_dir / "model_index.json").is_file()):
+        save_base(load_demo_base(folder), out_dir)
+    if not (out_dir / SAMPLING_RECIPE).is_file():  # also into a folder written before bases carried one
+        write_json_atomic(out_dir / SAMPLING_RECIPE, sampling_recipe())
+    return out_dir

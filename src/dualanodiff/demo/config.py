@@ -94,3 +94,17 @@ class DemoConfig:
     @property
     def mode(self) -> str:
         return "quick" if self.quick else "full"
+
+
+def sampling_recipe() -> dict[str, Any]:
+    """The demo's sampling and mask settings (full mode), written beside the demo base so that adapters trained
+    on it (`dualanodiff train`, the app) are sampled by a plain `dualanodiff generate` as the demo samples them."""
+    demo = DemoConfig()
+    return {
+        "scheduler": demo.scheduler,
+        "steps": MODES["full"]["sampler_steps"],
+        "guidance": demo.guidance,
+        "zero_mean_noise": demo.zero_mean_noise,
+        "shared_initial_noise": demo.shared_initial_noise,
+        "mask_method": demo.mask_method,
+    }

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import platform
+import shlex
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -194,8 +195,17 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
 
 def finished_line(result: dict[str, Any]) -> str:
-    """What the command prints at the end: the time and where the report is."""
-    return f"demo finished in {result['timings']['total_s']:.0f} s. Open the report: {Path(result['report']).resolve()}"
+    """What the command prints at the end: the time, where the report is, and the `generate` command that
+    continues from the demo's adapters (which carry the demo's sampling settings: no flag needed)."""
+    cfg = result["config"]
+    out = Path(cfg["out"]).resolve()
+    adapters = out / "benchmark" / "adapters" / cfg["category"] / cfg["anomaly"]
+    more = shlex.join(["dualanodiff", "generate", "--base", str(out / "base"), "--adapters", str(adapters),
+                       "--out", str(out / "more-pairs"), "--num-pairs", "100"])  # fmt: skip
+    return (
+        f"demo finished in {result['timings']['total_s']:.0f} s. Open the report: {Path(result['report']).resolve()}"
+        f"\nMore pairs from its adapters: {more}"
+    )
 
 
 def generated_dir(out: Path, cfg: DemoConfig, method: str) -> Path:

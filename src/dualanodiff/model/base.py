@@ -207,6 +207,27 @@ def build_base(
     )
 
 
+# A base folder may carry the sampling and mask settings its adapters are sampled with (the demo base does:
+# its 16x16 latents need other settings than SD 1.5's, docs/demo.md). `train` records them in the adapters and
+# `generate --preset adapters` (the default) uses them; SD 1.5 folders carry none, so the paper's preset applies.
+SAMPLING_RECIPE = "dualanodiff_sampling.json"
+RECIPE_FIELDS = ("scheduler", "steps", "guidance", "zero_mean_noise", "shared_initial_noise", "mask_method")
+
+
+def read_sampling_recipe(base: str | os.PathLike) -> dict | None:
+    """The sampling recipe of a local base folder (only the `RECIPE_FIELDS`), or None when it carries none."""
+    path = Path(base) / SAMPLING_RECIPE
+    if not path.is_file():
+        return None
+    try:
+        recipe = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(recipe, dict):
+        raise InputError(f"{path}: expected a JSON object of sampling settings")
+    return {k: recipe[k] for k in RECIPE_FIELDS if k in recipe}
+
+
 def save_base(components: BaseComponents, out_dir: str | os.PathLike) -> Path:
     """Save as a complete diffusers Stable Diffusion folder (loadable by `StableDiffusionPipeline`)."""
     from diffusers import StableDiffusionPipeline

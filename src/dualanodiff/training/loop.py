@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..io import remove_temporaries, write_json_atomic
 from ..locking import output_lock
 from ..masks.foreground import foreground_kind
-from ..model.base import check_resolution, read_base_shape
+from ..model.base import check_resolution, read_base_shape, read_sampling_recipe
 from ..model.dual_unet import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_state_dict, load_adapter_state
 from ..model.encode import GLOBAL_PROMPT, PART_PROMPT, encode_latents
 from ..progress import progress_bar
@@ -228,6 +228,7 @@ def _train_validated(config: TrainConfig, samples: list[DefectSample], on_step: 
     from accelerate import PartialState
 
     config = complete_config(config)
+    read_sampling_recipe(config.base)  # a broken recipe file is refused now, not after training
     run_dir = config.output_dir()
     data = data_hash(samples)
     total = total_steps(config, len(samples), PartialState().num_processes)
@@ -570,9 +571,13 @@ class AdapterTrainer:
         self._check_weights_finite(self.total)
         acc.wait_for_everyone()
         if main:
+            extra = {"training": {**cfg.to_dict(), "total_steps": self.total}}
+            recipe = read_sampling_recipe(cfg.base)
+            if recipe:  # the base's sampling settings travel with its adapters (`generate --preset adapters`)
+                extra["sampling"] = recipe
             self.pipe.save_adapters(
                 self.run_dir,
-                extra={"training": {**cfg.to_dict(), "total_steps": self.total}},
+                extra=extra,
                 dtype=cfg.save_dtype,
             )
             remove_checkpoints(self.run_dir)
