@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import zipfile
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from dualanodiff.app.dataset import add_masks, defect_entries
+from dualanodiff.app.fields import GenerateFields, StudyFields, TrainFields
 from dualanodiff.app.handlers import AppHandlers, _shrink
 from dualanodiff.app.workspace import Project, path_inside, safe_filename
 from dualanodiff.data.generated import manifest_records, read_generated
@@ -87,7 +89,9 @@ def test_data_checks_show_beside_each_image(synthetic_pill_root, tmp_path):
     assert names == sorted(entries) and len(items) == 3
     assert "3 defect image(s), 1 ready to train" in summary
     # The same checks as the command line: training refuses these files before loading anything.
-    config = handlers.train_config("demo", "all", "paper", 2, 1e-3, 4, 2, None, 0, 0, "no", False)
+    config = handlers.train_config(
+        TrainFields(max_steps=2, rank=4, batch_size=2, resolution=None, checkpoint_every=0)
+    )
     with pytest.raises(InputError, match=r"1 image\(s\) without a mask"):
         handlers.start_training(config)
     # A mask for no image is refused with a reason; one whose stem matches is stored as <stem>_mask.png.
@@ -201,8 +205,23 @@ def test_a_painted_region_round_trips_and_chooses_where_placed_pairs_go(syntheti
     assert handlers.painted_regions() == [name]
     fields = handlers.placement_fields("painted")
     assert fields["where"] == str(handlers.workspace.regions_dir(handlers.project))
-    config = handlers.generate_config("", "demo", 4, 0, "ddim", 2, 2.5, 1.0, 4, "painted")
+    config = handlers.generate_config(
+        GenerateFields(
+            base="demo",
+            num_pairs=4,
+            scheduler="ddim",
+            steps=2,
+            max_mask_area=1.0,
+            batch_size=4,
+            placement="painted",
+        )
+    )
     assert (config.on_normal, config.where) == (fields["on_normal"], fields["where"])
+    # The page's sampler defaults leave sampler, steps and guidance to the adapters' recipe (`--preset adapters`).
+    plain = handlers.generate_config(GenerateFields(base="demo"))
+    assert (plain.scheduler, plain.steps, plain.guidance, plain.preset) == (None, None, None, "adapters")
+    with pytest.raises(InputError, match='sampler: choose "the adapters\' own" or one of'):
+        handlers.generate_config(GenerateFields(base="demo", scheduler="fast"))
     with pytest.raises(InputError, match="nothing painted; paint where the defect may go first"):
         handlers.save_region(name, {"layers": [np.zeros_like(layer)]})
     with pytest.raises(InputError, match="choose a normal image"):
@@ -226,7 +245,9 @@ def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, 
         [str(g) for g in good],
         None,
     )
-    config = handlers.train_config("demo", "all", "paper", 4, 1e-3, 4, 2, None, 0, 2, "no", False)
+    config = handlers.train_config(
+        TrainFields(max_steps=4, rank=4, batch_size=2, resolution=None, checkpoint_every=2)
+    )
     status = handlers.start_training(config)
     assert status.running
     with pytest.raises(InputError, match="a train job is already running"):
@@ -239,11 +260,17 @@ def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, 
     html, log, where = handlers.training_view()
     assert [r["step"] for r in log] == [1, 2, 3, 4] and "done" in html
     assert f"--adapters {run_dir}" in where
+    # A reload shows the fields the job ran with, by name (the demo base as 'demo', not its folder).
+    assert handlers.last_training_fields() == TrainFields(
+        max_steps=4, rank=4, batch_size=2, resolution=None, checkpoint_every=2
+    )
 
     # A fresh handler (a page reload, an app restart) reads the same state from disk.
     assert AppHandlers(tmp_path / "work").jobs.status("train").state == "done"
 
-    gen = handlers.generate_config("", "", 4, 0, "ddim", 2, 2.5, 1.0, 4)
+    gen = handlers.generate_config(
+        GenerateFields(num_pairs=4, scheduler="ddim", steps=2, max_mask_area=1.0, batch_size=4)
+    )
     handlers.start_generation(gen, discard=False)
     # Another tab, or another app on the same folder, sees it running and is refused.
     with pytest.raises(InputError, match="a generate job is already running .* maybe from another tab"):
@@ -295,11 +322,14 @@ def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, 
     layer = np.zeros_like(value["layers"][0])
     layer[160:320, 160:320] = (255, 255, 255, 255)  # image rows and columns 20-39
     handlers.save_region(normal, {"background": value["background"], "layers": [layer]})
-    placed = handlers.generate_config("", "", 2, 0, "ddim", 2, 2.5, 1.0, 2, "painted")
+    placed_fields = GenerateFields(
+        num_pairs=2, scheduler="ddim", steps=2, max_mask_area=1.0, batch_size=2, placement="painted"
+    )
+    placed = handlers.generate_config(placed_fields)
     handlers.start_generation(placed, discard=True)
     status = handlers.jobs.wait("generate", timeout=300)
     assert status.state == "done", handlers.jobs.log("generate")
-    assert AppHandlers(tmp_path / "work").last_generation_fields()[-1] == "painted"
+    assert AppHandlers(tmp_path / "work").last_generation_fields() == replace(placed_fields, base=placed.base)
     pairs = handlers.generated_pairs()
     assert len(pairs) == 2
     source = np.asarray(Image.open(handlers.project.normal_train_dir / normal).convert("RGB"))
@@ -318,7 +348,9 @@ def test_stop_keeps_the_work_and_start_resumes(synthetic_pill_root, tmp_path):
     handlers.add_uploads(
         "pill", "crack", [str(i) for i, _ in defects], [str(m) for _, m in defects], None, None
     )
-    config = handlers.train_config("demo", "all", "paper", 400, 1e-3, 4, 2, None, 0, 5, "no", False)
+    config = handlers.train_config(
+        TrainFields(max_steps=400, rank=4, batch_size=2, resolution=None, checkpoint_every=5)
+    )
     import signal
     import time
 
@@ -341,10 +373,41 @@ def test_stop_keeps_the_work_and_start_resumes(synthetic_pill_root, tmp_path):
     steps = json.loads((run_dir / "train_config.json").read_text())["total_steps"]
     assert steps == 400 and not (run_dir / "adapters.safetensors").exists()
     # Resumed with fewer steps than the checkpoint holds: the library's own refusal, in one line.
-    short = handlers.train_config("demo", "all", "paper", 2, 1e-3, 4, 2, None, 0, 5, "no", False)
+    short = handlers.train_config(
+        TrainFields(max_steps=2, rank=4, batch_size=2, resolution=None, checkpoint_every=5)
+    )
     handlers.start_training(short)
     status = handlers.jobs.wait("train", timeout=120)
     assert status.state == "failed" and "beyond this run's 2 steps" in status.message
+
+
+def test_each_page_has_one_widget_per_field_of_its_handler(tmp_path):
+    """The Train, Generate and Evaluate pages bind their widgets to the handlers' dataclasses by name: a field
+    without a widget (it would silently keep its default) or a widget without a field fails here. Each widget
+    starts at its field's default, and what an event reads and a reload restores go to the same fields."""
+    gr = pytest.importorskip("gradio")
+    from dualanodiff.app import ui
+
+    handlers = AppHandlers(tmp_path / "work")
+    with gr.Blocks():
+        pages = {
+            TrainFields: ui._train_tab(handlers),
+            GenerateFields: ui._generate_tab(handlers),
+            StudyFields: ui._evaluate_tab(handlers),
+        }
+    for kind, (_, (restore, page)) in pages.items():
+        assert page.kind is kind
+        assert sorted(page.widgets) == sorted(f.name for f in fields(kind)), kind.__name__
+        assert {n: w.value for n, w in page.widgets.items()} == {
+            f.name: getattr(kind(), f.name) for f in fields(kind)
+        }
+        # Before any job: Train and Generate are left as they are; Evaluate shows the defaults for the data.
+        assert restore() == (StudyFields() if kind is StudyFields else None)
+        assert page.show(None) == [gr.update()] * len(page.widgets)
+        changed = replace(kind(), seed=7)
+        assert page.read(page.show(changed)) == changed
+    with pytest.raises(ValueError, match="the page's widgets .* are not the fields"):
+        ui.PageFields(StudyFields, {"epochs": gr.Number(1)})
 
 
 def test_the_study_refuses_test_images_the_adapters_trained_on(synthetic_pill_root, tmp_path):

@@ -10,14 +10,11 @@ import torch
 from PIL import Image
 
 from dualanodiff.backgrounds import Backgrounds, generation_foreground
+from dualanodiff.demo.alignment import iou
 from dualanodiff.errors import InputError
 from dualanodiff.masks.foreground import ForegroundEstimator, check_foreground_spec, foreground_kind
 from dualanodiff.masks.plain_background import estimate_foreground
 from dualanodiff.synthetic import DEFECT_TYPES, synthetic_sample
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 def on_plain_table(s) -> np.ndarray:

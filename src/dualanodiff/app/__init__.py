@@ -3,13 +3,17 @@ not use a terminal: data with masks (uploaded or painted), training, generation 
 downloads in the generated-data layout and for anomalib, and the quick localization study.
 
 Modules: `workspace` (the working folder's layout, safe names), `dataset` (uploads and masks), `jobs` and
-`worker` (background processes with their state on disk), `handlers` (every action, without Gradio), `review`
-(keep/reject by hand, zips), `evaluation` (the study and its report), `gallery`, `progress`, and `ui` (the page).
+`worker` (background processes with their state on disk), `handlers` (every action, without Gradio), `fields`
+(the Train, Generate and Evaluate pages' settings, by name), `review` (keep/reject by hand, zips), `evaluation`
+(the study and its report), `gallery`, `progress`, and `ui` (the page).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+
+log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -32,7 +36,10 @@ def launch(
     threads: int | None = None,
     block: bool = True,
 ):
-    """Build the app on ``workspace`` and serve it; returns the Gradio app (``block=False``: at once)."""
+    """Build the app on ``workspace`` and serve it; returns the Gradio app (``block=False``: at once).
+
+    Where it listens (`serving_note`) and the working folder are logged (INFO) before it serves: the command
+    line shows them on stderr, as it shows every command's progress."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from an offline tool
     from .handlers import AppHandlers
     from .ui import CSS, build_app
@@ -40,7 +47,7 @@ def launch(
     handlers = AppHandlers(workspace, threads=threads)
     note = serving_note(host, port)
     app = build_app(handlers, banner=note)
-    print(f"dualanodiff app: {note}\nworking folder: {handlers.workspace.folder}", flush=True)
+    log.info("dualanodiff app: %s\nworking folder: %s", note, handlers.workspace.folder)
     app.queue(default_concurrency_limit=4)
     app.launch(
         server_name=host,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,12 @@ from ..training import TrainConfig, resolve_config, training_samples
 from ..training.loop import complete_config
 from . import dataset
 from .evaluation import StudyRequest, check_study, study_resolution
+from .fields import ADAPTERS_SAMPLER, DEMO_BASE, GenerateFields, StudyFields, TrainFields
 from .jobs import Jobs, JobStatus
 from .progress import generation_progress, status_html, training_progress
 from .review import set_verdict, zip_folder
 from .workspace import Project, Workspace, path_inside
 
-DEMO_BASE = "demo"  # what the base field holds for the built-in demo base
-# The demo's settings (`dualanodiff demo`): what trains the tiny demo base in minutes on a CPU.
-DEMO_TRAINING = {"max_steps": 400, "learning_rate": 1e-3, "rank": 16, "batch_size": 4}
-DEMO_SAMPLER_STEPS = 25
 # "Where the defects go" on the Generate page: the paper's method, or placed on the project's normal images
 # (`generate --on-normal`), anywhere on the object (`--where auto`) or only in painted regions (`--where DIR`).
 PLACEMENTS = {
@@ -160,26 +158,12 @@ class AppHandlers:
             raise InputError(f"a training job is reading the data: stop it or wait, then {what}")
 
     # -- train ---------------------------------------------------------------------------------------------
-    def train_config(
-        self,
-        base: str,
-        images: str,
-        preset: str,
-        max_steps: float | None,
-        learning_rate: float | None,
-        rank: float | None,
-        batch_size: float | None,
-        resolution: float | None,
-        seed: float | None,
-        checkpoint_every: float | None,
-        mixed_precision: str,
-        start_over: bool,
-    ) -> TrainConfig:
+    def train_config(self, fields: TrainFields) -> TrainConfig:
         """The `TrainConfig` of the Train page's fields; ``images``: ``all`` or ``split`` (few-shot split)."""
         project = self.project
-        base = (base or "").strip() or DEMO_BASE
+        base = (fields.base or "").strip() or DEMO_BASE
         data: dict[str, Any]
-        if images == "split":
+        if fields.images == "split":
             data = {"data": project.root, "split": "strict"}
         else:
             data = {"images": str(project.defect_dir), "masks": str(project.mask_dir)}
@@ -188,17 +172,17 @@ class AppHandlers:
             out=str(self.workspace.adapters_root),
             category=project.category,
             anomaly=project.anomaly,
-            preset=preset,
-            max_steps=_int_or_none(max_steps, "steps"),
-            learning_rate=_float_or_none(learning_rate),
-            rank=_int_or_none(rank, "rank") or 32,
-            text_encoder_rank=_int_or_none(rank, "rank") or 32,
-            batch_size=_int_or_none(batch_size, "batch size"),
-            resolution=_int_or_none(resolution, "resolution") or None,
-            seed=_int_or_none(seed, "seed") or 0,
-            checkpoint_every=_int_or_none(checkpoint_every, "checkpoint every") or 0,
-            mixed_precision=mixed_precision,
-            resume=not start_over,
+            preset=fields.preset,
+            max_steps=_int_or_none(fields.max_steps, "steps"),
+            learning_rate=_float_or_none(fields.learning_rate),
+            rank=_int_or_none(fields.rank, "rank") or 32,
+            text_encoder_rank=_int_or_none(fields.rank, "rank") or 32,
+            batch_size=_int_or_none(fields.batch_size, "batch size"),
+            resolution=_int_or_none(fields.resolution, "resolution") or None,
+            seed=_int_or_none(fields.seed, "seed") or 0,
+            checkpoint_every=_int_or_none(fields.checkpoint_every, "checkpoint every") or 0,
+            mixed_precision=fields.mixed_precision,
+            resume=not fields.start_over,
             **data,
         )
         return config
@@ -232,25 +216,27 @@ class AppHandlers:
             )
         return html, read_loss_log(run_dir), adapters
 
-    def last_training_fields(self) -> list[Any] | None:
-        """The Train page's fields as the last training job had them (a reload shows what was run)."""
+    def last_training_fields(self) -> TrainFields | None:
+        """The Train page's fields as the last training job had them (a reload shows what was run); "start
+        over" stays unticked, so a reload never discards the next run's checkpoints."""
         config = self.jobs.status("train").params.get("config")
         if not config:
             return None
         base = DEMO_BASE if config["base"] == str(self.workspace.folder / "base" / "demo") else config["base"]
-        return [
-            base,
-            "split" if config.get("data") else "all",
-            config["preset"],
-            config["max_steps"],
-            config["learning_rate"],
-            config["rank"],
-            config["batch_size"],
-            config["resolution"],
-            config["seed"],
-            config["checkpoint_every"],
-            config["mixed_precision"],
-        ]
+        return TrainFields(
+            base=base,
+            images="split" if config.get("data") else "all",
+            preset=config["preset"],
+            max_steps=config["max_steps"],
+            learning_rate=config["learning_rate"],
+            rank=config["rank"],
+            batch_size=config["batch_size"],
+            resolution=config["resolution"],
+            seed=config["seed"],
+            checkpoint_every=config["checkpoint_every"],
+            mixed_precision=config["mixed_precision"],
+            start_over=False,
+        )
 
     def _run_dir(self, status: JobStatus) -> Path:
         config = status.params.get("config")
@@ -323,42 +309,30 @@ class AppHandlers:
     def default_adapters(self) -> str:
         return str(self.workspace.adapters_dir(self.project))
 
-    def generate_config(
-        self,
-        adapters: str,
-        base: str,
-        num_pairs: float,
-        seed: float,
-        scheduler: str,
-        steps: float,
-        guidance: float,
-        max_mask_area: float,
-        batch_size: float,
-        placement: str = "noise",
-    ) -> GenerateConfig:
+    def generate_config(self, fields: GenerateFields) -> GenerateConfig:
         """The `GenerateConfig` of the Generate page; the base defaults to the one the adapters trained on."""
-        adapters = (adapters or "").strip() or self.default_adapters()
-        base = (base or "").strip()
+        adapters = (fields.adapters or "").strip() or self.default_adapters()
+        base = (fields.base or "").strip()
         if not base:
             trained = read_json_object(Path(adapters) / "train_config.json").get("config", {})
             base = trained.get("base") or ""
             if not base:
                 raise InputError(f"{adapters}: no adapters trained there yet; train them, or give their base")
-        if scheduler not in SCHEDULERS:
-            raise InputError(f"sampler: choose one of {', '.join(SCHEDULERS)}")
+        if fields.scheduler != ADAPTERS_SAMPLER and fields.scheduler not in SCHEDULERS:
+            raise InputError(f"sampler: choose {ADAPTERS_SAMPLER!r} or one of {', '.join(SCHEDULERS)}")
         return GenerateConfig(
             base=base,
             adapters=adapters,
             out=str(self.workspace.generated_dir(self.project)),
-            num_pairs=_int_or_none(num_pairs, "pairs") or 0,
-            seed=_int_or_none(seed, "seed") or 0,
-            scheduler=scheduler,
-            steps=_int_or_none(steps, "steps") or 0,
-            guidance=float(guidance),
-            max_mask_area=float(max_mask_area),
-            batch_size=_int_or_none(batch_size, "batch size") or 0,
+            num_pairs=_int_or_none(fields.num_pairs, "pairs") or 0,
+            seed=_int_or_none(fields.seed, "seed") or 0,
+            scheduler=None if fields.scheduler == ADAPTERS_SAMPLER else fields.scheduler,
+            steps=_int_or_none(fields.steps, "steps"),  # None: the adapters' recipe, else the paper's
+            guidance=_float_or_none(fields.guidance),
+            max_mask_area=float(fields.max_mask_area),
+            batch_size=_int_or_none(fields.batch_size, "batch size") or 0,
             anomaly_type=self.project.anomaly,
-            **self.placement_fields(placement),
+            **self.placement_fields(fields.placement),
         )
 
     def start_generation(self, config: GenerateConfig, discard: bool) -> JobStatus:
@@ -371,7 +345,7 @@ class AppHandlers:
             "generate", {"config": asdict(config), "discard": bool(discard)}, self.workspace.folder
         )
 
-    def last_generation_fields(self) -> list[Any] | None:
+    def last_generation_fields(self) -> GenerateFields | None:
         """The Generate page's fields as the last generation job had them."""
         config = self.jobs.status("generate").params.get("config")
         if not config:
@@ -382,7 +356,10 @@ class AppHandlers:
         placement = (
             "noise" if not config.get("on_normal") else "auto" if where in (None, "auto") else "painted"
         )
-        return [adapters, config["base"], *(config[n] for n in names), placement]
+        values = {n: config[n] for n in names}
+        if values["scheduler"] is None:
+            values["scheduler"] = ADAPTERS_SAMPLER
+        return GenerateFields(adapters=adapters, base=config["base"], placement=placement, **values)
 
     def generated_folder(self) -> Path:
         out = self.jobs.status("generate").params.get("config", {}).get("out")
@@ -445,9 +422,7 @@ class AppHandlers:
         return zip_folder(out, self.workspace.downloads_dir / f"{project.category}-{fmt}.zip"), call
 
     # -- evaluate ------------------------------------------------------------------------------------------
-    def study_request(
-        self, epochs: float, samples: float, resolution: float, width: float, seed: float
-    ) -> StudyRequest:
+    def study_request(self, fields: StudyFields) -> StudyRequest:
         project = self.project
         adapters = self.workspace.adapters_dir(project)
         return StudyRequest(
@@ -457,22 +432,21 @@ class AppHandlers:
             generated=str(self.generated_folder()),
             out=str(self.workspace.evaluation_dir(project)),
             adapters=str(adapters) if adapters.is_dir() else None,
-            epochs=_int_or_none(epochs, "epochs") or 0,
-            samples_per_epoch=_int_or_none(samples, "samples per epoch") or 0,
-            resolution=_int_or_none(resolution, "resolution") or 0,
-            base_channels=_int_or_none(width, "U-Net width") or 0,
-            seed=_int_or_none(seed, "seed") or 0,
+            epochs=_int_or_none(fields.epochs, "epochs") or 0,
+            samples_per_epoch=_int_or_none(fields.samples_per_epoch, "samples per epoch") or 0,
+            resolution=_int_or_none(fields.resolution, "resolution") or 0,
+            base_channels=_int_or_none(fields.base_channels, "U-Net width") or 0,
+            seed=_int_or_none(fields.seed, "seed") or 0,
         )
 
-    def study_fields(self) -> list[Any]:
+    def study_fields(self) -> StudyFields:
         """The Evaluate page's fields as the last study had them, else the defaults for this data."""
         params = self.jobs.status("evaluate").params
-        names = ("epochs", "samples_per_epoch", "resolution", "base_channels", "seed")
         if params:
-            return [params[n] for n in names]
-        request = StudyRequest(root="", category="-", anomaly="-", generated="", out="")
-        request.resolution = study_resolution([e.image for e in dataset.defect_entries(self.project)])
-        return [getattr(request, n) for n in names]
+            return StudyFields(**{f.name: params[f.name] for f in dataclass_fields(StudyFields)})
+        return StudyFields(
+            resolution=study_resolution([e.image for e in dataset.defect_entries(self.project)])
+        )
 
     def start_study(self, request: StudyRequest) -> JobStatus:
         self.jobs.check_idle("evaluate")

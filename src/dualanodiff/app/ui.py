@@ -7,10 +7,11 @@ second, so a reload or a second tab shows the same progress.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import gradio as gr
 
@@ -18,17 +19,9 @@ from ..errors import InputError
 from ..generate import SCHEDULERS
 from ..report import loss_curve_png
 from ..training import PRESETS
+from .fields import ADAPTERS_SAMPLER, GenerateFields, StudyFields, TrainFields
 from .gallery import triple_image, verdict
-from .handlers import (
-    BRUSH_FRACTION,
-    DEMO_BASE,
-    DEMO_SAMPLER_STEPS,
-    DEMO_TRAINING,
-    PAINT_CANVAS,
-    PAINT_SIDE,
-    PLACEMENTS,
-    AppHandlers,
-)
+from .handlers import BRUSH_FRACTION, PAINT_CANVAS, PAINT_SIDE, PLACEMENTS, AppHandlers
 
 POLL_SECONDS = 1.0
 CSS = """
@@ -68,9 +61,42 @@ def _send(seen: dict[str, Any], name: str, key: Any, make: Callable[[], Any]) ->
     return make()
 
 
-def _restore(last_fields: Callable[[], list[Any] | None], count: int) -> list[Any]:
+F = TypeVar("F")
+
+
+class PageFields(Generic[F]):
+    """A page's settings: each field of the dataclass ``kind`` (`TrainFields`, ...) bound to the widget of the
+    same name. An event takes `components` as its inputs and `read` makes the dataclass of their values, and
+    `show` gives a dataclass's values to those widgets, so neither can be out of order with the handler. A
+    field without its widget, or a widget without its field, is refused when the page is built."""
+
+    def __init__(self, kind: type[F], widgets: dict[str, gr.components.Component]):
+        names = [f.name for f in dataclasses.fields(kind)]  # type: ignore[arg-type]
+        if sorted(widgets) != sorted(names):
+            raise ValueError(
+                f"{kind.__name__}: the page's widgets {sorted(widgets)} are not the fields {sorted(names)}"
+            )
+        self.kind = kind
+        self.widgets = widgets
+
+    @property
+    def components(self) -> list[gr.components.Component]:
+        return list(self.widgets.values())
+
+    def read(self, values: Sequence[Any]) -> F:
+        """The dataclass of the values of `components` (an event's inputs, in that order)."""
+        return self.kind(**dict(zip(self.widgets, values, strict=True)))
+
+    def show(self, fields: F | None) -> list[Any]:
+        """What an event with `components` as its outputs sends: ``fields``' values, or nothing when None."""
+        if fields is None:
+            return [gr.update()] * len(self.widgets)
+        return [getattr(fields, name) for name in self.widgets]
+
+
+def _restore(last_fields: Callable[[], Any], fields: PageFields) -> list[Any]:
     """A page's fields as its last job had them, or left as they are when there was none."""
-    return last_fields() or [gr.update()] * count
+    return fields.show(last_fields())
 
 
 def build_app(handlers: AppHandlers, banner: str = "") -> gr.Blocks:
@@ -96,7 +122,7 @@ def build_app(handlers: AppHandlers, banner: str = "") -> gr.Blocks:
             timer.tick(*poll, show_progress="hidden")
             app.load(*poll)
             # After a reload the fields show what the last job ran with, not the defaults.
-            app.load(functools.partial(_restore, last_fields, len(fields)), None, fields)
+            app.load(functools.partial(_restore, last_fields, fields), None, fields.components)
     return app
 
 
@@ -247,39 +273,50 @@ def _train_tab(h: AppHandlers):
         "demo base runs offline on a CPU in minutes; for real images give a Stable Diffusion 1.5 folder or hub "
         "id (a GPU machine). The adapters land where `dualanodiff generate --adapters` reads them."
     )
+    d = TrainFields()  # the page's defaults
+    w: dict[str, gr.components.Component] = {}  # the widget of each field, by the field's name
     with gr.Row():
-        base = gr.Textbox(
-            DEMO_BASE,
+        w["base"] = gr.Textbox(
+            d.base,
             label="Base model (--base): 'demo' for the built-in demo base, or an SD 1.5 folder / hub id",
             elem_id="train-base",
         )
-        images = gr.Radio(
+        w["images"] = gr.Radio(
             [
                 ("all defect images", "all"),
                 ("few-shot split: first third trains, the rest is kept for the study", "split"),
             ],
-            value="all",
+            value=d.images,
             label="Training images",
             elem_id="train-images",
         )
     with gr.Row():
-        preset = gr.Dropdown(
-            list(PRESETS), value="paper", label="Preset (--preset): fills what is left empty"
+        w["preset"] = gr.Dropdown(
+            list(PRESETS), value=d.preset, label="Preset (--preset): fills what is left empty"
         )
-        steps = gr.Number(
-            DEMO_TRAINING["max_steps"],
+        w["max_steps"] = gr.Number(
+            d.max_steps,
             label="Steps (--max-steps; empty: the preset's)",
             elem_id="train-steps",
         )
-        lr = gr.Number(DEMO_TRAINING["learning_rate"], label="Learning rate (--lr; empty: the preset's)")
-        rank = gr.Number(DEMO_TRAINING["rank"], label="LoRA rank (--rank)", precision=0)
+        w["learning_rate"] = gr.Number(d.learning_rate, label="Learning rate (--lr; empty: the preset's)")
+        w["rank"] = gr.Number(d.rank, label="LoRA rank (--rank)", precision=0)
     with gr.Row():
-        batch = gr.Number(DEMO_TRAINING["batch_size"], label="Pairs per step (--batch-size)", precision=0)
-        resolution = gr.Number(0, label="Resolution (--resolution; 0: the base's)", precision=0)
-        seed = gr.Number(0, label="Seed (--seed)", precision=0)
-        every = gr.Number(50, label="Checkpoint every (--checkpoint-every, steps)", precision=0)
-        precision = gr.Dropdown(["no", "bf16", "fp16"], value="no", label="Mixed precision (GPU: bf16)")
-    start_over = gr.Checkbox(False, label="Start over (discard this type's earlier checkpoints and adapters)")
+        w["batch_size"] = gr.Number(d.batch_size, label="Pairs per step (--batch-size)", precision=0)
+        w["resolution"] = gr.Number(
+            d.resolution, label="Resolution (--resolution; 0: the base's)", precision=0
+        )
+        w["seed"] = gr.Number(d.seed, label="Seed (--seed)", precision=0)
+        w["checkpoint_every"] = gr.Number(
+            d.checkpoint_every, label="Checkpoint every (--checkpoint-every, steps)", precision=0
+        )
+        w["mixed_precision"] = gr.Dropdown(
+            ["no", "bf16", "fp16"], value=d.mixed_precision, label="Mixed precision (GPU: bf16)"
+        )
+    w["start_over"] = gr.Checkbox(
+        d.start_over, label="Start over (discard this type's earlier checkpoints and adapters)"
+    )
+    fields = PageFields(TrainFields, w)
     with gr.Row():
         start = gr.Button("Start / resume training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -292,16 +329,12 @@ def _train_tab(h: AppHandlers):
         where = gr.Markdown(elem_id="train-adapters")
 
     @_guard
-    def start_training(*fields):
-        config = h.train_config(*fields)
+    def start_training(*values):
+        config = h.train_config(fields.read(values))
         h.start_training(config)
         return _note("training started")
 
-    start.click(
-        start_training,
-        [base, images, preset, steps, lr, rank, batch, resolution, seed, every, precision, start_over],
-        message,
-    )
+    start.click(start_training, fields.components, message)
 
     def stop_training():
         h.jobs.stop("train")
@@ -326,7 +359,6 @@ def _train_tab(h: AppHandlers):
             last,
         )
 
-    fields = [base, images, preset, steps, lr, rank, batch, resolution, seed, every, precision]
     return (refresh, seen, [status, plot, where, seen]), (h.last_training_fields, fields)
 
 
@@ -340,27 +372,38 @@ def _generate_tab(h: AppHandlers):
         "in the generated-data layout (`image/`, `part/`, `mask/`, `rejected/`, `manifest.jsonl`), or exported "
         "for anomalib."
     )
+    d = GenerateFields()  # the page's defaults
+    w: dict[str, gr.components.Component] = {}  # the widget of each field, by the field's name
     with gr.Row():
-        adapters = gr.Textbox("", label="Adapters folder (empty: this project's)", elem_id="gen-adapters")
-        base = gr.Textbox("", label="Base (empty: the one the adapters trained on)", elem_id="gen-base")
-    with gr.Row():
-        pairs = gr.Number(16, label="Pairs (--num-pairs)", precision=0, elem_id="gen-pairs")
-        seed = gr.Number(0, label="Seed (--seed; pair i uses seed + i)", precision=0)
-        sampler = gr.Dropdown(list(SCHEDULERS), value="pndm", label="Sampler (--scheduler)")
-        steps = gr.Number(
-            DEMO_SAMPLER_STEPS, label="Sampler steps (--steps)", precision=0, elem_id="gen-steps"
+        w["adapters"] = gr.Textbox(
+            d.adapters, label="Adapters folder (empty: this project's)", elem_id="gen-adapters"
         )
-        guidance = gr.Number(2.5, label="Guidance (--guidance)")
-        area = gr.Number(0.5, label="Largest mask area kept (--max-area)", elem_id="gen-area")
-        batch = gr.Number(8, label="Pairs per call (--batch-size)", precision=0)
-    placement = gr.Radio(
+        w["base"] = gr.Textbox(
+            d.base, label="Base (empty: the one the adapters trained on)", elem_id="gen-base"
+        )
+    with gr.Row():
+        w["num_pairs"] = gr.Number(d.num_pairs, label="Pairs (--num-pairs)", precision=0, elem_id="gen-pairs")
+        w["seed"] = gr.Number(d.seed, label="Seed (--seed; pair i uses seed + i)", precision=0)
+        w["scheduler"] = gr.Dropdown(
+            [ADAPTERS_SAMPLER, *SCHEDULERS], value=d.scheduler, label="Sampler (--scheduler)"
+        )
+        w["steps"] = gr.Number(
+            d.steps, label="Sampler steps (--steps; empty: the adapters')", precision=0, elem_id="gen-steps"
+        )
+        w["guidance"] = gr.Number(d.guidance, label="Guidance (--guidance; empty: the adapters')")
+        w["max_mask_area"] = gr.Number(
+            d.max_mask_area, label="Largest mask area kept (--max-area)", elem_id="gen-area"
+        )
+        w["batch_size"] = gr.Number(d.batch_size, label="Pairs per call (--batch-size)", precision=0)
+    w["placement"] = gr.Radio(
         [(label, key) for key, label in PLACEMENTS.items()],
-        value="noise",
+        value=d.placement,
         label="Where the defects go (--on-normal, --where)",
         info="On your normal images the background stays the real image, pixel for pixel, outside the region "
         "and a narrow seam; the mask lies inside the region.",
         elem_id="gen-placement",
     )
+    fields = PageFields(GenerateFields, w)
     with gr.Accordion('Paint where defects may go (for "only where I painted")', open=False):
         with gr.Row():
             region_image = gr.Dropdown(
@@ -411,16 +454,12 @@ def _generate_tab(h: AppHandlers):
     training_call = gr.Code(label="Train on the export (run beside the unzipped folder)", visible=False)
 
     @_guard
-    def start_generation(*fields):
-        *values, drop = fields
-        h.start_generation(h.generate_config(*values), drop)
+    def start_generation(*values):
+        *settings, drop = values
+        h.start_generation(h.generate_config(fields.read(settings)), drop)
         return _note("generation started")
 
-    start.click(
-        start_generation,
-        [adapters, base, pairs, seed, sampler, steps, guidance, area, batch, placement, discard],
-        message,
-    )
+    start.click(start_generation, [*fields.components, discard], message)
 
     def regions_listed() -> str:
         painted = h.painted_regions()
@@ -533,7 +572,6 @@ def _generate_tab(h: AppHandlers):
     training_outputs = [training_file, training_call, download_note]
     make_coco.click(lambda: prepare_training_export("coco"), None, training_outputs)
     make_yolo.click(lambda: prepare_training_export("yolo"), None, training_outputs)
-    fields = [adapters, base, pairs, seed, sampler, steps, guidance, area, batch, placement]
     return (refresh, seen, [status, gallery, names, seen]), (h.last_generation_fields, fields)
 
 
@@ -547,20 +585,24 @@ def _evaluate_tab(h: AppHandlers):
         "adapters did not see (train with the few-shot split) and on normal test images. A rough look in minutes; "
         "`dualanodiff evaluate localization` runs the paper's full protocol."
     )
-    from .evaluation import QUICK
-
+    d = StudyFields()  # the page's defaults
+    w: dict[str, gr.components.Component] = {}  # the widget of each field, by the field's name
     with gr.Row():
-        epochs = gr.Number(QUICK["loc_epochs"], label="Epochs", precision=0, elem_id="eval-epochs")
-        samples = gr.Number(
-            QUICK["loc_samples_per_epoch"], label="Samples per epoch", precision=0, elem_id="eval-samples"
+        w["epochs"] = gr.Number(d.epochs, label="Epochs", precision=0, elem_id="eval-epochs")
+        w["samples_per_epoch"] = gr.Number(
+            d.samples_per_epoch, label="Samples per epoch", precision=0, elem_id="eval-samples"
         )
-        resolution = gr.Number(
-            256, label="Resolution (multiple of 32)", precision=0, elem_id="eval-resolution"
+        w["resolution"] = gr.Number(
+            d.resolution, label="Resolution (multiple of 32)", precision=0, elem_id="eval-resolution"
         )
-        width = gr.Number(
-            64, label="U-Net width (16 is enough for a look on a CPU)", precision=0, elem_id="eval-width"
+        w["base_channels"] = gr.Number(
+            d.base_channels,
+            label="U-Net width (16 is enough for a look on a CPU)",
+            precision=0,
+            elem_id="eval-width",
         )
-        seed = gr.Number(0, label="Seed", precision=0)
+        w["seed"] = gr.Number(d.seed, label="Seed", precision=0)
+    fields = PageFields(StudyFields, w)
     with gr.Row():
         start = gr.Button("Run the study", variant="primary", elem_id="eval-start")
         stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
@@ -571,11 +613,11 @@ def _evaluate_tab(h: AppHandlers):
     seen = gr.State({})
 
     @_guard
-    def start_study(*fields):
-        h.start_study(h.study_request(*fields))
+    def start_study(*values):
+        h.start_study(h.study_request(fields.read(values)))
         return _note("study started")
 
-    start.click(start_study, [epochs, samples, resolution, width, seed], message)
+    start.click(start_study, fields.components, message)
 
     def stop_study():
         h.jobs.stop("evaluate")
@@ -597,5 +639,4 @@ def _evaluate_tab(h: AppHandlers):
         shown = shown if isinstance(shown, tuple) else (shown, gr.update())
         return (_send(last, "status", html_status, lambda: html_status), *shown, last)
 
-    fields = [epochs, samples, resolution, width, seed]
     return (refresh, seen, [status, download, report, seen]), (h.study_fields, fields)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..synthetic.common import blob_polygon, draw_mask, hsv, smooth_noise, to_uint8
+from ..synthetic.common import blob_polygon, clip_to_uint8, draw_mask, hsv, smooth_noise
 
 
 def _shape(rng: np.random.Generator, res: int) -> np.ndarray:
@@ -82,7 +82,7 @@ def add_marks(rng: np.random.Generator, image: np.ndarray, count: int) -> tuple[
             weight = region * alpha
         out = out * (1 - weight[..., None]) + _fill(rng, out) * weight[..., None]
         mask |= region
-    result = to_uint8(out)
+    result = clip_to_uint8(out)
     return result, mask & (result != image).any(-1)
 
 
@@ -92,5 +92,5 @@ def mark_canvas(rng: np.random.Generator, res: int, grey_share: float = 0.5) -> 
         canvas = np.full((res, res, 3), 128, np.uint8)
     else:
         colour = hsv(rng.uniform(0, 1), rng.uniform(0, 0.8), rng.uniform(0.1, 0.95)) * 255
-        canvas = to_uint8(np.broadcast_to(colour, (res, res, 3)) + rng.normal(0, 2, (res, res, 3)))
+        canvas = clip_to_uint8(np.broadcast_to(colour, (res, res, 3)) + rng.normal(0, 2, (res, res, 3)))
     return add_marks(rng, canvas, int(rng.integers(1, 4)))

@@ -24,7 +24,6 @@ Image files are hard links to the sources where the file system allows, else cop
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,8 @@ from ..data.folder import folder_normals
 from ..data.images import load_mask
 from ..data.mvtec import GOOD
 from ..errors import InputError
-from ..io import save_image_atomic, write_json_atomic
-from ..locking import output_lock
-from .common import EXPORT_RECORD, check_out, check_sources_apart, check_type_name, link_or_copy
+from ..io import save_image_atomic
+from .common import check_out, check_sources_apart, check_type_name, link_or_copy, writing
 
 FORMAT = "anomalib Folder (MVTec AD category layout)"
 _TREE = ("train", "test", "ground_truth")  # what an export writes besides its record
@@ -111,8 +109,8 @@ def export_anomalib(
 ) -> dict[str, Any]:
     """Write the tree described in the module's docstring; return its summary with the ``Folder(...)`` call.
 
-    Everything is read and checked before anything is written; ``out`` is held by
-    :func:`dualanodiff.locking.output_lock` while it is written.
+    Everything is read and checked before anything is written; ``out`` is held by the one-writer lock
+    while it is written (``common.writing``).
     """
     from ..evaluate.protocol import load_generated_sets
 
@@ -141,14 +139,10 @@ def export_anomalib(
             **{f"test_{t}": len(sets[t]) for t in types},
         },
         "folder_arguments": folder_arguments(out, types),
-        "complete": False,
     }
     record["folder_call"] = folder_call(record["folder_arguments"])
-    with output_lock(out, "export anomalib"):
-        write_json_atomic(out / EXPORT_RECORD, record)  # marks the folder as an export before anything else
-        for sub in _TREE:
-            shutil.rmtree(out / sub, ignore_errors=True)
-        sources: dict[str, dict[str, Any]] = {}
+    sources: dict[str, dict[str, Any]] = {}
+    with writing(out, "export anomalib", record, _TREE):
         for split, images in (("train", normals.train), ("test", normals.test)):
             for image in images:
                 rel = f"{split}/{GOOD}/{image.name}"
@@ -168,6 +162,5 @@ def export_anomalib(
                     "mask": str(pair.mask.resolve()),
                     "seed": pair.record.get("seed"),
                 }
-        record.update(complete=True, files=sources)
-        write_json_atomic(out / EXPORT_RECORD, record)
+        record["files"] = sources
     return {k: v for k, v in record.items() if k != "files"}

@@ -94,7 +94,9 @@ def lambert_phong(n: np.ndarray, light: np.ndarray, shininess: float) -> tuple[n
     return diffuse, specular
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
+def clip_to_uint8(image: np.ndarray) -> np.ndarray:
+    """Float image in [0, 255] -> uint8, rounded and clipped to [0, 255] (not the [0, 1] floats of
+    `pipeline.dual.to_uint8`)."""
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from .common import (
+    clip_to_uint8,
     draw_mask,
     grid,
     hsv,
@@ -31,7 +32,6 @@ from .common import (
     place,
     place_blob,
     smooth_noise,
-    to_uint8,
     translucent_tint,
 )
 
@@ -101,7 +101,7 @@ def render(
     shade = 0.28 + 0.8 * diffuse
     pill = 255.0 * (albedo * shade[..., None] + 0.42 * specular[..., None])
     image = np.where(scene.foreground[..., None], pill, scene.table) + scene.grain
-    return to_uint8(image)
+    return clip_to_uint8(image)
 
 
 # ------------------------------------------------------------------------------------------ defects

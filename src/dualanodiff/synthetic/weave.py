@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from .common import (
+    clip_to_uint8,
     draw_mask,
     grid,
     hsv,
@@ -30,7 +31,6 @@ from .common import (
     place,
     place_blob,
     smooth_noise,
-    to_uint8,
     translucent_tint,
 )
 
@@ -99,7 +99,7 @@ def render(
     diffuse, specular = lambert_phong(normals(height), scene.light, shininess=10.0)
     shade = (0.35 + 0.75 * diffuse) * scene.ramp
     image = 255.0 * (albedo * shade[..., None] + 0.08 * specular[..., None]) + scene.grain
-    return to_uint8(image)
+    return clip_to_uint8(image)
 
 
 # ------------------------------------------------------------------------------------------ defects
