@@ -16,7 +16,8 @@ Per seed (each seed is a new synthetic dataset, new adapters, new pairs and new 
 - ``bcm``: adapters trained and sampled with BCM (backgrounds: train/good with their foreground masks);
 - ``placed``: the demo's adapters, each pair placed on a train/good image in a region drawn from the few-shot
   masks (`dualanodiff generate --on-normal`), the same sampler settings; ``placed-free-part``: the same with
-  the part branch left free outside the region (`--free-part`).
+  the part branch left free outside the region (`--free-part`); ``placed-trim``: placed pairs that keep the
+  normal image outside the defect's mask grown by the seam band (`--trim`).
 
 Every variant is the protocol runner (`run_benchmark`) on the demo's data and base, so a detector is trained and
 tested exactly as in the demo. Every step resumes; a variant whose adapters equal the demo's reuses them. After
@@ -72,6 +73,11 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "placed-free-part": (
         "DualAnoDiff placed, part branch free",
         {"methods": ["dualanodiff-placed"], "free_part": True},
+        True,
+    ),
+    "placed-trim": (
+        "DualAnoDiff placed, trimmed to the mask",
+        {"methods": ["dualanodiff-placed"], "trim": True},
         True,
     ),
 }

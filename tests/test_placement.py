@@ -215,6 +215,44 @@ def test_generate_on_normal_keeps_the_normal_image_outside_the_region_file(
 
 
 @pytest.mark.slow
+def test_trim_keeps_the_normal_image_outside_the_mask_and_band_and_the_same_masks(
+    capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
+):
+    """--trim: each pair equals the untrimmed pair inside its mask and the normal image beyond the mask grown
+    by the band; masks and verdicts are the untrimmed ones; recorded in config.json."""
+    import json
+
+    from PIL import Image
+
+    from dualanodiff.masks.regions import allowed_area
+
+    common = ["--on-normal", "data", "--data", str(placed_data), "--category", "pill", "--anomaly", "crack",
+              "--band", "3", "--departure", "4"]  # fmt: skip
+    plain, trimmed = tmp_path / "plain", tmp_path / "trimmed"
+    assert _generate(capsys, tiny_base_dir, tiny_adapters, plain, *common)[0] == 0
+    assert _generate(capsys, tiny_base_dir, tiny_adapters, trimmed, *common, "--trim")[0] == 0
+    assert json.loads((trimmed / "config.json").read_text())["trim"] is True
+    assert "trim" not in json.loads((plain / "config.json").read_text())
+    before, after = _records(plain), _records(trimmed)
+    assert [r["kept"] for r in before.values()] == [r["kept"] for r in after.values()]
+    masked = 0
+    for name, record in after.items():
+        mask = _pair_mask(trimmed, name, record["kept"])
+        assert np.array_equal(mask, _pair_mask(plain, name, record["kept"]))
+        image, untrimmed = (
+            _pair_image(trimmed, name, record["kept"]),
+            _pair_image(plain, name, record["kept"]),
+        )
+        normal = np.asarray(Image.open(record["normal"]).convert("RGB"))
+        if mask.any():
+            masked += 1
+            assert np.array_equal(image[mask], untrimmed[mask])
+            outside = ~allowed_area(mask, 3)
+            assert np.array_equal(image[outside], normal[outside])
+    assert masked > 0
+
+
+@pytest.mark.slow
 def test_generate_where_dir_puts_the_defect_where_the_user_said(
     capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
 ):

@@ -178,6 +178,7 @@ class BenchmarkConfig:
     band: int | None = _default(GenerateConfig, "band")
     departure: float = _default(GenerateConfig, "departure")
     free_part: bool = _default(GenerateConfig, "free_part")
+    trim: bool = _default(GenerateConfig, "trim")
     gen_batch_size: int = _default(GenerateConfig, "batch_size")
     gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
     mask_method: str = PAPER_NOISE_AND_MASK["mask_method"]
@@ -463,6 +464,7 @@ class _Benchmark:
             band=c.band if placed else None,
             departure=c.departure,
             free_part=c.free_part,
+            trim=c.trim,
             preset=c.gen_preset,
             num_pairs=c.num_pairs,
             batch_size=c.gen_batch_size,
@@ -496,6 +498,7 @@ class _Benchmark:
                 for k, v in asdict(self.generate_config(category, kind, method != "dualanodiff")).items()
                 if k not in ("adapters", "out", "device", "backgrounds", "foreground", "batch_size")
                 and (method != "dualanodiff" or k not in PLACEMENT_FIELDS)  # as before: older folders resume
+                and not (k == "trim" and not v)  # recorded only when on, as in the generated folder
             }
             return {"method": method, "train": self.train_key(category, kind), **gen}
         return {

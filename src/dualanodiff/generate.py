@@ -31,6 +31,7 @@ from .io import save_image_atomic
 from .locking import output_lock
 from .masks import PartMasker, build_masker, judge_mask
 from .masks.placed import NONFINITE_REASON, placed_outcome
+from .masks.regions import blend_weights, composite
 from .model.dual_unet import read_adapter_config
 from .model.encode import GLOBAL_PROMPT, PART_PROMPT
 from .pipeline import (
@@ -142,6 +143,10 @@ class GenerateConfig:
     fewshot_anomaly: str | None = None  # --anomaly (with --data, --category)
     departure: float = 16.0  # placed masks: the least colour change (uint8 levels) that counts
     free_part: bool = False  # placed pairs: leave the part branch free outside the region (default: held)
+    # placed pairs: keep the normal image outside the defect's mask grown by the band, not only outside the region:
+    # the texture the sampler redrew around the defect (a blurred patch at the demo's scale) is dropped, so
+    # every pixel that differs from the normal image is the defect or its seam
+    trim: bool = False
     device: str | None = None
     # Speed and memory (all but tiling keep the pairs the same to float rounding, so a resume may change them):
     compile: bool = False  # torch.compile the UNet (a one-off compilation, then faster steps)
@@ -186,6 +191,8 @@ class GenerateConfig:
         check_float(self.departure, "--departure", minimum=0, maximum=255)
         if self.on_normal is None and (self.where is not None or self.band is not None):
             raise InputError("--where and --band place defects on normal images: give --on-normal too")
+        if self.on_normal is None and self.trim:
+            raise InputError("--trim trims placed pairs: give --on-normal too")
 
 
 def resolve_generate_config(
@@ -324,6 +331,8 @@ def generate_to_folder(
     if placements is None:  # the paper's generation: recorded as before, so older folders resume
         for option in PLACEMENT_FIELDS:
             del record_config[option]
+    elif not record_config["trim"]:  # recorded only when on: placed folders made before it resume
+        del record_config["trim"]
     record_config["adapter_identity"] = adapter_identity(config.adapters)
     record_config["anomaly_type"] = config.anomaly_type or training.get("anomaly")
     if bcm:
@@ -441,7 +450,7 @@ def _generate_pairs(
             if placed is None:
                 quality = judge_mask(mask, max_area_fraction=config.max_mask_area)
             else:
-                mask, quality, extra = _placed_pair(
+                image, mask, quality, extra = _placed_pair(
                     config, writer, index, image, mask, chosen[k], out.allowed[k]
                 )
             if out.nonfinite_steps[k] is not None:  # never kept, whatever its mask
@@ -472,7 +481,9 @@ def _generate_pairs(
     bar.close()
 
 
-PLACEMENT_FIELDS = ("on_normal", "where", "band", "fewshot_data", "fewshot_anomaly", "departure", "free_part")
+PLACEMENT_FIELDS = (
+    "on_normal", "where", "band", "fewshot_data", "fewshot_anomaly", "departure", "free_part", "trim"
+)  # fmt: skip
 REGION = "region"  # OUT/region/<name>.png: the area a placed pair may change (region plus band), 0/255
 
 
@@ -516,15 +527,18 @@ def _placed_pair(
     part_mask,
     placement: Placement,
     allowed,
-) -> tuple[Any, Any, dict[str, Any]]:
-    """A placed pair's region file (written first), mask and verdict (`masks.placed`), and its record's fields."""
+) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """A placed pair's region file (written first), image (trimmed to its mask with ``config.trim``), mask and
+    verdict (`masks.placed`), and its record's fields."""
     save_image_atomic(Path(config.out) / REGION / f"{writer.name(index)}.png", allowed.astype("uint8") * 255)
     mask, quality, outside = placed_outcome(
         part_mask, image, placement.normal, allowed, config.departure, config.max_mask_area
     )
+    if config.trim and mask.any():  # inside the mask the weight is 1: the mask stays what it was
+        image = composite(image, placement.normal, blend_weights(mask, config.band))
     record = {
         "normal": str(placement.normal_path),
         "region": placement.spec,
         "part_outside_region": round(outside, 4),
     }
-    return mask, quality, record
+    return image, mask, quality, record

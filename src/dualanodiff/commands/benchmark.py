@@ -77,6 +77,7 @@ BORROWED = {
         "band": (None, "band"),
         "departure": (None, "departure"),
         "free_part": (None, "free_part"),
+        "trim": (None, "trim"),
     },
 }
 # OWN: declared here, under other names or defaults: sizes and presets whose unset value comes from the

@@ -180,6 +180,13 @@ def register(subparsers) -> None:
         help="placed pairs: leave the part branch free outside the region (default: held to its empty grey "
         "canvas there, so the part, and through SAIM the whole image, draw the defect inside the region)",
     )
+    place.add_argument(
+        "--trim",
+        action="store_true",
+        help="placed pairs: keep the normal image outside the defect's mask grown by the band, not only outside "
+        "the region, so the texture the sampler redrew around the defect is dropped and every changed pixel is "
+        "the defect or its seam (docs/placement.md measures it)",
+    )
     speed = p.add_argument_group("speed and memory (see benchmarks/README.md)")
     speed.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first batch)")
     speed.add_argument("--channels-last", action="store_true", help="channels-last UNet memory layout")
@@ -255,6 +262,7 @@ def run(args) -> int:
         fewshot_anomaly=args.fewshot_anomaly,
         departure=args.departure,
         free_part=args.free_part,
+        trim=args.trim,
     )
     _refuse_what_does_not_apply(config, on_ray=args.executor == "ray")
     if args.executor != "ray" and (args.ray_shards is not None or args.ray_address is not None):
