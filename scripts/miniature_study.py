@@ -128,8 +128,17 @@ def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
 def run_seed(args, seed: int) -> dict:
     seed_dir = Path(args.out) / f"seed-{seed}"
     done = seed_dir / "seed.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    if done.is_file():  # a finished seed: only the variants it lacks are run (each records its commit)
+        finished = json.loads(done.read_text())
+        missing = [n for n in args.variants if VARIANTS[n][0] not in finished["runs"]]
+        if missing:
+            cfg = DemoConfig(**finished["settings"])
+            for name in missing:
+                print(f"[study] seed {seed}: {name}", flush=True)
+                result = run_variant(name, cfg, seed_dir)
+                finished["runs"][result["label"]] = {**result, "commit": _commit()}
+            write_json_atomic(done, finished)
+        return finished
     cfg = DemoConfig(
         out=str(seed_dir / "demo"), seed=seed, threads=args.threads, progress=args.progress,
         base_weights=args.base_weights, quick=args.quick,
@@ -161,6 +170,7 @@ def run_seed(args, seed: int) -> dict:
         "figures": figures(demo),  # what the demo's report sets beside the study's range
         "seconds": round(time.perf_counter() - started, 1),
         "settings": asdict(cfg),
+        "commit": _commit(),  # of the demo and the variants run with it (a variant added later has its own)
     }
     write_json_atomic(done, out)
     return out

@@ -35,6 +35,7 @@ ORDER = (
     "DualAnoDiff with BCM",
     "DualAnoDiff placed on normal images",
     "DualAnoDiff placed, part branch free",
+    "DualAnoDiff placed, trimmed to the mask",
     "Crop&Paste",
     "DRAEM-Perlin",
     "no generated data",
@@ -51,6 +52,8 @@ COMPARISONS = (
     ("DualAnoDiff placed on normal images", "Crop&Paste"),
     ("DualAnoDiff placed on normal images", "DualAnoDiff (DPM-Solver++ 20 steps)"),
     ("DualAnoDiff placed, part branch free", "DualAnoDiff placed on normal images"),
+    ("DualAnoDiff placed, trimmed to the mask", "DualAnoDiff placed on normal images"),
+    ("DualAnoDiff placed, trimmed to the mask", "Crop&Paste"),
 )
 # Paired differences of the median mask IoU: the settings that change the sampling of the same adapters.
 IOU_COMPARISONS = (
@@ -269,6 +272,20 @@ def placed_pairs_picture(folder: Path, out: Path, count: int = 16) -> None:
     save_image_atomic(out, image_grid(cells, 8, labels))
 
 
+def measured_commits(study: dict) -> str:
+    """Which commit made which runs: a seed's runs carry its commit, a variant added to it later its own."""
+    made: dict[str, list[str]] = {}
+    for seed in study.get("per_seed", []):
+        for label, run in seed["runs"].items():
+            commit = run.get("commit") or seed.get("commit") or study.get("commit", "unknown")
+            made.setdefault(commit, [])
+            if label not in made[commit]:
+                made[commit].append(label)
+    if len(made) <= 1:
+        return f"`{next(iter(made), study.get('commit', 'unknown'))}`"
+    return "; ".join(f"`{c}` ({', '.join(labels)})" for c, labels in made.items())
+
+
 def placement_tables(studies: list[Path]) -> str:
     """docs/placement.md's measured block: one table per type's study.json, and where its picture is."""
     parts = []
@@ -276,7 +293,7 @@ def placement_tables(studies: list[Path]) -> str:
         study = json.loads(path.read_text())
         parts.append(study_table(study))
         parts.append(
-            f"Commit measured: `{study.get('commit', 'unknown')}`; results: `{path.resolve().relative_to(ROOT)}`.\n"
+            f"Commits measured: {measured_commits(study)}; results: `{path.resolve().relative_to(ROOT)}`.\n"
         )
     return "\n".join(parts)
 
