@@ -130,7 +130,8 @@ def run_seed(args, seed: int) -> dict:
     done = seed_dir / "seed.json"
     if done.is_file():  # a finished seed: only the variants it lacks are run (each records its commit)
         finished = json.loads(done.read_text())
-        missing = [n for n in args.variants if VARIANTS[n][0] not in finished["runs"]]
+        runs = finished["runs"]  # a variant that ended in an error is tried again (its finished steps resume)
+        missing = [n for n in args.variants if "error" in runs.get(VARIANTS[n][0], {"error": "not run"})]
         if missing:
             cfg = DemoConfig(**finished["settings"])
             for name in missing:

@@ -464,7 +464,7 @@ class _Benchmark:
             band=c.band if placed else None,
             departure=c.departure,
             free_part=c.free_part,
-            trim=c.trim,
+            trim=c.trim and placed,  # only placed pairs are trimmed (GenerateConfig refuses it otherwise)
             preset=c.gen_preset,
             num_pairs=c.num_pairs,
             batch_size=c.gen_batch_size,
