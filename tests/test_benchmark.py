@@ -217,6 +217,10 @@ def test_profiles_fill_only_unset_sizes(data_root, tmp_path, capsys):
     plain = bm.resolve_benchmark_config(BenchmarkConfig(**base, gen_preset="official-code", sampler_steps=7))
     assert (plain.num_pairs, plain.sampler_steps) == (500, 7)
     assert bm._Benchmark(plain, {"pill": ["crack"]}).generate_config("pill", "crack").guidance == 2.5
+    # --trim reaches the placed pairs only; the free ones are never trimmed (GenerateConfig would refuse it).
+    trimmed = bm._Benchmark(replace(plain, trim=True), {"pill": ["crack"]})
+    assert trimmed.generate_config("pill", "crack", True).trim is True
+    assert trimmed.generate_config("pill", "crack").trim is False
     with pytest.raises(SystemExit) as exc:
         main(["benchmark", "--help"])
     assert exc.value.code == 0
