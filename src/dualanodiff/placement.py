@@ -95,7 +95,11 @@ class Placements:
         category: str | None = None,
         device: str | None = None,
     ) -> None:
-        self.normals = [s.image for s in folder_normals(folder)]
+        self._folder = foreground if foreground_kind(foreground) == "folder" else None
+        # One listing: the normal images, each with its foreground mask matched by stem when --foreground DIR
+        # (none found when DIR is missing: check_foreground_spec below names it).
+        samples = folder_normals(folder, self._folder)
+        self.normals = [s.image for s in samples]
         if not self.normals:
             raise InputError(f"--on-normal {folder}: no normal images there")
         self.size = (resolution, resolution)
@@ -116,17 +120,16 @@ class Placements:
                 )
         check_foreground_spec(foreground, u2net_weights)
         self.foreground = foreground
-        self._folder = foreground if foreground_kind(foreground) == "folder" else None
         self._foreground_files: list[Path] = []
-        if self._folder is not None:  # matched by stem as every folder of foreground masks is
-            samples = {s.image: s.foreground for s in folder_normals(folder, self._folder)}
-            missing = [p.name for p in self.normals if samples.get(p) is None]
+        if self._folder is not None:
+            found = {s.image: s.foreground for s in samples}
+            missing = [p.name for p in self.normals if found[p] is None]
             if missing:
                 raise InputError(
                     f"--foreground {self._folder}: no mask for {missing[0]} (expected <stem>.png or "
                     f"<stem>_mask.png; {len(missing)} of {len(self.normals)} missing)"
                 )
-            self._foreground_files = [samples[p] for p in self.normals]
+            self._foreground_files = [found[p] for p in self.normals]
         self._estimator = None
         if self._folder is None:  # auto regions stay on it; a user's region must touch it
             self._estimator = ForegroundEstimator(foreground, u2net_weights, category, device=device)
