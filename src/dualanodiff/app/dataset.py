@@ -141,12 +141,22 @@ def remove_defect_image(project: Project, image_name: str) -> None:
         image.unlink()
 
 
+def _image_in(folder: Path, image_name: str, missing: str) -> Path:
+    """The image of that name, refused (``missing``) unless it is an image file of ``folder``."""
+    path = path_inside(folder, image_name)
+    if not is_image_file(path):
+        raise InputError(f"{image_name}: {missing}")
+    return path
+
+
 def defect_image(project: Project, image_name: str) -> Path:
     """The defect image of that name, refused unless it is a file of the project's defect folder."""
-    path = path_inside(project.defect_dir, image_name)
-    if not is_image_file(path):
-        raise InputError(f"{image_name}: no such defect image in {project.defect_dir}")
-    return path
+    return _image_in(project.defect_dir, image_name, f"no such defect image in {project.defect_dir}")
+
+
+def normal_image(project: Project, image_name: str) -> Path:
+    """The normal training image of that name (what a placed pair starts from), refused unless it is one."""
+    return _image_in(project.normal_train_dir, image_name, "no such normal image in this project")
 
 
 def defect_entries(project: Project) -> list[DefectEntry]:

@@ -30,7 +30,7 @@ from .fields import ADAPTERS_SAMPLER, DEMO_BASE, GenerateFields, StudyFields, Tr
 from .jobs import Jobs, JobStatus
 from .progress import generation_progress, status_html, training_progress
 from .review import set_verdict, zip_folder
-from .workspace import Project, Workspace, path_inside
+from .workspace import Project, Workspace
 
 # "Where the defects go" on the Generate page: the paper's method, or placed on the project's normal images
 # (`generate --on-normal`), anywhere on the object (`--where auto`) or only in painted regions (`--where DIR`).
@@ -252,10 +252,7 @@ class AppHandlers:
     def _normal_image(self, name: str) -> Path:
         if not name:
             raise InputError("choose a normal image to paint a region on")
-        path = path_inside(self.project.normal_train_dir, name)
-        if not path.is_file():
-            raise InputError(f"{name}: no such normal image in this project")
-        return path
+        return dataset.normal_image(self.project, name)
 
     def _region_file(self, name: str) -> Path:
         return self.workspace.regions_dir(self.project) / f"{Path(name).stem}.png"
