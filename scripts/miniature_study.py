@@ -7,6 +7,8 @@ Per seed (each seed is a new synthetic dataset, new adapters, new pairs and new 
 
 - ``demo``: `dualanodiff demo` at its default settings: DualAnoDiff pairs (DPM-Solver++, 20 steps), Crop&Paste
   pairs, no generated data, and the mask alignment of the pairs;
+- ``paper-sampling``: the demo's adapters sampled as the paper and the authors' code do: a noise draw per
+  branch, no zero-mean noise, guidance 2.5 (the demo's sampler and mask rule kept);
 - ``perlin``: DRAEM's Perlin-noise anomalies, the same number of pairs;
 - ``pndm-50``: the demo's adapters sampled with PNDM, 50 steps (the paper's sampler) instead of DPM-Solver++ 20;
 - ``guidance-2.5``: the demo's adapters sampled at the paper's guidance scale, 2.5, instead of the demo's 5;
@@ -24,6 +26,11 @@ tested exactly as in the demo. Every step resumes; a variant whose adapters equa
 each seed, writes OUT/study.json from every finished seed in OUT (every run's figures, per-method mean and
 standard deviation, times, the stack), so seeds may run in parallel processes:
 ``for s in 0 1 2; do python scripts/miniature_study.py --out study --seeds $s & done``.
+
+Every built-in type with one recipe (the demo's, chosen on weave/hole and pill/spot only), in
+OUT/<category>-<anomaly>/ (one study.json each, as above)::
+
+    python scripts/miniature_study.py --out study --types all --variants paper-sampling,perlin,placed
 """
 
 from __future__ import annotations
@@ -47,6 +54,16 @@ from dualanodiff.io import write_json_atomic
 
 # name: (label, benchmark overrides, reuses the demo's adapters)
 VARIANTS: dict[str, tuple[str, dict, bool]] = {
+    "paper-sampling": (
+        "DualAnoDiff, sampled the paper's way",
+        {
+            "methods": ["dualanodiff"],
+            "guidance": 2.5,
+            "shared_initial_noise": False,
+            "zero_mean_noise": False,
+        },
+        True,
+    ),
     "perlin": ("DRAEM-Perlin", {"methods": ["perlin"]}, False),
     "pndm-50": (
         "DualAnoDiff, PNDM 50 steps",
@@ -126,7 +143,7 @@ def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
 
 
 def run_seed(args, seed: int) -> dict:
-    seed_dir = Path(args.out) / f"seed-{seed}"
+    seed_dir = args.type_out / f"seed-{seed}"
     done = seed_dir / "seed.json"
     if done.is_file():  # a finished seed: only the variants it lacks are run (each records its commit)
         finished = json.loads(done.read_text())
@@ -230,6 +247,10 @@ def main() -> None:
     p.add_argument("--category", help="the demo's category (default: the demo's, weave)")
     p.add_argument("--anomaly", help="the demo's defect type (default: the demo's, hole)")
     p.add_argument(
+        "--types",
+        help="all, or a comma list of category/anomaly: every type in OUT/<category>-<anomaly>/ with one recipe",
+    )
+    p.add_argument(
         "--base-weights", default=None, help="folder of demo base weights (default: the shipped ones)"
     )
     p.add_argument("--progress", action="store_true", help="progress bars of every step")
@@ -244,27 +265,61 @@ def main() -> None:
     if unknown:
         p.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    for seed in (int(s) for s in args.seeds.split(",")):
-        print(f"[study] seed {seed}", flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.types is None:  # one type (the demo's or --category/--anomaly), straight in OUT
+        args.type_out = Path(args.out)
+        run_type(args, seeds)
+        return
+    if args.category or args.anomaly:
+        p.error("--types: give either --types or --category/--anomaly")
+    try:
+        types = study_types(args.types)
+    except ValueError as err:
+        p.error(str(err))
+    for category, anomaly in types:
+        args.category, args.anomaly = category, anomaly
+        args.type_out = Path(args.out) / f"{category}-{anomaly}"
+        run_type(args, seeds)
+
+
+def study_types(spec: str) -> list[tuple[str, str]]:
+    """``all`` (every built-in type) or a comma list of ``category/anomaly``."""
+    from dualanodiff.synthetic.dataset import DEFAULT_DEFECT_COUNTS
+
+    builtin = [(c, a) for c, kinds in DEFAULT_DEFECT_COUNTS.items() for a in kinds]
+    if spec == "all":
+        return builtin
+    types = [tuple(t.split("/", 1)) for t in spec.split(",") if t]
+    unknown = [t for t in types if t not in builtin]
+    if unknown:
+        raise ValueError(
+            f"--types: unknown {['/'.join(t) for t in unknown]}; choose from "
+            f"{', '.join('/'.join(t) for t in builtin)} or all"
+        )
+    return types
+
+
+def run_type(args, seeds: list[int]) -> None:
+    """The seeds of one type; after each, OUT/study.json from every finished seed in that type's folder."""
+    out = args.type_out
+    for seed in seeds:
+        print(f"[study] {args.category or 'demo type'}/{args.anomaly or ''} seed {seed}", flush=True)
         run_seed(args, seed)
         # Every finished seed in OUT, so several processes (one per seed) may share one study folder.
-        seeds = sorted(
+        finished = sorted(
             (json.loads(p.read_text()) for p in out.glob("seed-*/seed.json")), key=lambda s: s["seed"]
         )
         study = {
-            "settings": seeds[0]["settings"],
-            "seeds": [s["seed"] for s in seeds],
+            "settings": finished[0]["settings"],
+            "seeds": [s["seed"] for s in finished],
             "variants": args.variants,
             "stack": stack(),
             "commit": _commit(),
-            "per_seed": seeds,
-            "summary": aggregate(seeds),
+            "per_seed": finished,
+            "summary": aggregate(finished),
         }
         write_json_atomic(out / "study.json", study)
-    print(
-        f"wrote {Path(args.out) / 'study.json'}; tables: python scripts/miniature_tables.py {Path(args.out) / 'study.json'}"
-    )
+    print(f"wrote {out / 'study.json'}; tables: python scripts/miniature_tables.py {out / 'study.json'}")
 
 
 if __name__ == "__main__":
