@@ -39,7 +39,7 @@ def tiny_config(data_root, base, out, weights) -> BenchmarkConfig:
         num_pairs=4, sampler_steps=2, gen_batch_size=4, max_mask_area=1.0,
         inception_weights=str(weights[0]), lpips_vgg_weights=str(weights[1]), is_splits=2, lpips_size=64,
         loc_epochs=1, loc_samples_per_epoch=8, loc_batch_size=4, loc_resolution=64, loc_base_channels=4,
-        loc_runs=1, cls_epochs=1, cls_batch_size=4, cls_resolution=32, cls_repeats_per_epoch=1,
+        loc_runs=1, cls_epochs=1, cls_batch_size=4, cls_resolution=32, cls_repeats_per_epoch=1, random_init=True,
         device="cpu", progress=False,
     )  # fmt: skip
 
@@ -123,10 +123,12 @@ def test_benchmark_end_to_end_resumes_and_skips_finished_steps(
     assert all(float(r["is"]) >= floor and r["n_images"] == "4" for r in quality.values())
     cls = {r["method"]: float(r["accuracy"]) for r in _csv(out / "classification.csv")}
     assert set(cls) == {"dualanodiff", "crop-paste", "perlin"} and all(0 <= v <= 1 for v in cls.values())
+    assert {r["imagenet_init"] for r in _csv(out / "classification.csv")} == {"False"}  # random_init=True
 
     summary_md = (out / "summary.md").read_text()
     for heading in ("Downstream localization", "Generation quality", "Anomaly-type classification"):
         assert heading in summary_md
+    assert "| perlin (random init: pill) |" in summary_md  # not the paper's protocol, and the table says so
     assert f"| none | {100 * float(loc['none']['pixel_auroc']):.2f} |" in summary_md
     assert "paper:" not in summary_md  # synthetic data, whatever its category names
     summary = json.loads((out / "summary.json").read_text())
@@ -187,6 +189,36 @@ def test_bad_inputs_are_one_line_errors(data_root, weights, tmp_path, capsys, mo
         ["benchmark", "--data", str(small), "--out", str(tmp_path / "c"), "--methods", "none"], capsys
     )
     assert "crack" in err and "too few" in err
+
+
+TINY_CLASSIFICATION = ["--num-pairs", "3", "--loc-epochs", "1", "--loc-samples-per-epoch", "4", "--loc-batch-size",
+                       "2", "--loc-resolution", "32", "--loc-base-channels", "2", "--runs", "1", "--cls-epochs", "1",
+                       "--cls-batch-size", "2", "--cls-resolution", "32", "--device", "cpu", "--no-progress"]  # fmt: skip
+
+
+def test_without_imagenet_weights_classification_needs_random_init(data_root, tmp_path, capsys, monkeypatch):
+    """The rule of `evaluate classification`: no ResNet-34 ImageNet file (given or in the torch hub cache) and
+    no --random-init is refused before anything is written; --random-init runs, and the table names it."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    out = tmp_path / "b"
+    argv = ["benchmark", "--data", str(data_root), "--out", str(out), "--methods", "crop-paste", "--anomalies",
+            "crack,scratch", "--no-quality", *TINY_CLASSIFICATION]  # fmt: skip
+    err = _error(argv, capsys)
+    assert err.startswith("dualanodiff benchmark: error: --imagenet-weights: classification needs") and (
+        "--random-init" in err
+    ), err
+    assert not out.exists()  # refused before the folder was made
+    err = _error([*argv, "--random-init", "--imagenet-weights", str(tmp_path / "w.pth")], capsys)
+    assert "--random-init: conflicts with --imagenet-weights" in err and not out.exists()
+    # No classification step (none asked for, or no generated data to train on): no weights needed.
+    for off in (dict(methods=["none"]), dict(methods=["crop-paste"], classification=False)):
+        bm.resolve_benchmark_config(BenchmarkConfig(data=str(data_root), out=str(out), quality=False, **off))
+
+    assert main([*argv, "--out", str(tmp_path / "r"), "--random-init"]) == 0
+    assert "| crop-paste (random init: pill) |" in capsys.readouterr().out
+    (row,) = _csv(tmp_path / "r" / "classification.csv")
+    assert row["imagenet_init"] == "False"
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["random_init"] is True
 
 
 def test_profiles_fill_only_unset_sizes(data_root, tmp_path, capsys):

@@ -297,6 +297,7 @@ def _writer_commands(data: Path, base: Path, adapters: Path, gen: dict[str, Path
             "crop-paste",
             "--quick",
             "--no-quality",
+            "--random-init",
         ],
         out,
     )

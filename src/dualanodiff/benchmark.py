@@ -186,7 +186,9 @@ class BenchmarkConfig:
     mask_threshold: float | None = _default(GenerateConfig, "mask_threshold")
     vae_tiling: bool = _default(GenerateConfig, "vae_tiling")  # above the VAE's native size: other pixels
     max_mask_area: float = _default(GenerateConfig, "max_mask_area")
-    perlin_source: str | None = None  # folder of texture images (DRAEM uses DTD); None: noise colours
+    # perlin: folder of texture images (DRAEM uses DTD); None: another normal image of the category, its blocks
+    # shuffled (`baselines.perlin`)
+    perlin_source: str | None = None
     # generation quality
     quality: bool = True
     inception_weights: str | None = None
@@ -208,7 +210,10 @@ class BenchmarkConfig:
     paper_compat_f1: bool = _default(LocalizationConfig, "paper_compat_f1")
     # anomaly-type classification
     classification: bool = True
-    imagenet_weights: str | None = None
+    imagenet_weights: str | None = None  # None: torchvision's file in the torch hub cache
+    # train the ResNet-34 from random values (not the paper's protocol: the tables say so); without it a missing
+    # ImageNet file is refused (`resolve_imagenet_weights`), as `evaluate classification` refuses it
+    random_init: bool = False
     cls_epochs: int | None = None
     cls_batch_size: int = _default(ClassificationConfig, "batch_size")
     cls_lr: float = _default(ClassificationConfig, "lr")
@@ -280,6 +285,11 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
 
         resolve_inception_weights(cfg.inception_weights)  # fail now, not after hours of training
         resolve_vgg_weights(cfg.lpips_vgg_weights)
+    if cfg.random_init or (cfg.classification and any(m in GENERATORS for m in cfg.methods)):
+        from .evaluate.classification import resolve_imagenet_weights
+
+        # as `evaluate classification`: no weights (given or cached) without --random-init, or both, are refused
+        resolve_imagenet_weights(cfg.imagenet_weights, cfg.random_init)
     cfg.categories = list(cfg.categories) if cfg.categories else list_categories(root)
     if not cfg.categories:
         raise InputError(f"--data {root}: no category folders (<category>/train, <category>/test) found")
@@ -540,7 +550,7 @@ class _Benchmark:
             device=c.device,
             repeats_per_epoch=c.cls_repeats_per_epoch,
             max_per_type=c.num_pairs,
-            random_init=c.imagenet_weights is None,  # the tables name it: "(random init: ...)"
+            random_init=c.random_init,  # the tables name it: "(random init: ...)"
         )
 
     def upstream(self, method: str, category: str) -> dict[str, Any]:

@@ -293,7 +293,15 @@ def register(subparsers) -> None:
     cl = p.add_argument_group("anomaly-type classification")
     cl.add_argument("--no-classification", dest="classification", action="store_false", help="skip it")
     cl.add_argument(
-        "--imagenet-weights", help="torchvision ResNet-34 ImageNet weights file (offline machines)"
+        "--imagenet-weights",
+        help="torchvision ResNet-34 ImageNet weights file (resnet34-b627a593.pth); default: the torch hub cache, "
+        "and without either the run is refused (see --random-init)",
+    )
+    cl.add_argument(
+        "--random-init",
+        action="store_true",
+        help="train the ResNet-34 from random values when no ImageNet weights are at hand; accuracies are then "
+        "not comparable with the paper's, and the tables say so",
     )
     cl.add_argument("--cls-epochs", type=int_arg(1), help="ResNet-34 epochs (paper 30, quick 5)")
     cl.add_argument("--cls-batch-size", type=int_arg(1), default=8, help="ResNet-34 batch size (default 8)")
