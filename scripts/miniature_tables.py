@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from dualanodiff.demo.base import ASSETS, META_NAME
-from dualanodiff.demo.expected import EXPECTED_NAME, MATCHED, spread
+from dualanodiff.demo.expected import EXPECTED_NAME, MATCHED, read_expected, spread
 from dualanodiff.io import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,20 +201,34 @@ def base_text(meta: dict) -> str:
     )
 
 
-def expected_file(study: dict, times: dict | None) -> dict:
+def type_expected(study: dict) -> dict:
+    """One type's row of the demo's reference file: the spread of each figure the report checks."""
     figures: dict[str, list[float]] = {}
     for seed in study["per_seed"]:
         for name, value in seed["figures"].items():
             if value is not None:
                 figures.setdefault(name, []).append(float(value))
-    out = {
+    return {
         "seeds": len(study["seeds"]),
         "stack": _stack(study),
         "settings": {k: study["settings"][k] for k in MATCHED},
         "figures": {name: spread(values) for name, values in figures.items()},
     }
+
+
+def expected_file(studies: list[dict], times: dict | None, before: dict | None = None) -> dict:
+    """The demo's reference file: a row per studied type (``types["<category>/<anomaly>"]``), added to the
+    rows of the file ``before`` (so one type's study updates its row only), and the run times (``before``'s
+    when no new ones are given)."""
+    before = before or {}
+    types = dict(before.get("types", {}))
+    for study in studies:
+        types[f"{study['settings']['category']}/{study['settings']['anomaly']}"] = type_expected(study)
+    out: dict = {"types": dict(sorted(types.items()))}
     if times:
         out["times"] = times_summary(times)
+    elif "times" in before:
+        out["times"] = before["times"]
     return out
 
 
@@ -340,7 +354,8 @@ def main() -> None:
         times = json.loads(args.times.read_text())
         for doc in (ROOT / "README.md", ROOT / "docs" / "demo.md"):
             replace_between(doc, "demo-times", times_text(times))
-        write_json_atomic(ASSETS / EXPECTED_NAME, {"times": times_summary(times)})
+        before = read_expected() or {}
+        write_json_atomic(ASSETS / EXPECTED_NAME, expected_file([], times, before))
         print(f"wrote the run times into README.md and docs/demo.md, and {ASSETS / EXPECTED_NAME}")
         return
     if args.study is None:
@@ -359,7 +374,7 @@ def main() -> None:
         if times:
             replace_between(doc, "demo-times", times_text(times))
     replace_between(ROOT / "docs" / "demo.md", "demo-base", base_text(base_meta))
-    write_json_atomic(ASSETS / EXPECTED_NAME, expected_file(study, times))
+    write_json_atomic(ASSETS / EXPECTED_NAME, expected_file([study], times, read_expected()))
     print(f"wrote the tables into README.md and docs/demo.md, and {ASSETS / EXPECTED_NAME}")
 
 

@@ -149,28 +149,62 @@ def test_reference_segmenter_finds_real_defects_and_not_normal_pixels(demo_base)
     assert segment(seg, list(through_vae(demo_base.vae, normals)), seg.threshold).mean() < 0.01
 
 
-def test_a_run_is_set_beside_the_study():
-    """Inside the study's range widened by one sd: normal; below it: flagged; other settings: no verdict."""
+def test_a_run_is_set_beside_the_study_row_of_its_own_type():
+    """Inside the study's range widened by one sd: normal; below it: flagged; the range the verdict uses is the
+    one printed; another type or other settings: no verdict."""
     from dualanodiff.demo import DemoConfig
-    from dualanodiff.demo.expected import compare_with_study
+    from dualanodiff.demo.expected import VERDICT_RULE, compare_with_study
 
     cfg = DemoConfig().resolved()
-    expected = {
+    row = {
         "seeds": 3,
-        "settings": {"category": "weave", "anomaly": "hole", "train_steps": cfg.train_steps},
+        "settings": {"train_steps": cfg.train_steps},
         "figures": {
-            "pixel AP, DualAnoDiff": {"mean": 50.0, "sd": 5.0, "min": 45.0, "max": 55.0},
+            "pixel AP, DualAnoDiff": {
+                "mean": 50.0,
+                "sd": 5.0,
+                "min": 45.0,
+                "max": 55.0,
+                "values": [45, 50, 55],
+            },
             "median mask IoU, DualAnoDiff": {"mean": 0.6, "sd": 0.05, "min": 0.55, "max": 0.65},
         },
     }
+    expected = {"types": {"weave/hole": row}}
     summary = {
         "localization": [{"training data": "DualAnoDiff", "pixel AP": 41.0}],
         "alignment": {"dualanodiff": {"iou_median": 0.2}},
     }
-    rows = {r["figure"]: r["verdict"] for r in compare_with_study(summary, cfg, expected)["rows"]}
-    assert rows == {"pixel AP, DualAnoDiff": "normal", "median mask IoU, DualAnoDiff": "LOWER than the study"}
+    checks = compare_with_study(summary, cfg, expected)
+    assert checks["rule"] == VERDICT_RULE and "weave/hole, 3 seeds" in checks["why"]
+    rows = {r["figure"]: r for r in checks["rows"]}
+    assert {k: r["verdict"] for k, r in rows.items()} == {
+        "pixel AP, DualAnoDiff": "normal",
+        "median mask IoU, DualAnoDiff": "LOWER than the study",
+    }
+    assert rows["pixel AP, DualAnoDiff"]["normal range"] == "40 to 60"  # 41 lies inside the printed range
+    assert rows["pixel AP, DualAnoDiff"]["study seeds"] == "45, 50, 55"
+    stain = compare_with_study(summary, DemoConfig(anomaly="stain").resolved(), expected)
+    assert not stain["applies"] and "no row for weave/stain (types measured: weave/hole)" in stain["why"]
+    expected["types"]["weave/stain"] = row
+    assert compare_with_study(summary, DemoConfig(anomaly="stain").resolved(), expected)["applies"]
     other = compare_with_study(summary, DemoConfig(quick=True).resolved(), expected)
     assert not other["applies"] and "train_steps" in other["why"] and other["rows"] == []
+
+
+def test_the_report_says_in_words_when_pairs_made_the_detector_worse_than_none():
+    from dualanodiff.demo.report import worse_than_none
+
+    rows = [
+        {"training data": "DualAnoDiff", "pixel AP": 0.5},
+        {"training data": "Crop&Paste", "pixel AP": 17.5},
+        {"training data": "no generated data", "pixel AP": 0.7},
+    ]
+    text = worse_than_none(rows)
+    assert "trained with DualAnoDiff (0.5) pairs" in text and "normal images alone (0.7)" in text
+    assert "Crop&Paste" not in text
+    rows[0]["pixel AP"] = 0.7  # a tie is not worse
+    assert worse_than_none(rows) is None
 
 
 def test_iou_matches_sklearn():
@@ -249,6 +283,14 @@ def test_demo_quick_end_to_end(tmp_path, capsys, caplog):
     assert (
         len(parsed.srcs) >= 2 * 5 + 3 * 8 + 2 * 6 + 2
     )  # few-shot, triples, Crop&Paste, loss and probe charts
+
+    # --no-progress hides the bars only: the stage lines and the final line stay (a resumed run, every step done).
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="dualanodiff.demo.run"):
+        assert main(["demo", "--quick", "--out", str(out), "--threads", "1", "--no-progress"]) == 0
+    again = capsys.readouterr()
+    assert "[demo 1/5]" in caplog.text and "[demo 5/5]" in caplog.text
+    assert "Open the report" in again.out and "%|" not in again.err
 
     results = json.loads((out / "demo_results.json").read_text())
     assert {r["training data"] for r in results["localization"]} == {
@@ -332,9 +374,11 @@ def test_study_tables_are_the_json_mean_sd_and_paired_differences(tmp_path):
         "seed 2: 0.1000 to 0.0800 (-20.0 %; whole-image rows 0.1400 to 0.1100, part rows 0.0600 to 0.0500)"
         in table
     )
-    expected = tables.expected_file(study, None)
-    assert expected["figures"]["pixel AP, DualAnoDiff"]["mean"] == round(mean, 3)
-    assert expected["settings"]["anomaly"] == "hole"
+    before = {"types": {"pill/spot": {"seeds": 3}}, "times": {"full": {"wall_s": 1.0}}}
+    expected = tables.expected_file([study], None, before)
+    assert expected["types"]["weave/hole"]["figures"]["pixel AP, DualAnoDiff"]["mean"] == round(mean, 3)
+    assert expected["types"]["pill/spot"] == before["types"]["pill/spot"]  # another type's row is kept
+    assert expected["times"] == before["times"]  # and the measured times, when no new ones are given
 
     doc = tmp_path / "doc.md"
     doc.write_text("a\n<!-- miniature-table:start -->\nold\n<!-- miniature-table:end -->\nb\n")
@@ -369,7 +413,7 @@ def test_times_without_a_study_give_the_cpu_row_only():
     for mine, verdict in ((140.0, "normal"), (160.0, "SLOWER than measured (another CPU, or other load)")):
         summary["timings"]["cpu_before_report_s"] = mine
         checks = compare_with_study(summary, cfg, expected)
-        assert checks["applies"] and "no miniature study" in checks["why"]
+        assert checks["applies"] and "no row for weave/hole (types measured: none)" in checks["why"]
         assert [(r["figure"], r["verdict"]) for r in checks["rows"]] == [
             ("CPU seconds of the run (before the report)", verdict)
         ]

@@ -132,3 +132,26 @@ def test_no_progress_hides_every_bar_and_library_bars_never_show(
     err = capsys.readouterr().err
     assert "train pill/crack: 100%" in err
     assert "Writing model shards" not in err and "Loading weights" not in err
+
+
+def test_a_bar_written_to_a_file_shows_its_first_and_last_state_only():
+    import io
+
+    from dualanodiff.progress import progress_bar
+
+    log = io.StringIO()  # not a terminal: a redirected stderr
+    for _ in progress_bar(range(5000), desc="steps", file=log):
+        pass
+    states = [s for s in log.getvalue().split("\r") if s.strip()]
+    assert len(states) == 2, states
+    assert states[0].startswith("steps:   0%") and states[-1].startswith("steps: 100%")
+
+
+def test_demo_help_lists_every_category_and_type(capsys):
+    from dualanodiff.synthetic import DEFECT_TYPES
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for category, kinds in DEFECT_TYPES.items():
+        assert f"{category}: {', '.join(kinds)}" in text

@@ -54,7 +54,8 @@ def test_report_with_every_section_type(tmp_path: Path) -> None:
     r.add_text("Summary", "First paragraph & more.\n\nSecond <b>paragraph</b>.")
     images = [_rgb(k, 40, 100) for k in range(3)]
     r.add_images("Pairs", images, ["pair a", "pair b", "pair c"], ncols=2)
-    r.add_figure("Loss", loss_curve_png(range(10), np.linspace(1, 0.1, 10)))
+    long_caption = "The probe holds the timesteps and noise fixed, " * 6
+    r.add_figure("Loss", loss_curve_png(range(10), np.linspace(1, 0.1, 10)), caption=long_caption)
     r.add_table(
         "Scores", [{"type": "crack", "AUROC": 0.98765}, {"type": "hole", "AUROC": 0.5, "note": "few"}]
     )
@@ -82,7 +83,7 @@ def test_report_with_every_section_type(tmp_path: Path) -> None:
         "data.category",
     ]:
         assert cell in p.text["td"]
-    assert p.text["figcaption"] == ["pair a", "pair b", "pair c"]
+    assert p.text["figcaption"] == ["pair a", "pair b", "pair c", long_caption.strip()]  # whole, to wrap in the page
 
     # Self-contained: images are data URIs, no scripts/stylesheets, links only to the grids beside it.
     assert len(p.srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
@@ -98,6 +99,9 @@ def test_report_with_every_section_type(tmp_path: Path) -> None:
     assert grids == ["report-pairs.png", "report-loss.png"]
     grid = Image.open(tmp_path / "report-pairs.png")
     assert grid.size == image_grid(images, 2, ["pair a", "pair b", "pair c"]).size
+    # A figure's file is the figure alone: its caption is a paragraph, not a label cut to one line.
+    figure = loss_curve_png(range(10), np.linspace(1, 0.1, 10))
+    assert Image.open(tmp_path / "report-loss.png").size == image_grid([figure], 1).size  # no label row
     assert [h[1:] for h in p.hrefs if h.startswith("#")] == ["summary", "pairs", "loss", "scores", "settings"]
     assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]  # atomic writes left nothing
 

@@ -38,8 +38,23 @@ def progress_shown(enabled: bool) -> Iterator[None]:
 
 
 def progress_bar(iterable: Iterable | None = None, *, disable: bool = False, **kwargs) -> tqdm:
-    """``tqdm(iterable, **kwargs)``, hidden when ``disable`` or when bars are switched off."""
+    """``tqdm(iterable, **kwargs)``, hidden when ``disable`` or when bars are switched off.
+
+    Written to a file or a pipe rather than a terminal, a bar shows its first and last state only: its
+    redraws are for eyes, and a log of a long run would otherwise fill with them (a default demo wrote
+    173 KB of redraws to a redirected stderr)."""
+    stream = kwargs.get("file") or sys.stderr
+    if not _is_terminal(stream):
+        kwargs.setdefault("mininterval", float("inf"))
+        kwargs.setdefault("maxinterval", float("inf"))
     return tqdm(iterable, disable=disable or not _enabled, **kwargs)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
 
 
 def quiet_libraries() -> None:

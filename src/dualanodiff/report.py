@@ -427,7 +427,10 @@ class Report:
             if s.kind == "images":
                 pils, captions = s.body
                 name = f"{path.stem}-{s.slug}.png"
-                save_image_atomic(path.parent / name, image_grid(pils, s.ncols, captions))
+                # A figure's caption is a paragraph: it stays in the HTML, where it wraps; a grid cell's label
+                # would cut it to one line.
+                labels = captions if len(pils) > 1 else None
+                save_image_atomic(path.parent / name, image_grid(pils, s.ncols, labels))
                 grid_files[s.slug] = name
         write_text_atomic(path, self.to_html(grid_files))
         return path

@@ -34,8 +34,22 @@ def register(subparsers) -> None:
     )
     p.add_argument("--out", default="dualanodiff-demo", help="folder for the data, models and report")
     p.add_argument("--quick", action="store_true", help="toy sizes (the test suite's mode): checks it runs")
-    p.add_argument("--category", type=name_arg, default="weave", help="synthetic category: weave or pill")
-    p.add_argument("--anomaly", type=name_arg, default="hole", help="defect type of the category")
+    from ..synthetic.render import DEFECT_TYPES
+
+    p.add_argument(
+        "--category",
+        type=name_arg,
+        default="weave",
+        help=f"synthetic category: {' or '.join(DEFECT_TYPES)} (default: weave)",
+    )
+    p.add_argument(
+        "--anomaly",
+        type=name_arg,
+        default="hole",
+        help="defect type of the category: "
+        + "; ".join(f"{c}: {', '.join(kinds)}" for c, kinds in DEFECT_TYPES.items())
+        + " (default: hole)",
+    )
     p.add_argument(
         "--seed", type=seed_arg, default=0, help="seed of the data, the training and the generation"
     )

@@ -40,6 +40,27 @@ def _smooth(values: list[float], k: int) -> list[float]:
     ]
 
 
+def worse_than_none(localization: list[dict[str, Any]]) -> str | None:
+    """A plain sentence when a detector trained with generated pairs found the real defects less well (pixel
+    AP) than the one trained on normal images alone: the pairs taught it something wrong, and a table alone
+    does not say so."""
+    ap = {row["training data"]: row.get("pixel AP") for row in localization}
+    none = ap.get(METHOD_LABELS["none"])
+    worse = [
+        f"{label} ({value:g})"
+        for label, value in ap.items()
+        if label != METHOD_LABELS["none"] and value is not None and none is not None and value < none
+    ]
+    if not worse:
+        return None
+    return (
+        f"The detector trained with {' and with '.join(worse)} pairs found the real test defects less well "
+        f"(pixel AP) than the one trained on normal images alone ({none:g}): on this run those generated pairs "
+        "taught it wrong defects. Look at the pairs below: defects that do not look like the real ones, or "
+        "masks that do not cover them, do this."
+    )
+
+
 def write_demo_report(
     cfg: DemoConfig, out: Path, data: Path, gen_dirs: dict[str, Path], summary: dict[str, Any]
 ) -> Path:
@@ -60,9 +81,14 @@ def write_demo_report(
         "plus Crop&Paste pairs, or plus nothing, and tested on the held-out real defect images."
         + (" QUICK MODE: toy sizes, the pictures and numbers mean nothing." if cfg.quick else ""),
     )
+    warning = worse_than_none(summary.get("localization", []))
+    if warning:
+        report.add_text("Read this first: the generated pairs made the detector worse", warning)
     checks = summary.get("checks", {})
     if checks.get("rows"):
-        report.add_table(f"Is this run normal? This run beside {checks['why']}", checks["rows"])
+        report.add_table(
+            f"Is this run normal? This run beside {checks['why']} ({checks.get('rule', '')})", checks["rows"]
+        )
     else:
         report.add_text("Is this run normal?", f"No reference for this run: {checks.get('why', 'none')}.")
 
@@ -130,8 +156,8 @@ def write_demo_report(
     log = read_loss_log(run_dir)
     if log:
         steps, losses = [r["step"] for r in log], [r["loss"] for r in log]
-        k = max(5, len(losses) // 10)
         loss = summary.get("loss", {})
+        k = int(loss.get("window") or max(5, len(losses) // 10))  # the caption's window: one figure, one k
         report.add_figure(
             "Adapter training loss",
             loss_curve_png(steps, _smooth(losses, k), title=f"epsilon MSE, moving average of {k} steps"),

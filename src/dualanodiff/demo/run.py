@@ -31,10 +31,10 @@ from .config import METHOD_LABELS, DemoConfig
 log = logging.getLogger(__name__)
 
 
-def _say(cfg: DemoConfig, text: str) -> None:
-    """A stage of the demo, through logging (the CLI shows INFO lines as plain text)."""
-    if cfg.progress:
-        log.info(text)
+def _say(text: str) -> None:
+    """A stage of the demo, through logging (the CLI shows INFO lines as plain text, with or without the
+    progress bars)."""
+    log.info(text)
 
 
 def benchmark_config(cfg: DemoConfig, data: Path, base: Path, out: Path, methods: list[str] | None = None):
@@ -127,7 +127,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     def lap(name: str, t0: float) -> None:
         timings[name] = round(time.perf_counter() - t0, 1)
 
-    _say(cfg, f"[demo 1/5] synthetic dataset ({cfg.resolution} px) -> {out / 'data'}")
+    _say(f"[demo 1/5] synthetic dataset ({cfg.resolution} px) -> {out / 'data'}")
     t0 = time.perf_counter()
     data = make_synthetic(
         out / "data",
@@ -139,7 +139,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     lap("dataset_s", t0)
 
     _say(
-        cfg,
         f"[demo 2/5] demo base (a small SD pretrained on synthetic images and generic marks) -> {out / 'base'}",
     )
     t0 = time.perf_counter()
@@ -147,15 +146,15 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     lap("base_s", t0)
 
     _say(
-        cfg,
         f"[demo 3/5] protocol runner: train adapters ({cfg.category}/{cfg.anomaly}, {cfg.train_steps} steps), "
-        f"generate {cfg.num_pairs} DualAnoDiff + {cfg.num_pairs} Crop&Paste pairs, train the detector 3 times",
+        f"generate {cfg.num_pairs} DualAnoDiff + {cfg.num_pairs} Crop&Paste pairs, train one detector on each "
+        "(and one on normal images alone)",
     )
     t0 = time.perf_counter()
     bench = run_benchmark(benchmark_config(cfg, data, base, out / "benchmark"))
     lap("benchmark_s", t0)
 
-    _say(cfg, "[demo 4/5] mask alignment: the reference segmenter on the generated images")
+    _say("[demo 4/5] mask alignment: the reference segmenter on the generated images")
     t0 = time.perf_counter()
     seg = load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly)
     gen_dirs = {m: generated_dir(out, cfg, m) for m in ("dualanodiff", "crop-paste")}
@@ -177,7 +176,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     summary["timings"] = timings
     summary["checks"] = compare_with_study(summary, cfg)
 
-    _say(cfg, "[demo 5/5] HTML report")
+    _say("[demo 5/5] HTML report")
     t0 = time.perf_counter()
     report_path = write_demo_report(cfg, out, data, gen_dirs, summary)
     lap("report_s", t0)
