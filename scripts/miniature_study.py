@@ -39,7 +39,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -52,7 +52,7 @@ from dualanodiff.demo.run import DemoConfig, benchmark_config, localization_rows
 from dualanodiff.errors import InputError
 from dualanodiff.io import write_json_atomic
 
-# name: (label, benchmark overrides, reuses the demo's adapters)
+# name: (label, benchmark settings by flat name (`BenchmarkConfig.with_settings`), reuses the demo's adapters)
 VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "paper-sampling": (
         "DualAnoDiff, sampled the paper's way",
@@ -120,7 +120,7 @@ def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
     if reuse:
         _reuse_adapters(demo / "benchmark", out, cfg.category, cfg.anomaly)
     started = time.perf_counter()
-    bench_cfg = replace(benchmark_config(cfg, demo / "data", demo / "base", out), **overrides)
+    bench_cfg = benchmark_config(cfg, demo / "data", demo / "base", out).with_settings(**overrides)
     try:
         bench = run_benchmark(bench_cfg)
     except InputError as err:  # e.g. no pair passed the mask gate: a result of the study, not a crash
@@ -136,8 +136,9 @@ def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
         kept = [p for p in pairs if p.record.get("kept")]
         align = pairs_alignment(load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly), kept)
         result.update(
-            kept=len(kept), generated=len(pairs), iou_median=align["iou_median"], iou_mean=align["iou_mean"]
-        )
+            kept=len(kept), generated=len(pairs), iou_median=align["iou_median"], iou_mean=align["iou_mean"],
+            part_match=align["part_match_best_share"],
+        )  # fmt: skip
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -149,12 +150,12 @@ def run_seed(args, seed: int) -> dict:
         finished = json.loads(done.read_text())
         runs = finished["runs"]  # a variant that ended in an error is tried again (its finished steps resume)
         missing = [n for n in args.variants if "error" in runs.get(VARIANTS[n][0], {"error": "not run"})]
-        if missing:
-            cfg = DemoConfig(**finished["settings"])
-            for name in missing:
-                print(f"[study] seed {seed}: {name}", flush=True)
-                result = run_variant(name, cfg, seed_dir)
-                finished["runs"][result["label"]] = {**result, "commit": _commit()}
+        cfg = DemoConfig(**finished["settings"])
+        for name in missing:
+            print(f"[study] seed {seed}: {name}", flush=True)
+            result = run_variant(name, cfg, seed_dir)
+            finished["runs"][result["label"]] = {**result, "commit": _commit()}
+        if missing or _backfill_alignment(finished, cfg, seed_dir):
             write_json_atomic(done, finished)
         return finished
     cfg = DemoConfig(
@@ -177,6 +178,8 @@ def run_seed(args, seed: int) -> dict:
     runs["Crop&Paste"].update(
         iou_median=align["crop-paste"]["iou_median"], iou_mean=align["crop-paste"]["iou_mean"]
     )
+    for label, method in ((DEMO_LABELS["DualAnoDiff"], "dualanodiff"), ("Crop&Paste", "crop-paste")):
+        runs[label]["part_match"] = align[method]["part_match_best_share"]
     for name in args.variants:
         print(f"[study] seed {seed}: {name}", flush=True)
         result = run_variant(name, cfg, seed_dir)
@@ -186,12 +189,38 @@ def run_seed(args, seed: int) -> dict:
         "runs": runs,
         "demo": {k: demo[k] for k in ("timings", "loss", "pairs", "checks")},
         "figures": figures(demo),  # what the demo's report sets beside the study's range
+        # the reference segmenter on the type's real test images: how far its IoU on generated pairs can be read
+        "reference_iou": align["real test images"]["iou_median"],
         "seconds": round(time.perf_counter() - started, 1),
         "settings": asdict(cfg),
         "commit": _commit(),  # of the demo and the variants run with it (a variant added later has its own)
     }
     write_json_atomic(done, out)
     return out
+
+
+def _backfill_alignment(finished: dict, cfg: DemoConfig, seed_dir: Path) -> bool:
+    """Give a seed finished before the study recorded them the reference segmenter's IoU on the real test
+    images and each generated run's part-match share (from the files the seed left); True if anything was
+    added."""
+    added = False
+    if "reference_iou" not in finished:
+        demo = json.loads((seed_dir / "demo" / "demo_results.json").read_text())
+        finished["reference_iou"] = demo["alignment"]["real test images"]["iou_median"]
+        for label, method in ((DEMO_LABELS["DualAnoDiff"], "dualanodiff"), ("Crop&Paste", "crop-paste")):
+            finished["runs"][label]["part_match"] = demo["alignment"][method]["part_match_best_share"]
+        added = True
+    for name, (label, overrides, _) in VARIANTS.items():
+        run = finished["runs"].get(label)
+        method = overrides["methods"][0]
+        if run is None or "error" in run or "part_match" in run or not method.startswith("dualanodiff"):
+            continue
+        gen_dir = seed_dir / name / "generated" / method / cfg.category / cfg.anomaly
+        kept = [p for p in read_generated(gen_dir, include_rejected=True) if p.record.get("kept")]
+        align = pairs_alignment(load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly), kept)
+        run["part_match"] = align["part_match_best_share"]
+        added = True
+    return added
 
 
 def _commit() -> str:
@@ -221,7 +250,7 @@ def aggregate(seeds: list[dict]) -> dict:
     labels = [label for label in seeds[0]["runs"]] if seeds else []
     for label in labels:
         stats = {}
-        for key in (*METRICS, "iou_median", "kept_pct"):
+        for key in (*METRICS, "iou_median", "part_match", "kept_pct"):
             values = []
             for s in seeds:
                 run = s["runs"].get(label, {})

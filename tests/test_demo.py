@@ -386,6 +386,55 @@ def test_study_tables_are_the_json_mean_sd_and_paired_differences(tmp_path):
     assert doc.read_text() == f"a\n<!-- miniature-table:start -->\n{table}<!-- miniature-table:end -->\nb\n"
 
 
+def test_every_type_table_is_the_studies_means_verdicts_and_a_sound_alignment_measure():
+    import statistics
+
+    study_mod, tables = _script("miniature_study"), _script("miniature_tables")
+    demo, paper, placed, cp = tables.DEMO_RUN, tables.PAPER_RUN, tables.PLACED_RUN, "Crop&Paste"
+
+    def study(category, anomaly, ap, reference_iou):
+        per_seed = [
+            {
+                "seed": s,
+                "reference_iou": reference_iou,
+                "runs": {
+                    m: {
+                        "pixel AP": ap[m][s],
+                        "iou_median": 0.6,
+                        "part_match": 0.9,
+                        "kept": 32,
+                        "generated": 64,
+                    }
+                    for m in ap
+                },
+            }
+            for s in range(3)
+        ]
+        settings = {"category": category, "anomaly": anomaly, "train_steps": 750, "num_pairs": 64,
+                    "loc_epochs": 20, "loc_samples_per_epoch": 128, "resolution": 64}  # fmt: skip
+        return {"settings": settings, "seeds": [0, 1, 2], "commit": "abc1234", "per_seed": per_seed,
+                "stack": {"torch": "2.x", "python": "3.11", "machine": "x86_64", "threads": "1"},
+                "summary": study_mod.aggregate(per_seed)}  # fmt: skip
+
+    hole = study("weave", "hole", {demo: [90, 95, 100], paper: [80, 81, 82], placed: [70, 90, 95],
+                                   cp: [91, 92, 93]}, 0.9)  # fmt: skip
+    crack = study("pill", "crack", {demo: [1, 2, 3], paper: [5, 6, 7], placed: [1, 1, 1],
+                                    cp: [10, 20, 30]}, 0.12)  # fmt: skip
+    text = tables.types_tables([hole, crack])
+    assert "| `pill/crack` |" in text.split("| `weave/hole` |")[0]  # types in order
+    # Mean over types of the per-type means: demo's (2 + 95) / 2, Crop&Paste (20 + 92) / 2.
+    assert f"| mean over the 2 types | {statistics.fmean([2, 95]):.1f} | " in text
+    # weave/hole demo minus C&P per seed: -1, +3, +7 -> +3.0 ± 4.0: a tie; paper: -11 each: loses.
+    assert "| `weave/hole` | +3.0 ± 4.0 (tie) | -11.0 ± 0.0 (loses) |" in text
+    assert "| wins / ties / losses | 0 / 1 / 1 | 0 / 0 / 2 |" in text
+    # The segmenter finds real cracks badly (0.12): the part match stands in for the IoU there.
+    assert "| `pill/crack` | 0.12 (too low: part match used) | 0.90 ± 0.00 *pm* |" in text
+    assert "| `weave/hole` | 0.90 | 0.60 ± 0.00 |" in text
+    # The best mode over types is the demo's (48.5) against Crop&Paste's 56.0.
+    assert "(DualAnoDiff, demo's sampling, mean pixel AP 48.5) below Crop&Paste (56.0): not reached" in text
+    assert "not readable on pill/crack" in text
+
+
 def test_part_match_is_best_where_the_part_was_cut_and_not_for_a_defect_elsewhere():
     from dualanodiff.demo.alignment import cut_out, part_match_rank
 
