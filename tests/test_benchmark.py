@@ -13,7 +13,14 @@ import torch
 from PIL import Image
 
 import dualanodiff.benchmark as bm
-from dualanodiff.benchmark import BenchmarkConfig, run_benchmark
+from dualanodiff.benchmark import (
+    BenchmarkConfig,
+    ClassificationSettings,
+    GenerateSettings,
+    LocalizationSettings,
+    TrainSettings,
+    run_benchmark,
+)
 from dualanodiff.cli import main
 from dualanodiff.errors import InputError
 from dualanodiff.training import resolve_config
@@ -34,13 +41,15 @@ def weights(random_quality_weights):
 def tiny_config(data_root, base, out, weights) -> BenchmarkConfig:
     """Every size at its smallest: 2 training steps, 4 pairs, 2 sampler steps, 1 U-Net epoch of 8 samples."""
     return BenchmarkConfig(
-        data=str(data_root), base=str(base), out=str(out), anomalies=["crack", "scratch"],
-        train_steps=2, train_batch_size=2, train_rank=4, train_text_encoder_rank=4,
-        num_pairs=4, sampler_steps=2, gen_batch_size=4, max_mask_area=1.0,
+        data=str(data_root), base=str(base), out=str(out), anomalies=["crack", "scratch"], device="cpu",
+        progress=False,
+        train=TrainSettings(max_steps=2, batch_size=2, rank=4, text_encoder_rank=4),
+        generate=GenerateSettings(num_pairs=4, steps=2, batch_size=4, max_mask_area=1.0),
         inception_weights=str(weights[0]), lpips_vgg_weights=str(weights[1]), is_splits=2, lpips_size=64,
-        loc_epochs=1, loc_samples_per_epoch=8, loc_batch_size=4, loc_resolution=64, loc_base_channels=4,
-        loc_runs=1, cls_epochs=1, cls_batch_size=4, cls_resolution=32, cls_repeats_per_epoch=1, random_init=True,
-        device="cpu", progress=False,
+        localization=LocalizationSettings(epochs=1, samples_per_epoch=8, batch_size=4, resolution=64,
+                                          base_channels=4, runs=1),
+        classification=ClassificationSettings(epochs=1, batch_size=4, resolution=32, repeats_per_epoch=1,
+                                              random_init=True),
     )  # fmt: skip
 
 
@@ -100,7 +109,8 @@ def test_benchmark_end_to_end_resumes_and_skips_finished_steps(
     b = np.asarray(Image.open(out / "generated" / "perlin" / "pill" / "scratch" / "image" / "00000.png"))
     assert not np.array_equal(a, b)  # per-type seeds: Perlin pairs of two types are not copies
     config = json.loads((out / "config.json").read_text())
-    assert config["num_pairs"] == 4 and config["profile"] == "paper" and config["train_preset"] == "paper"
+    assert config["generate"]["num_pairs"] == 4 and config["profile"] == "paper"
+    assert config["train"]["preset"] == "paper" and config["localization"]["runs"] == 1
     assert config["anomaly_types"] == {"pill": ["crack", "scratch"]}
 
     loc = {r["method"]: r for r in _csv(out / "localization.csv")}
@@ -146,9 +156,9 @@ def test_benchmark_end_to_end_resumes_and_skips_finished_steps(
 
     # Other settings in the same folder are refused before anything runs, naming the step and the change.
     with pytest.raises(InputError, match=r"generate/crop-paste/pill/crack \(num_pairs: 4 -> 5"):
-        run_benchmark(replace(cfg, num_pairs=5))
+        run_benchmark(cfg.with_settings(num_pairs=5))
     with pytest.raises(InputError, match=r"localization/dualanodiff/pill \(epochs: 1 -> 2"):
-        run_benchmark(replace(cfg, loc_epochs=2))
+        run_benchmark(cfg.with_settings(loc_epochs=2))
 
 
 def _error(argv, capsys) -> str:
@@ -212,28 +222,36 @@ def test_without_imagenet_weights_classification_needs_random_init(data_root, tm
     assert "--random-init: conflicts with --imagenet-weights" in err and not out.exists()
     # No classification step (none asked for, or no generated data to train on): no weights needed.
     for off in (dict(methods=["none"]), dict(methods=["crop-paste"], classification=False)):
-        bm.resolve_benchmark_config(BenchmarkConfig(data=str(data_root), out=str(out), quality=False, **off))
+        bm.resolve_benchmark_config(
+            BenchmarkConfig(data=str(data_root), out=str(out), quality=False).with_settings(**off)
+        )
 
     assert main([*argv, "--out", str(tmp_path / "r"), "--random-init"]) == 0
     assert "| crop-paste (random init: pill) |" in capsys.readouterr().out
     (row,) = _csv(tmp_path / "r" / "classification.csv")
     assert row["imagenet_init"] == "False"
-    assert json.loads((tmp_path / "r" / "config.json").read_text())["random_init"] is True
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["classification"]["random_init"] is True
 
 
 def test_profiles_fill_only_unset_sizes(data_root, tmp_path, capsys):
     base = dict(data=str(data_root), out=str(tmp_path / "b"), methods=["none"], quality=False)
     paper = bm.resolve_benchmark_config(BenchmarkConfig(**base))
-    assert (paper.num_pairs, paper.loc_epochs, paper.loc_runs, paper.train_steps) == (1000, 200, 3, None)
+    assert (paper.generate.num_pairs, paper.localization.epochs, paper.localization.runs, paper.train.max_steps) == (
+        1000, 200, 3, None)  # fmt: skip
     assert paper.categories == ["pill"]
-    quick = bm.resolve_benchmark_config(BenchmarkConfig(**base, quick=True, loc_epochs=7))
-    assert (quick.num_pairs, quick.loc_epochs, quick.loc_runs, quick.train_steps) == (100, 7, 1, 500)
-    assert quick.train_preset == "official-code"
-    by_epochs = bm.resolve_benchmark_config(BenchmarkConfig(**base, quick=True, train_epochs=3))
-    assert (by_epochs.train_epochs, by_epochs.train_steps) == (3, None)
+    quick = bm.resolve_benchmark_config(BenchmarkConfig(**base, quick=True).with_settings(loc_epochs=7))
+    assert (quick.generate.num_pairs, quick.localization.epochs, quick.localization.runs, quick.train.max_steps) == (
+        100, 7, 1, 500)  # fmt: skip
+    assert quick.train.preset == "official-code" and quick.setting("train_preset") == "official-code"
+    by_epochs = bm.resolve_benchmark_config(
+        BenchmarkConfig(**base, quick=True, train=TrainSettings(epochs=3))
+    )
+    assert (by_epochs.train.epochs, by_epochs.train.max_steps) == (3, None)
     # The generation preset fills pairs and steps, and per category the guidance and background switching.
-    official = bm.resolve_benchmark_config(BenchmarkConfig(**base, gen_preset="official-code", bcm=True))
-    assert (official.num_pairs, official.sampler_steps, official.guidance) == (500, 50, None)
+    official_code = GenerateSettings(preset="official-code")
+    official = bm.resolve_benchmark_config(BenchmarkConfig(**base, generate=official_code, bcm=True))
+    gen = official.generate
+    assert (gen.num_pairs, gen.steps, gen.guidance) == (500, 50, None)
     bench = bm._Benchmark(official, {"pill": ["crack"]})
     screw, pill = bench.generate_config("screw", "tip"), bench.generate_config("pill", "crack")
     assert (screw.guidance, screw.background_every, screw.background_noise) == (1.2, 10, "independent")
@@ -246,11 +264,11 @@ def test_profiles_fill_only_unset_sizes(data_root, tmp_path, capsys):
     auto = bm._Benchmark(replace(official, foreground="auto"), {"pill": ["crack"]})
     assert resolve_config(auto.train_config("pill", "crack")).foreground == "auto"
     assert auto.generate_config("pill", "crack").foreground == "auto"
-    plain = bm.resolve_benchmark_config(BenchmarkConfig(**base, gen_preset="official-code", sampler_steps=7))
-    assert (plain.num_pairs, plain.sampler_steps) == (500, 7)
+    plain = bm.resolve_benchmark_config(BenchmarkConfig(**base, generate=replace(official_code, steps=7)))
+    assert (plain.generate.num_pairs, plain.generate.steps) == (500, 7)
     assert bm._Benchmark(plain, {"pill": ["crack"]}).generate_config("pill", "crack").guidance == 2.5
     # --trim reaches the placed pairs only; the free ones are never trimmed (GenerateConfig would refuse it).
-    trimmed = bm._Benchmark(replace(plain, trim=True), {"pill": ["crack"]})
+    trimmed = bm._Benchmark(plain.with_settings(trim=True), {"pill": ["crack"]})
     assert trimmed.generate_config("pill", "crack", True).trim is True
     assert trimmed.generate_config("pill", "crack").trim is False
     with pytest.raises(SystemExit) as exc:
@@ -305,12 +323,62 @@ def test_every_train_and_generate_option_that_changes_a_result_reaches_the_bench
         assert getattr(train, dest) == getattr(defaults, dest), dest
 
 
+def test_the_benchmark_config_is_the_task_configs_settings_under_their_names(tmp_path):
+    """Each section holds fields of its task's config under their names, with that config's defaults (None: the
+    profile's; the sampling the benchmark sets the paper's way), and a few of the benchmark's own; every setting
+    has one flat name, the dest of its flag, by which `with_settings` replaces it in a copy."""
+    import argparse
+    from dataclasses import MISSING, fields
+
+    from dualanodiff.commands import benchmark as command
+    from dualanodiff.generate import PAPER_NOISE_AND_MASK
+
+    own = {"generate": {"perlin_source"}, "classification": {"enabled", "imagenet_weights"}}
+    chosen = {("generate", name) for name in PAPER_NOISE_AND_MASK}  # the benchmark samples the paper's way
+    for section, (settings, task) in bm.SECTIONS.items():
+        defaults = {f.name: f.default for f in fields(task) if f.default is not MISSING}
+        for f in fields(settings):
+            if f.name in own.get(section, ()):
+                assert f.name not in defaults, (section, f.name)
+            elif f.default is not None and (section, f.name) not in chosen:
+                assert f.default == defaults[f.name], (section, f.name)
+            else:
+                assert f.name in {g.name for g in fields(task)}, (section, f.name)
+
+    parser = argparse.ArgumentParser()
+    command.register(parser.add_subparsers())
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    dests = {a.dest for a in sub.choices["benchmark"]._actions} - {"help"}
+    assert dests - set(bm.SETTINGS) == {"executor", "ray_address", "ray_cpus", "ray_retries"}
+    # the authors' protocol constant, which `evaluate classification` does not take either
+    assert set(bm.SETTINGS) - dests == {"cls_repeats_per_epoch"}
+    for table in (command.BORROWED, command.OWN):
+        for name, to in (
+            (n, t[1] if isinstance(t, tuple) else t) for c in table.values() for n, t in c.items()
+        ):
+            assert to in bm.SETTINGS, (name, to)
+
+    cfg = BenchmarkConfig(data="d", out=str(tmp_path))
+    changed = cfg.with_settings(
+        loc_runs=2, train_lr=1e-5, guidance=3.0, classification=False, seed=4, bcm=True
+    )
+    assert (changed.localization.runs, changed.train.learning_rate, changed.generate.guidance,
+            changed.classification.enabled, changed.seed, changed.bcm) == (2, 1e-5, 3.0, False, 4, True)  # fmt: skip
+    assert cfg == BenchmarkConfig(data="d", out=str(tmp_path))  # a copy: the original is as it was
+    same = ("loc_runs", "train_lr", "guidance", "classification", "seed", "bcm")
+    assert [n for n in bm.SETTINGS if changed.setting(n) != cfg.setting(n)] == [
+        n for n in bm.SETTINGS if n in same
+    ]
+    with pytest.raises(TypeError, match="no setting 'loc_epoch'"):
+        cfg.with_settings(loc_epoch=3)
+
+
 def test_an_out_of_range_size_names_its_flag(data_root, tmp_path):
     cfg = BenchmarkConfig(data=str(data_root), out=str(tmp_path / "b"), methods=["none"], quality=False)
     with pytest.raises(InputError, match=r"^--runs must be at least 1, got 0$"):
-        bm.resolve_benchmark_config(replace(cfg, loc_runs=0))
+        bm.resolve_benchmark_config(cfg.with_settings(loc_runs=0))
     with pytest.raises(InputError, match=r"^--loc-epochs must be at least 1"):
-        bm.resolve_benchmark_config(replace(cfg, loc_epochs=0))
+        bm.resolve_benchmark_config(cfg.with_settings(loc_epochs=0))
 
 
 @pytest.mark.slow
@@ -321,8 +389,8 @@ def test_no_pair_through_the_gate_then_a_higher_max_mask_area_regates_the_same_p
     the same --out: the pairs already made are judged again, not made again; a change the folder cannot
     take is refused before the top-level config.json is touched."""
     out = tmp_path / "bench"
-    cfg = replace(tiny_config(data_root, tiny_base_dir, out, weights), anomalies=["crack"], methods=["dualanodiff"],
-                  quality=False, classification=False, max_mask_area=2e-4)  # fmt: skip
+    cfg = tiny_config(data_root, tiny_base_dir, out, weights).with_settings(
+        anomalies=["crack"], methods=["dualanodiff"], quality=False, classification=False, max_mask_area=2e-4)  # fmt: skip
     with pytest.raises(InputError, match="none of the 4 generated pairs passed the mask quality gate"):
         run_benchmark(cfg)
     folder = out / "generated" / "dualanodiff" / "pill" / "crack"
@@ -331,14 +399,14 @@ def test_no_pair_through_the_gate_then_a_higher_max_mask_area_regates_the_same_p
     top = (out / "config.json").read_text()
 
     with pytest.raises(InputError, match=r"generate/dualanodiff/pill/crack \(steps: 2 -> 3"):
-        run_benchmark(replace(cfg, sampler_steps=3))
+        run_benchmark(cfg.with_settings(sampler_steps=3))
     assert (out / "config.json").read_text() == top  # refused before the config was rewritten
 
-    result = run_benchmark(replace(cfg, max_mask_area=1.0))
+    result = run_benchmark(cfg.with_settings(max_mask_area=1.0))
     assert {s["id"]: s["status"] for s in result["steps"]}["generate/dualanodiff/pill/crack"] == "done"
     kept = {p.name: p.read_bytes() for p in (folder / "image").iterdir()}
     assert kept and all(kept[name] == made[name] for name in kept)  # the same pairs, judged again
     records = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["name"] for r in records) == sorted(p.removesuffix(".png") for p in made)
     assert json.loads((folder / "config.json").read_text())["max_mask_area"] == 1.0
-    assert json.loads((out / "config.json").read_text())["max_mask_area"] == 1.0
+    assert json.loads((out / "config.json").read_text())["generate"]["max_mask_area"] == 1.0

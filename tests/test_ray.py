@@ -67,8 +67,8 @@ def local_ray(faults):
 def config(synthetic_pill_root, tiny_base_dir, random_quality_weights):
     """The tiny benchmark of test_benchmark.py, one pair per sampler call: a pair is then the same bytes
     whether it is made in one batch or after a resume (a batch's float rounding depends on its size)."""
-    return replace(
-        tiny_config(synthetic_pill_root, tiny_base_dir, "unset", random_quality_weights), gen_batch_size=1
+    return tiny_config(synthetic_pill_root, tiny_base_dir, "unset", random_quality_weights).with_settings(
+        gen_batch_size=1
     )
 
 

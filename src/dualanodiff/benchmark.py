@@ -87,6 +87,7 @@ ADAPTER_METHODS = ("dualanodiff", "dualanodiff-placed")
 
 # Sizes left unset (None) are taken from the profile. "paper": METHOD sections 6-8. "quick": a rough look
 # in a fraction of the time (the authors' code's training preset, shortened), not comparable with the paper.
+# Keys: the settings' flat names (:data:`SETTINGS`).
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {
         "train_preset": "paper",
@@ -119,15 +120,122 @@ def _default(config: type, name: str) -> Any:
     return f.default
 
 
+# The benchmark's part of each task's config: the settings that change a result and are the same for every
+# category and type (the per-run ones, data, type, output folders and seeds, the runner fills in), each under
+# the task config's own name, with that config's default; a size or preset left None comes from the profile.
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Adapter training (:class:`TrainConfig`; ``bcm``, ``foreground``, ``u2net_weights``, ``mixed_precision``,
+    ``seed`` and ``split`` are on :class:`BenchmarkConfig`, one setting for training and generation alike)."""
+
+    preset: str | None = None
+    epochs: int | None = None
+    max_steps: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    resolution: int | None = None  # None: the base's native size
+    rank: int = _default(TrainConfig, "rank")
+    text_encoder_rank: int = _default(TrainConfig, "text_encoder_rank")
+    alpha: float | None = _default(TrainConfig, "alpha")
+    saim: bool = _default(TrainConfig, "saim")  # False: the two branches do not interact (an ablation)
+    saim_zero_init: bool = _default(TrainConfig, "saim_zero_init")
+    background_latent_scaling: str = _default(TrainConfig, "background_latent_scaling")
+    flips: bool | None = _default(TrainConfig, "flips")
+    save_dtype: str = _default(TrainConfig, "save_dtype")
+    probe_every: int = _default(TrainConfig, "probe_every")  # steps between probe losses (`training.probe`)
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """Generation (:class:`GenerateConfig`) of DualAnoDiff's pairs and, for ``num_pairs`` and ``resolution``, of
+    the baselines'; ``perlin_source`` is the Perlin baseline's alone. Unset sampler settings come from the
+    generation preset. The benchmark sets every sampling setting itself, the paper's unless given: a recipe the
+    adapters carry does not apply, so a benchmark's tables mean the same whatever base it runs on."""
+
+    preset: str | None = None  # "paper" | "official-code" (`generate.preset_settings`)
+    num_pairs: int | None = None
+    steps: int | None = None
+    guidance: float | None = None  # None: the preset's, per category (official-code, BCM: 1.2 for screw)
+    scheduler: str | None = None
+    background_every: int | None = None  # BCM
+    background_noise: str | None = None  # BCM: "shared" | "independent"
+    # centre the initial noise: True (both branches) or "part" (the demo's 16x16 latents need it)
+    zero_mean_noise: bool | str = PAPER_NOISE_AND_MASK["zero_mean_noise"]
+    # the part branch starts from the whole's noise draw
+    shared_initial_noise: bool = PAPER_NOISE_AND_MASK["shared_initial_noise"]
+    batch_size: int = _default(GenerateConfig, "batch_size")
+    resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
+    mask_method: str = PAPER_NOISE_AND_MASK["mask_method"]
+    mask_threshold: float | None = _default(GenerateConfig, "mask_threshold")
+    max_mask_area: float = _default(GenerateConfig, "max_mask_area")
+    vae_tiling: bool = _default(GenerateConfig, "vae_tiling")  # above the VAE's native size: other pixels
+    # dualanodiff-placed: seam band (None: 1/16 of the resolution), the least colour change that counts in a
+    # placed mask, the part branch left free outside the region, pairs trimmed to the defect's mask
+    band: int | None = _default(GenerateConfig, "band")
+    departure: float = _default(GenerateConfig, "departure")
+    free_part: bool = _default(GenerateConfig, "free_part")
+    trim: bool = _default(GenerateConfig, "trim")
+    # perlin: folder of texture images (DRAEM uses DTD); None: another normal image of the category, its blocks
+    # shuffled (`baselines.perlin`)
+    perlin_source: str | None = None
+
+
+@dataclass(frozen=True)
+class LocalizationSettings:
+    """Downstream localization (:class:`LocalizationConfig`; its learning-rate milestones follow the epochs)."""
+
+    epochs: int | None = None
+    samples_per_epoch: int | None = None
+    runs: int | None = None
+    batch_size: int = _default(LocalizationConfig, "batch_size")
+    lr: float = _default(LocalizationConfig, "lr")
+    resolution: int = _default(LocalizationConfig, "resolution")
+    base_channels: int = _default(LocalizationConfig, "base_channels")
+    select_on: str = _default(LocalizationConfig, "select_on")
+    paper_compat_f1: bool = _default(LocalizationConfig, "paper_compat_f1")
+
+
+@dataclass(frozen=True)
+class ClassificationSettings:
+    """Anomaly-type classification (:class:`ClassificationConfig`; at most ``num_pairs`` images per type), whether
+    it runs, and the ResNet-34's ImageNet weights."""
+
+    enabled: bool = True
+    imagenet_weights: str | None = None  # None: torchvision's file in the torch hub cache
+    # train the ResNet-34 from random values (not the paper's protocol: the tables say so); without it a missing
+    # ImageNet file is refused (`resolve_imagenet_weights`), as `evaluate classification` refuses it
+    random_init: bool = _default(ClassificationConfig, "random_init")
+    epochs: int | None = None
+    batch_size: int = _default(ClassificationConfig, "batch_size")
+    lr: float = _default(ClassificationConfig, "lr")
+    resolution: int = _default(ClassificationConfig, "resolution")
+    repeats_per_epoch: int = _default(ClassificationConfig, "repeats_per_epoch")
+
+
+# {BenchmarkConfig field: (its settings class, the task config it feeds)}
+SECTIONS: dict[str, tuple[type, type]] = {
+    "train": (TrainSettings, TrainConfig),
+    "generate": (GenerateSettings, GenerateConfig),
+    "localization": (LocalizationSettings, LocalizationConfig),
+    "classification": (ClassificationSettings, ClassificationConfig),
+}
+
+
 @dataclass
 class BenchmarkConfig:
-    """Everything the benchmark does. ``None`` sizes come from the profile (``quick`` or the paper's); the
-    settings that pass straight to a task (``train_*`` to :class:`TrainConfig`, the generation settings to
-    :class:`GenerateConfig`, ``loc_*`` and ``cls_*`` to the evaluation configs) default to that config's."""
+    """Everything the benchmark does: its own settings (what it runs on, where, and the settings one flag gives
+    training and generation alike), then each task's, in :attr:`train`, :attr:`generate`, :attr:`localization`
+    and :attr:`classification`. Sizes left ``None`` come from the profile (``quick`` or the paper's).
+
+    Every setting also has a flat name, its command-line flag's (``loc_epochs`` for ``localization.epochs``,
+    ``num_pairs`` for ``generate.num_pairs``: :data:`SETTINGS`), by which :meth:`with_settings` replaces and
+    :meth:`setting` reads it: ``cfg.with_settings(loc_epochs=2, guidance=2.5)``."""
 
     data: str
     out: str
-    base: str | None = None  # needed for the dualanodiff method
+    base: str | None = None  # needed for the dualanodiff methods
     categories: list[str] | None = None  # None: every category of the root
     anomalies: list[str] | None = None  # None: every type of each category
     methods: list[str] = field(default_factory=lambda: [m for m in METHODS if m != "dualanodiff-placed"])
@@ -136,89 +244,25 @@ class BenchmarkConfig:
     seed: int = 0
     device: str | None = None
     progress: bool = True
-    # adapter training (dualanodiff)
-    train_preset: str | None = None
-    train_epochs: int | None = None
-    train_steps: int | None = None
-    train_batch_size: int | None = None
-    train_lr: float | None = None
-    train_rank: int = _default(TrainConfig, "rank")
-    train_text_encoder_rank: int = _default(TrainConfig, "text_encoder_rank")
-    train_alpha: float | None = _default(TrainConfig, "alpha")
-    train_resolution: int | None = None  # None: the base's native size
-    # False: the two branches do not interact (the ablation of the miniature study)
-    train_saim: bool = _default(TrainConfig, "saim")
-    train_saim_zero_init: bool = _default(TrainConfig, "saim_zero_init")
-    train_background_latent_scaling: str = _default(TrainConfig, "background_latent_scaling")
-    train_flips: bool | None = _default(TrainConfig, "flips")
-    train_save_dtype: str = _default(TrainConfig, "save_dtype")
-    # steps between probe-loss evaluations (`training.probe`); 0: none
-    train_probe_every: int = _default(TrainConfig, "probe_every")
+    # training and generation alike
     bcm: bool = _default(TrainConfig, "bcm")
     # BCM foregrounds: "auto" | "u2net" (with u2net_weights) | "none"; None: ROOT/<category>/foreground/ if it
-    # exists, else "auto" (training and generation alike)
+    # exists, else "auto"
     foreground: str | None = None
+    u2net_weights: str | None = None  # BCM's u2net foregrounds, and the u2net / auto mask method
     mixed_precision: str = _default(TrainConfig, "mixed_precision")
-    # generation (all generators) and masks (dualanodiff); unset sampler settings come from the generation preset
-    gen_preset: str | None = None  # "paper" | "official-code" (`generate.preset_settings`)
-    num_pairs: int | None = None
-    sampler_steps: int | None = None
-    guidance: float | None = None  # None: the preset's, per category (official-code, BCM: 1.2 for screw)
-    scheduler: str | None = None
-    background_every: int | None = None  # BCM
-    background_noise: str | None = None  # BCM: "shared" | "independent"
-    # Centre the initial noise: True (both branches) or "part" (GenerateConfig; the demo's 16x16 latents need it)
-    # (the benchmark sets every sampling setting itself, the paper's unless given: a recipe the adapters carry
-    # does not apply, so a benchmark's tables mean the same whatever base it runs on)
-    zero_mean_noise: bool | str = PAPER_NOISE_AND_MASK["zero_mean_noise"]
-    # the part branch starts from the whole's noise draw (GenerateConfig)
-    shared_initial_noise: bool = PAPER_NOISE_AND_MASK["shared_initial_noise"]
-    # dualanodiff-placed (GenerateConfig): seam band (None: 1/16 of the resolution), the least colour change that
-    # counts in a placed mask, and the part branch left free outside the region
-    band: int | None = _default(GenerateConfig, "band")
-    departure: float = _default(GenerateConfig, "departure")
-    free_part: bool = _default(GenerateConfig, "free_part")
-    trim: bool = _default(GenerateConfig, "trim")
-    gen_batch_size: int = _default(GenerateConfig, "batch_size")
-    gen_resolution: int | None = None  # None: the base's size (dualanodiff), the normal images' (baselines)
-    mask_method: str = PAPER_NOISE_AND_MASK["mask_method"]
-    u2net_weights: str | None = None
-    mask_threshold: float | None = _default(GenerateConfig, "mask_threshold")
-    vae_tiling: bool = _default(GenerateConfig, "vae_tiling")  # above the VAE's native size: other pixels
-    max_mask_area: float = _default(GenerateConfig, "max_mask_area")
-    # perlin: folder of texture images (DRAEM uses DTD); None: another normal image of the category, its blocks
-    # shuffled (`baselines.perlin`)
-    perlin_source: str | None = None
-    # generation quality
+    train: TrainSettings = field(default_factory=TrainSettings)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+    # generation quality (IS and IC-LPIPS)
     quality: bool = True
     inception_weights: str | None = None
     lpips_vgg_weights: str | None = None
     is_splits: int = 10
     lpips_size: int = 256
-    quality_images: str = (
-        "all"  # "all": every generated image, as the paper; "kept": pairs the mask gate kept
-    )
-    # downstream localization
-    loc_epochs: int | None = None
-    loc_samples_per_epoch: int | None = None
-    loc_batch_size: int = _default(LocalizationConfig, "batch_size")
-    loc_lr: float = _default(LocalizationConfig, "lr")
-    loc_resolution: int = _default(LocalizationConfig, "resolution")
-    loc_base_channels: int = _default(LocalizationConfig, "base_channels")
-    loc_runs: int | None = None
-    select_on: str = _default(LocalizationConfig, "select_on")
-    paper_compat_f1: bool = _default(LocalizationConfig, "paper_compat_f1")
-    # anomaly-type classification
-    classification: bool = True
-    imagenet_weights: str | None = None  # None: torchvision's file in the torch hub cache
-    # train the ResNet-34 from random values (not the paper's protocol: the tables say so); without it a missing
-    # ImageNet file is refused (`resolve_imagenet_weights`), as `evaluate classification` refuses it
-    random_init: bool = False
-    cls_epochs: int | None = None
-    cls_batch_size: int = _default(ClassificationConfig, "batch_size")
-    cls_lr: float = _default(ClassificationConfig, "lr")
-    cls_resolution: int = _default(ClassificationConfig, "resolution")
-    cls_repeats_per_epoch: int = _default(ClassificationConfig, "repeats_per_epoch")
+    # "all": every generated image, as the paper; "kept": the pairs the mask gate kept
+    quality_images: str = "all"
+    localization: LocalizationSettings = field(default_factory=LocalizationSettings)
+    classification: ClassificationSettings = field(default_factory=ClassificationSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,24 +271,96 @@ class BenchmarkConfig:
     def profile(self) -> str:
         return "quick" if self.quick else "paper"
 
+    def setting(self, name: str) -> Any:
+        """A setting by its flat name (:data:`SETTINGS`)."""
+        section, key = _place(name)
+        return getattr(self if section is None else getattr(self, section), key)
+
+    def with_settings(self, **settings: Any) -> BenchmarkConfig:
+        """A copy with the given settings, by their flat names (:data:`SETTINGS`), replaced."""
+        own: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for name, value in settings.items():
+            section, key = _place(name)
+            if section is None:
+                own[key] = value
+            else:
+                nested.setdefault(section, {})[key] = value
+        return replace(self, **own, **{s: replace(getattr(self, s), **kv) for s, kv in nested.items()})
+
+
+# A setting's flat name: the section's prefix and the field's name, but for those named here; the names are the
+# command's (``--loc-epochs`` sets ``loc_epochs``), those of PROFILES and of the settings before they were grouped.
+_PREFIXES = {"train": "train_", "generate": "", "localization": "loc_", "classification": "cls_"}
+_FLAT_NAMES = {
+    "train.max_steps": "train_steps",
+    "train.learning_rate": "train_lr",
+    "generate.preset": "gen_preset",
+    "generate.steps": "sampler_steps",
+    "generate.batch_size": "gen_batch_size",
+    "generate.resolution": "gen_resolution",
+    "localization.select_on": "select_on",
+    "localization.paper_compat_f1": "paper_compat_f1",
+    "classification.enabled": "classification",
+    "classification.imagenet_weights": "imagenet_weights",
+    "classification.random_init": "random_init",
+}
+
+
+def _flat_settings() -> dict[str, tuple[str | None, str]]:
+    out: dict[str, tuple[str | None, str]] = {}
+    for f in fields(BenchmarkConfig):
+        places = (
+            [(f.name, g.name) for g in fields(SECTIONS[f.name][0])]
+            if f.name in SECTIONS
+            else [(None, f.name)]
+        )
+        for section, key in places:
+            name = key if section is None else _FLAT_NAMES.get(f"{section}.{key}", _PREFIXES[section] + key)
+            if name in out:
+                raise TypeError(f"two benchmark settings are named {name}")
+            out[name] = (section, key)
+    return out
+
+
+# {flat name: (the BenchmarkConfig field holding it, or None for the benchmark's own; the field's name)}
+SETTINGS: dict[str, tuple[str | None, str]] = _flat_settings()
+
+
+def _place(name: str) -> tuple[str | None, str]:
+    try:
+        return SETTINGS[name]
+    except KeyError:
+        raise TypeError(f"BenchmarkConfig has no setting {name!r}") from None
+
+
+def task_fields(settings: Any) -> dict[str, Any]:
+    """The fields of a section's settings that its task config has, by name (the others are the benchmark's)."""
+    (task,) = [t for s, t in SECTIONS.values() if isinstance(settings, s)]
+    names = {f.name for f in fields(task)}
+    return {k: v for k, v in asdict(settings).items() if k in names}
+
 
 FLAGS = {"loc_runs": "--runs", "train_rank": "--rank", "train_text_encoder_rank": "--text-encoder-rank"}
 
 
 def flag_of(name: str) -> str:
-    """The command-line flag of a :class:`BenchmarkConfig` field, for error messages."""
+    """The command-line flag of a setting (its flat name), for error messages."""
     return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
     """Fill unset sizes from the profile, check every option, expand categories; InputError names the option."""
-    updates = {k: v for k, v in PROFILES[config.profile].items() if getattr(config, k) is None}
-    if "train_steps" in updates and config.train_epochs is not None:
+    updates = {k: v for k, v in PROFILES[config.profile].items() if config.setting(k) is None}
+    if "train_steps" in updates and config.train.epochs is not None:
         del updates["train_steps"]  # an explicit epoch count wins over the profile's step count
-    cfg = replace(config, **updates)
-    preset = preset_settings(cfg.gen_preset, cfg.bcm)  # pairs and steps do not depend on the category
-    cfg.num_pairs = preset["num_pairs"] if cfg.num_pairs is None else cfg.num_pairs
-    cfg.sampler_steps = preset["steps"] if cfg.sampler_steps is None else cfg.sampler_steps
+    cfg = config.with_settings(**updates)
+    preset = preset_settings(cfg.generate.preset, cfg.bcm)  # pairs and steps do not depend on the category
+    cfg.generate = replace(
+        cfg.generate,
+        num_pairs=preset["num_pairs"] if cfg.generate.num_pairs is None else cfg.generate.num_pairs,
+        steps=preset["steps"] if cfg.generate.steps is None else cfg.generate.steps,
+    )
     root = Path(cfg.data)
     if not root.is_dir():
         raise InputError(f"--data {root}: dataset root does not exist or is not a folder")
@@ -259,8 +375,8 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
     check_quality_images(cfg.quality_images)
     if cfg.foreground not in (None, *FOREGROUND_SOURCES):
         raise InputError(f"--foreground {cfg.foreground!r}: choose one of {', '.join(FOREGROUND_SOURCES)}")
-    if cfg.select_on not in ("heldout", "test"):
-        raise InputError(f"--select-on {cfg.select_on!r}: choose heldout or test")
+    if cfg.localization.select_on not in ("heldout", "test"):
+        raise InputError(f"--select-on {cfg.localization.select_on!r}: choose heldout or test")
     for name in (
         "num_pairs",
         "sampler_steps",
@@ -271,25 +387,27 @@ def resolve_benchmark_config(config: BenchmarkConfig) -> BenchmarkConfig:
         "is_splits",
         "gen_batch_size",
     ):
-        if int(getattr(cfg, name)) < 1:
-            raise InputError(f"{flag_of(name)} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.train_epochs is not None and cfg.train_steps is not None:
+        if int(cfg.setting(name)) < 1:
+            raise InputError(f"{flag_of(name)} must be at least 1, got {cfg.setting(name)}")
+    if cfg.train.epochs is not None and cfg.train.max_steps is not None:
         raise InputError("give either --train-epochs or --train-steps, not both")
-    if cfg.quality and any(m in GENERATORS for m in cfg.methods):
-        if cfg.num_pairs < cfg.is_splits:
+    generators = any(m in GENERATORS for m in cfg.methods)
+    if cfg.quality and generators:
+        if cfg.generate.num_pairs < cfg.is_splits:
             raise InputError(
-                f"--num-pairs {cfg.num_pairs} is below --is-splits {cfg.is_splits}: the Inception Score needs one "
-                "image per split (lower --is-splits, or --no-quality)"
+                f"--num-pairs {cfg.generate.num_pairs} is below --is-splits {cfg.is_splits}: the Inception Score "
+                "needs one image per split (lower --is-splits, or --no-quality)"
             )
         from .evaluate.quality import resolve_inception_weights, resolve_vgg_weights
 
         resolve_inception_weights(cfg.inception_weights)  # fail now, not after hours of training
         resolve_vgg_weights(cfg.lpips_vgg_weights)
-    if cfg.random_init or (cfg.classification and any(m in GENERATORS for m in cfg.methods)):
+    cls = cfg.classification
+    if cls.random_init or (cls.enabled and generators):
         from .evaluate.classification import resolve_imagenet_weights
 
         # as `evaluate classification`: no weights (given or cached) without --random-init, or both, are refused
-        resolve_imagenet_weights(cfg.imagenet_weights, cfg.random_init)
+        resolve_imagenet_weights(cls.imagenet_weights, cls.random_init)
     cfg.categories = list(cfg.categories) if cfg.categories else list_categories(root)
     if not cfg.categories:
         raise InputError(f"--data {root}: no category folders (<category>/train, <category>/test) found")
@@ -411,31 +529,17 @@ class _Benchmark:
     def train_config(self, category: str, kind: str) -> TrainConfig:
         c = self.cfg
         return TrainConfig(
+            **task_fields(c.train),
             base=c.base,
             out=str(self.out / "adapters"),
             data=c.data,
             category=category,
             anomaly=kind,
             split=c.split,
-            preset=c.train_preset,
             bcm=c.bcm,
-            saim=c.train_saim,
-            epochs=c.train_epochs,
-            max_steps=c.train_steps,
-            batch_size=c.train_batch_size,
-            learning_rate=c.train_lr,
-            rank=c.train_rank,
-            text_encoder_rank=c.train_text_encoder_rank,
-            alpha=c.train_alpha,
-            saim_zero_init=c.train_saim_zero_init,
-            background_latent_scaling=c.train_background_latent_scaling,
-            flips=c.train_flips,
-            save_dtype=c.train_save_dtype,
-            resolution=c.train_resolution,
             seed=c.seed,
             mixed_precision=c.mixed_precision,
             progress=c.progress,
-            probe_every=c.train_probe_every,
             foreground=c.foreground,
             u2net_weights=c.u2net_weights if c.foreground == "u2net" else None,
         )
@@ -467,35 +571,21 @@ class _Benchmark:
             if foreground is None and dataset_masks.is_dir():
                 foreground = str(dataset_masks / "train" / "good")
         gen = GenerateConfig(
+            **{
+                **task_fields(c.generate),
+                "band": c.generate.band if placed else None,
+                "trim": c.generate.trim and placed,  # only placed pairs (GenerateConfig refuses it otherwise)
+            },
             base=c.base,
             adapters=str(self.train_config(category, kind).output_dir()),
             out=str(self.generated_dir("dualanodiff-placed" if placed else "dualanodiff", category, kind)),
             on_normal=str(Path(c.data) / category / "train" / "good") if placed else None,
-            band=c.band if placed else None,
-            departure=c.departure,
-            free_part=c.free_part,
-            trim=c.trim and placed,  # only placed pairs are trimmed (GenerateConfig refuses it otherwise)
-            preset=c.gen_preset,
-            num_pairs=c.num_pairs,
-            batch_size=c.gen_batch_size,
-            steps=c.sampler_steps,
-            guidance=c.guidance,
-            scheduler=c.scheduler,
-            background_every=c.background_every,
-            background_noise=c.background_noise,
-            zero_mean_noise=c.zero_mean_noise,
-            shared_initial_noise=c.shared_initial_noise,
             category=category,
             seed=_type_seed(c.seed, category, kind),
             mixed_precision=c.mixed_precision,
-            resolution=c.gen_resolution,
             backgrounds=backgrounds,
             foreground=foreground,
-            mask_method=c.mask_method,
             u2net_weights=c.u2net_weights,
-            mask_threshold=c.mask_threshold,
-            max_mask_area=c.max_mask_area,
-            vae_tiling=c.vae_tiling,
             device=c.device,
         )
         return resolve_generate_config(gen, bcm=c.bcm, category=category)
@@ -515,42 +605,29 @@ class _Benchmark:
             "method": method,
             "category": category,
             "anomaly": kind,
-            "num_pairs": c.num_pairs,
+            "num_pairs": c.generate.num_pairs,
             "seed": _type_seed(c.seed, category, kind),
             "split": c.split,
-            "resolution": c.gen_resolution,
-            "anomaly_source": c.perlin_source if method == "perlin" else None,
+            "resolution": c.generate.resolution,
+            "anomaly_source": c.generate.perlin_source if method == "perlin" else None,
         }
 
     def localization_config(self) -> LocalizationConfig:
         c = self.cfg
         return LocalizationConfig(
-            epochs=c.loc_epochs,
-            samples_per_epoch=c.loc_samples_per_epoch,
-            batch_size=c.loc_batch_size,
-            lr=c.loc_lr,
-            lr_milestones=paper_milestones(c.loc_epochs),
-            resolution=c.loc_resolution,
-            base_channels=c.loc_base_channels,
-            runs=c.loc_runs,
-            select_on=c.select_on,
+            **task_fields(c.localization),
+            lr_milestones=paper_milestones(c.localization.epochs),
             seed=c.seed,
             device=c.device,
-            paper_compat_f1=c.paper_compat_f1,
         )
 
     def classification_config(self) -> ClassificationConfig:
         c = self.cfg
         return ClassificationConfig(
-            epochs=c.cls_epochs,
-            lr=c.cls_lr,
-            batch_size=c.cls_batch_size,
-            resolution=c.cls_resolution,
+            **task_fields(c.classification),  # random_init: the tables name it, "(random init: ...)"
             seed=c.seed,
             device=c.device,
-            repeats_per_epoch=c.cls_repeats_per_epoch,
-            max_per_type=c.num_pairs,
-            random_init=c.random_init,  # the tables name it: "(random init: ...)"
+            max_per_type=c.generate.num_pairs,
         )
 
     def upstream(self, method: str, category: str) -> dict[str, Any]:
@@ -593,12 +670,12 @@ class _Benchmark:
                 c.data,
                 category,
                 kind,
-                c.num_pairs,
+                c.generate.num_pairs,
                 self.generated_dir(method, category, kind),
                 seed=_type_seed(c.seed, category, kind),
                 split=c.split,
-                resolution=c.gen_resolution,
-                anomaly_source_dir=c.perlin_source if method == "perlin" else None,
+                resolution=c.generate.resolution,
+                anomaly_source_dir=c.generate.perlin_source if method == "perlin" else None,
             )
         if not summary.get("kept"):
             raise InputError(
@@ -626,10 +703,10 @@ class _Benchmark:
         log.info("benchmark: %s: other mask settings; the gate is applied again to the pairs made", step.id)
         make_masks_for_folder(
             folder,
-            method=c.mask_method,
+            method=c.generate.mask_method,
             u2net_weights=c.u2net_weights,
-            threshold=c.mask_threshold,
-            max_area_fraction=c.max_mask_area,
+            threshold=c.generate.mask_threshold,
+            max_area_fraction=c.generate.max_mask_area,
             show_progress=c.progress,
             device=c.device,
         )
@@ -673,7 +750,7 @@ class _Benchmark:
             self.classification_config(),
             self.out / CLASSIFICATION_DIR / method / category,
             split=self.cfg.split,
-            imagenet_weights=self.cfg.imagenet_weights,
+            imagenet_weights=self.cfg.classification.imagenet_weights,
         )
         return {"accuracy": r["accuracy"], "n_test": r["n_test"]}
 
@@ -690,7 +767,8 @@ class _Benchmark:
             for k, v in asdict(self.classification_config()).items()
             if k not in ("device", "num_workers")
         }
-        cls_key["imagenet_weights"] = Path(c.imagenet_weights).name if c.imagenet_weights else None
+        weights = c.classification.imagenet_weights
+        cls_key["imagenet_weights"] = Path(weights).name if weights else None
         q_key = {
             "images": c.quality_images,
             "is_splits": c.is_splits,
@@ -738,7 +816,7 @@ class _Benchmark:
                         needs=reads(method),
                     )
                 )
-            if c.classification and len(kinds) >= 2:
+            if c.classification.enabled and len(kinds) >= 2:
                 for method in (m for m in GENERATORS if m in c.methods):
                     out.append(
                         Step(
@@ -748,7 +826,7 @@ class _Benchmark:
                             needs=reads(method),
                         )
                     )
-            elif c.classification:
+            elif c.classification.enabled:
                 log.info("benchmark: %s has one anomaly type; no classification", category)
         return out
 
@@ -811,6 +889,7 @@ def _check_markers(steps: list[Step], out: Path) -> dict[str, dict]:
 def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses: list[dict]) -> str:
     count = {k: sum(s["status"] == k for s in statuses) for k in ("done", "skipped", "failed", "not run")}
     unfinished = [s for s in statuses if s["status"] in ("failed", "not run")]
+    gen, loc = cfg.generate, cfg.localization
     lines = [
         "# DualAnoDiff benchmark",
         "",
@@ -818,8 +897,8 @@ def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses:
         + (" (rough look, not comparable with the paper)" if cfg.quick else ""),
         f"- methods: {', '.join(cfg.methods)}",
         "- categories and anomaly types: " + "; ".join(f"{c}: {', '.join(k)}" for c, k in types.items()),
-        f"- generation preset: {cfg.gen_preset}; guidance: "
-        + (str(cfg.guidance) if cfg.guidance is not None else "the preset's (per category)")
+        f"- generation preset: {gen.preset}; guidance: "
+        + (str(gen.guidance) if gen.guidance is not None else "the preset's (per category)")
         + (
             f"; BCM foregrounds: {cfg.foreground or 'the dataset foreground/ folder, else auto'}"
             if cfg.bcm
@@ -831,9 +910,9 @@ def _summary_header(cfg: BenchmarkConfig, types: dict[str, list[str]], statuses:
             if cfg.quality
             else "off"
         ),
-        f"- sizes: {cfg.num_pairs} pairs per type, {cfg.sampler_steps} sampler steps; U-Net {cfg.loc_epochs} epochs x "
-        f"{cfg.loc_samples_per_epoch} samples at {cfg.loc_resolution} px, best of {cfg.loc_runs} run(s), epoch chosen "
-        f"on the {'test set (optimistic)' if cfg.select_on == 'test' else 'held-out data'}",
+        f"- sizes: {gen.num_pairs} pairs per type, {gen.steps} sampler steps; U-Net {loc.epochs} epochs x "
+        f"{loc.samples_per_epoch} samples at {loc.resolution} px, best of {loc.runs} run(s), epoch chosen "
+        f"on the {'test set (optimistic)' if loc.select_on == 'test' else 'held-out data'}",
         f"- steps: {count['done']} run now, {count['skipped']} finished before"
         + (f", **{count['failed']} failed, {count['not run']} not run**" if unfinished else ""),
         "",
@@ -866,7 +945,7 @@ def _check_settings(bench: _Benchmark, runner: StepRunner) -> None:
         complete_config(resolve_config(bench.train_config(category, kinds[0])))
         check_resolution(bench.generate_config(category, kinds[0]).resolution, read_base_shape(c.base))
     bench.localization_config().validate()
-    if c.classification:
+    if c.classification.enabled:
         bench.classification_config().validate()
 
 

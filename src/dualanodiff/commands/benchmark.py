@@ -53,7 +53,8 @@ example:
 
 # The options of `train` and `generate` that change a result, and how the benchmark reaches each.
 # BORROWED: the benchmark adds the command's own declaration (flags, type, choices, default, help), so the two
-# cannot drift: {dest in that command: (the benchmark's flags, or None for the same; BenchmarkConfig field)}.
+# cannot drift: {dest in that command: (the benchmark's flags, or None for the same; the benchmark's setting, by
+# its flat name: `benchmark.SETTINGS`)}.
 BORROWED = {
     "train": {
         "rank": (None, "train_rank"),
@@ -81,7 +82,7 @@ BORROWED = {
     },
 }
 # OWN: declared here, under other names or defaults: sizes and presets whose unset value comes from the
-# profile (--quick), and settings one flag sets for training and generation alike. {dest: BenchmarkConfig field}
+# profile (--quick), and settings one flag sets for training and generation alike. {dest: the setting's flat name}
 OWN = {
     "train": {
         "preset": "train_preset",
@@ -323,13 +324,12 @@ def register(subparsers) -> None:
 
 
 def config_from_args(args):
-    from dataclasses import fields
-
-    from ..benchmark import BenchmarkConfig
+    """The BenchmarkConfig of the parsed options: each option's dest is a setting's flat name
+    (`benchmark.SETTINGS`), which places it in the config."""
+    from ..benchmark import SETTINGS, BenchmarkConfig
     from .generate import ZERO_MEAN_NOISE
 
-    names = {f.name for f in fields(BenchmarkConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
+    values = {k: v for k, v in vars(args).items() if k in SETTINGS}
     if "zero_mean_noise" in values:
         values["zero_mean_noise"] = ZERO_MEAN_NOISE[values["zero_mean_noise"]]
     for name in (
@@ -338,7 +338,7 @@ def config_from_args(args):
     ):  # not given: BenchmarkConfig's (the paper's) default
         if values.get(name) is None:
             values.pop(name, None)
-    return BenchmarkConfig(**values)
+    return BenchmarkConfig(data=values.pop("data"), out=values.pop("out")).with_settings(**values)
 
 
 def runner_from_args(args):

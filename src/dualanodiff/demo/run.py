@@ -39,7 +39,13 @@ def _say(text: str) -> None:
 
 def benchmark_config(cfg: DemoConfig, data: Path, base: Path, out: Path, methods: list[str] | None = None):
     """The protocol runner's settings for the demo: one type, toy sizes, the demo's sampler."""
-    from ..benchmark import BenchmarkConfig
+    from ..benchmark import (
+        BenchmarkConfig,
+        ClassificationSettings,
+        GenerateSettings,
+        LocalizationSettings,
+        TrainSettings,
+    )
 
     return BenchmarkConfig(
         data=str(data),
@@ -52,31 +58,37 @@ def benchmark_config(cfg: DemoConfig, data: Path, base: Path, out: Path, methods
         seed=cfg.seed,
         device="cpu",
         progress=cfg.progress,
-        train_steps=cfg.train_steps,
-        train_batch_size=cfg.train_batch_size,
-        train_lr=cfg.train_lr,
-        train_rank=cfg.train_rank,
-        train_text_encoder_rank=cfg.train_rank,
-        train_probe_every=cfg.probe_every,
-        train_resolution=cfg.resolution,
         bcm=cfg.bcm,
-        num_pairs=cfg.num_pairs,
-        sampler_steps=cfg.sampler_steps,
-        scheduler=cfg.scheduler,
-        guidance=cfg.guidance,
-        zero_mean_noise=cfg.zero_mean_noise,
-        shared_initial_noise=cfg.shared_initial_noise,
-        gen_batch_size=16,
-        gen_resolution=cfg.resolution,
-        max_mask_area=cfg.max_mask_area,
-        mask_method=cfg.mask_method,
+        train=TrainSettings(
+            max_steps=cfg.train_steps,
+            batch_size=cfg.train_batch_size,
+            learning_rate=cfg.train_lr,
+            rank=cfg.train_rank,
+            text_encoder_rank=cfg.train_rank,
+            probe_every=cfg.probe_every,
+            resolution=cfg.resolution,
+        ),
+        generate=GenerateSettings(
+            num_pairs=cfg.num_pairs,
+            steps=cfg.sampler_steps,
+            scheduler=cfg.scheduler,
+            guidance=cfg.guidance,
+            zero_mean_noise=cfg.zero_mean_noise,
+            shared_initial_noise=cfg.shared_initial_noise,
+            batch_size=16,
+            resolution=cfg.resolution,
+            max_mask_area=cfg.max_mask_area,
+            mask_method=cfg.mask_method,
+        ),
         quality=False,
-        loc_epochs=cfg.loc_epochs,
-        loc_samples_per_epoch=cfg.loc_samples_per_epoch,
-        loc_resolution=cfg.resolution,
-        loc_base_channels=cfg.loc_base_channels,
-        loc_runs=1,
-        classification=False,
+        localization=LocalizationSettings(
+            epochs=cfg.loc_epochs,
+            samples_per_epoch=cfg.loc_samples_per_epoch,
+            resolution=cfg.resolution,
+            base_channels=cfg.loc_base_channels,
+            runs=1,
+        ),
+        classification=ClassificationSettings(enabled=False),
     )
 
 

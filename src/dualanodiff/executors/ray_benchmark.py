@@ -78,8 +78,8 @@ def benchmark_inputs(cfg: BenchmarkConfig) -> dict[str, str]:
         u2net_weights=cfg.u2net_weights,
         inception_weights=cfg.inception_weights,
         lpips_vgg_weights=cfg.lpips_vgg_weights,
-        imagenet_weights=cfg.imagenet_weights,
-        perlin_source=cfg.perlin_source,
+        imagenet_weights=cfg.classification.imagenet_weights,
+        perlin_source=cfg.generate.perlin_source,
     )
 
 
