@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -297,6 +298,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.types is None:  # one type (the demo's or --category/--anomaly), straight in OUT
         args.type_out = Path(args.out)
+        print(f"[study] {cpu_estimate(Path(args.out), 1, seeds, args.variants, args.quick)}", flush=True)
         run_type(args, seeds)
         return
     if args.category or args.anomaly:
@@ -305,10 +307,33 @@ def main() -> None:
         types = study_types(args.types)
     except ValueError as err:
         p.error(str(err))
+    print(f"[study] {cpu_estimate(Path(args.out), len(types), seeds, args.variants, args.quick)}", flush=True)
     for category, anomaly in types:
         args.category, args.anomaly = category, anomaly
         args.type_out = Path(args.out) / f"{category}-{anomaly}"
         run_type(args, seeds)
+
+
+def cpu_estimate(out: Path, n_types: int, seeds: list[int], variants: list[str], quick: bool) -> str:
+    """What the study will cost, said before it starts: the demo's measured CPU time per run (the shipped
+    reference file) and each variant's mean time over the seeds already finished in OUT (a variant not yet
+    measured there counted as one demo); finished seeds are not run again, so the figure is an upper bound."""
+    from dualanodiff.demo.expected import read_expected
+
+    times = (read_expected() or {}).get("times", {}).get("quick" if quick else "full", {})
+    demo_s = float(times.get("cpu_s", 250.0))
+    measured: dict[str, list[float]] = {}
+    for record in out.glob("**/seed-*/seed.json"):
+        for run in json.loads(record.read_text())["runs"].values():
+            if run.get("seconds") is not None and "error" not in run:
+                measured.setdefault(run["label"], []).append(float(run["seconds"]))
+    per_seed = demo_s + sum(statistics.fmean(measured.get(VARIANTS[v][0], [demo_s])) for v in variants)
+    runs = n_types * len(seeds)
+    return (
+        f"about {runs * per_seed / 3600:.1f} CPU hours at most: {n_types} type(s) x {len(seeds)} seed(s), each "
+        f"the demo ({demo_s:.0f} s CPU, measured on a {times.get('machine', 'CPU')}) and {len(variants)} "
+        f"variant(s) ({per_seed - demo_s:.0f} s together); processes side by side share it out"
+    )
 
 
 def study_types(spec: str) -> list[tuple[str, str]]:
