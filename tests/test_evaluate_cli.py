@@ -50,6 +50,7 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_localization_writes_json_csv_markdown_and_aggregates_methods(data_root, generated, tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate", "localization", "--data", str(data_root), "--category", "pill", "--out", str(out)]

@@ -156,6 +156,7 @@ def test_guidance_at_most_one_skips_the_unconditional_rows(pipe):
     assert set(without) == {4} and set(calls) == {8}  # 2 pairs = 4 rows; CFG doubles them
 
 
+@pytest.mark.slow
 def test_bcm_generation_uses_backgrounds(tiny_base_dir):
     pipe = DualAnoDiffPipeline.from_pretrained(tiny_base_dir, AdapterConfig(rank=4, bcm=True, saim=False))
     pipe.set_progress_bar_config(disable=True)

@@ -194,7 +194,9 @@ def test_architecture_matches_original_sizes() -> None:
     assert all(float(o.min()) >= 0 and float(o.max()) <= 1 for o in outs)
 
 
-@pytest.mark.parametrize("cls,variant", [(U2NETP, "u2netp"), (U2NET, "u2net")])
+@pytest.mark.parametrize(
+    "cls,variant", [(U2NETP, "u2netp"), pytest.param(U2NET, "u2net", marks=pytest.mark.slow)]
+)
 def test_load_u2net_round_trip_strict(tmp_path, cls, variant) -> None:
     model = _randomised(cls(), seed=3)
     path = tmp_path / f"{variant}.pth"
@@ -463,6 +465,7 @@ def test_make_masks_for_folder_u2net_and_errors(tmp_path) -> None:
         make_masks_for_folder(tmp_path / "empty", show_progress=False)
 
 
+@pytest.mark.slow
 def test_build_masker_and_mask_from_part(tmp_path) -> None:
     rng = np.random.default_rng(10)
     region = _shapes(64, 64)["rect"]

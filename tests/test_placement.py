@@ -345,6 +345,7 @@ def test_non_finite_pairs_are_never_kept(capsys, tiny_base_dir, tiny_adapters, t
     assert not (out / "image").exists() or not any((out / "image").iterdir())
 
 
+@pytest.mark.slow
 def test_masks_on_a_placed_folder_applies_the_placed_rule_and_never_revives_a_nan_pair(
     capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
 ):
@@ -406,6 +407,7 @@ def test_baselines_take_the_same_foreground_choice_and_record_it(capsys, placed_
     assert len(err) == 1 and "--foreground elsewhere: not a folder of masks" in err[0]
 
 
+@pytest.mark.slow
 def test_the_placement_picture_shows_each_pair_with_its_normal_part_and_region(
     capsys, tiny_base_dir, tiny_adapters, placed_data, tmp_path
 ):

@@ -146,6 +146,7 @@ def test_missing_inception_weights_say_how_to_pass_them(tmp_path, monkeypatch):
         load_lpips_vgg(bad)
 
 
+@pytest.mark.slow
 def test_lpips_features_equal_lpips_forward(lpips_model, vgg_file):
     state = torch.load(vgg_file, weights_only=True)
     assert torch.equal(lpips_model.net.slice1[0].weight, state["features.0.weight"])

@@ -195,6 +195,7 @@ def trainer(root, base, out, **kw) -> AdapterTrainer:
     return AdapterTrainer(config, training_samples(config), config.output_dir())
 
 
+@pytest.mark.slow
 def test_bf16_on_cpu_keeps_trainable_weights_fp32(mvtec_root, tiny_base_dir, tmp_path):
     t = trainer(mvtec_root, tiny_base_dir, tmp_path, mixed_precision="bf16", max_steps=2)
     frozen = [p for n, p in t.pipe.unet.named_parameters() if not p.requires_grad]

@@ -70,7 +70,7 @@ def test_a_diverging_run_stops_at_the_step_names_the_lr_and_keeps_its_last_good_
     assert all(np.isfinite(r["loss"]) for r in read_loss_log(run_dir))
 
 
-@pytest.mark.parametrize("mode", ["localization", "classification"])
+@pytest.mark.parametrize("mode", ["localization", pytest.param("classification", marks=pytest.mark.slow)])
 def test_a_diverging_detector_stops_instead_of_scoring_nan_weights(
     synthetic_pill_root, tmp_path, capsys, mode
 ):
