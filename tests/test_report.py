@@ -83,7 +83,12 @@ def test_report_with_every_section_type(tmp_path: Path) -> None:
         "data.category",
     ]:
         assert cell in p.text["td"]
-    assert p.text["figcaption"] == ["pair a", "pair b", "pair c", long_caption.strip()]  # whole, to wrap in the page
+    assert p.text["figcaption"] == [
+        "pair a",
+        "pair b",
+        "pair c",
+        long_caption.strip(),
+    ]  # whole, to wrap in the page
 
     # Self-contained: images are data URIs, no scripts/stylesheets, links only to the grids beside it.
     assert len(p.srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in p.srcs)
