@@ -208,7 +208,7 @@ TINY_CLASSIFICATION = ["--num-pairs", "3", "--loc-epochs", "1", "--loc-samples-p
 
 def test_without_imagenet_weights_classification_needs_random_init(data_root, tmp_path, capsys, monkeypatch):
     """The rule of `evaluate classification`: no ResNet-34 ImageNet file (given or in the torch hub cache) and
-    no --random-init is refused before anything is written; --random-init runs, and the table names it."""
+    no --random-init is refused before anything is written (a --random-init run: the next test)."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
     out = tmp_path / "b"
     argv = ["benchmark", "--data", str(data_root), "--out", str(out), "--methods", "crop-paste", "--anomalies",
@@ -226,7 +226,13 @@ def test_without_imagenet_weights_classification_needs_random_init(data_root, tm
             BenchmarkConfig(data=str(data_root), out=str(out), quality=False).with_settings(**off)
         )
 
-    assert main([*argv, "--out", str(tmp_path / "r"), "--random-init"]) == 0
+
+@pytest.mark.slow
+def test_a_random_init_run_names_it_in_its_tables(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    argv = ["benchmark", "--data", str(data_root), "--out", str(tmp_path / "r"), "--methods", "crop-paste",
+            "--anomalies", "crack,scratch", "--no-quality", *TINY_CLASSIFICATION, "--random-init"]  # fmt: skip
+    assert main(argv) == 0
     assert "| crop-paste (random init: pill) |" in capsys.readouterr().out
     (row,) = _csv(tmp_path / "r" / "classification.csv")
     assert row["imagenet_init"] == "False"
