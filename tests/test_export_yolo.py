@@ -124,3 +124,12 @@ def test_ultralytics_reads_the_export_offline(
             seen += 1
     assert seen == 8 + 4 + 3
     assert attempts == []  # nothing reached for the network (the font check included)
+
+
+def test_class_names_yaml_would_read_as_other_types_stay_strings(tmp_path: Path) -> None:
+    """Found by the fuzzer: a defect type named "nan" (or "true", "1", "null") must reach Ultralytics as that
+    name, not as a float, bool, int or None."""
+    from dualanodiff.export.yolo import data_yaml
+
+    names = ["nan", ".nan", "true", "1", "null", "crack"]
+    assert yaml.safe_load(data_yaml(tmp_path, names))["names"] == dict(enumerate(names))

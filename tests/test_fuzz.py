@@ -331,6 +331,10 @@ def _text_has_non_finite(path: Path) -> bool:
         return _non_finite_values(json.loads(text))  # Python's json reads NaN and Infinity as floats
     if path.suffix == ".jsonl":
         return any(_non_finite_values(json.loads(line)) for line in text.splitlines() if line.strip())
+    if path.suffix in (".yaml", ".yml"):  # by value, as JSON: a class named "nan" is the string 'nan'
+        import yaml
+
+        return _non_finite_values(yaml.safe_load(text))
     if path.suffix == ".csv":
         return any(
             NON_FINITE.fullmatch(cell.strip()) for line in text.splitlines() for cell in line.split(",")
