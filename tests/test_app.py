@@ -16,7 +16,7 @@ from PIL import Image
 
 from dualanodiff.app.dataset import add_masks, defect_entries
 from dualanodiff.app.fields import GenerateFields, StudyFields, TrainFields
-from dualanodiff.app.handlers import AppHandlers, _shrink
+from dualanodiff.app.handlers import PAGE_WAY_OUT, START_OVER, AppHandlers, _shrink
 from dualanodiff.app.workspace import Project, path_inside, safe_filename
 from dualanodiff.data.generated import manifest_records, read_generated
 from dualanodiff.errors import InputError
@@ -90,7 +90,7 @@ def test_data_checks_show_beside_each_image(synthetic_pill_root, tmp_path):
     assert "3 defect image(s), 1 ready to train" in summary
     # The same checks as the command line: training refuses these files before loading anything.
     config = handlers.train_config(
-        TrainFields(max_steps=2, rank=4, batch_size=2, resolution=None, checkpoint_every=0)
+        TrainFields(images="all", max_steps=2, rank=4, batch_size=2, resolution=None, checkpoint_every=0)
     )
     with pytest.raises(InputError, match=r"1 image\(s\) without a mask"):
         handlers.start_training(config)
@@ -260,17 +260,19 @@ def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, 
     html, log, where = handlers.training_view()
     assert [r["step"] for r in log] == [1, 2, 3, 4] and "done" in html
     assert f"--adapters {run_dir}" in where
-    # A reload shows the fields the job ran with, by name (the demo base as 'demo', not its folder).
+    # A reload shows the fields the job ran with, by name (the demo base as 'demo', not its folder; the
+    # resolution as the field's 0, "the base's", not an empty field).
     assert handlers.last_training_fields() == TrainFields(
-        max_steps=4, rank=4, batch_size=2, resolution=None, checkpoint_every=2
+        max_steps=4, rank=4, batch_size=2, resolution=0, checkpoint_every=2
     )
 
     # A fresh handler (a page reload, an app restart) reads the same state from disk.
     assert AppHandlers(tmp_path / "work").jobs.status("train").state == "done"
 
-    gen = handlers.generate_config(
-        GenerateFields(num_pairs=4, scheduler="ddim", steps=2, max_mask_area=1.0, batch_size=4)
-    )
+    gen_fields = GenerateFields(num_pairs=4, scheduler="ddim", steps=2, max_mask_area=1.0, batch_size=4)
+    gen = handlers.generate_config(gen_fields)
+    # The adapters trained on the demo base: the page estimates from the shipped table.
+    assert handlers.generation_estimate(gen_fields).startswith("Estimate: under a minute for 4 pairs of 2")
     handlers.start_generation(gen, discard=False)
     # Another tab, or another app on the same folder, sees it running and is refused.
     with pytest.raises(InputError, match="a generate job is already running .* maybe from another tab"):
@@ -282,8 +284,12 @@ def test_train_generate_review_download_in_background_jobs(synthetic_pill_root, 
     assert [p.name for p in pairs] == ["00000", "00001", "00002", "00003"]
 
     name = next(p.name for p in pairs if p.kept)
+    before = handlers.generation_view()
     record = handlers.set_verdict(name, keep=False)
     assert record["kept"] is False and record["reject_reason"] == "rejected by hand"
+    # The status line follows a verdict by hand (it once kept the counts of the moment the job ended).
+    after = handlers.generation_view()
+    assert after != before and "rejected (1 by hand)" in after and handlers.verdict_counts() in after
     folder = handlers.generated_folder()
     assert (folder / "rejected" / "image" / f"{name}.png").is_file()
     assert not (folder / "image" / f"{name}.png").exists()
@@ -395,7 +401,7 @@ def test_each_page_has_one_widget_per_field_of_its_handler(tmp_path):
             GenerateFields: ui._generate_tab(handlers),
             StudyFields: ui._evaluate_tab(handlers),
         }
-    for kind, (_, (restore, page)) in pages.items():
+    for kind, (_, (restore, page), _) in pages.items():
         assert page.kind is kind
         assert sorted(page.widgets) == sorted(f.name for f in fields(kind)), kind.__name__
         assert {n: w.value for n, w in page.widgets.items()} == {
@@ -459,9 +465,310 @@ def test_a_stopped_training_promises_a_resume_only_from_a_checkpoint(tmp_path):
     )
     params = {"config": config.to_dict()}
     assert stopped_message("train", params) == (
-        "stopped before the first checkpoint (every 50 steps): starting again begins at step 0"
+        "stopped; no checkpoint was written yet (every 50 steps): starting again begins at step 0"
     )
     (config.output_dir() / "checkpoints" / "step-00000050").mkdir(parents=True)
     assert stopped_message("train", params) == (
         "stopped; start it again to resume from the checkpoint of step 50"
     )
+
+
+# -- estimates, defaults, start over, messages -------------------------------------------------------------
+
+TABLE = {
+    "meta": {"machine": "2-core cpu (x86_64)", "threads": 1},
+    "train": {"s_per_step": {"1": 0.15, "2": 0.2, "4": 0.3}, "startup_s": 6.0},
+    "generate": {"s_per_pair_step": 0.01, "startup_s": 4.0},
+    "detector": {
+        "s_per_sample": [
+            {"width": 16, "side": 64, "seconds": 0.002},
+            {"width": 64, "side": 64, "seconds": 0.02},
+            {"width": 16, "side": 128, "seconds": 0.008},
+        ],
+        "startup_s": 3.0,
+    },
+}
+
+
+def test_the_estimates_are_the_measured_costs_times_the_sizes():
+    from dualanodiff.app import timings
+
+    # A batch between or beyond the measured ones: the line through the two nearest measurements.
+    assert timings.per_size(TABLE["train"]["s_per_step"], 2) == 0.2
+    assert timings.per_size(TABLE["train"]["s_per_step"], 3) == pytest.approx(0.25)
+    assert timings.per_size(TABLE["train"]["s_per_step"], 8) == pytest.approx(0.5)
+    assert timings.per_size({"4": 0.4}, 2) == pytest.approx(0.2)  # one measurement: proportional
+    assert timings.training_seconds(TABLE, 750, 2) == pytest.approx(6 + 750 * 0.2)
+    assert timings.training_seconds(TABLE, 100, 2, side=128) == pytest.approx(6 + 100 * 0.8)
+    assert timings.generation_seconds(TABLE, 16, 20) == pytest.approx(4 + 16 * 20 * 0.01)
+    # The nearest measured width and side, scaled by width squared and pixels.
+    assert timings.sample_seconds(TABLE, 16, 64) == 0.002
+    assert timings.sample_seconds(TABLE, 32, 64) == pytest.approx(
+        0.008
+    )  # as far from 16 as from 64: the first
+    assert timings.sample_seconds(TABLE, 64, 256) == pytest.approx(0.02 * 16)
+    assert timings.study_seconds(TABLE, 20, 128, 64, 16) == pytest.approx(3 + 2 * 20 * 128 * 0.002)
+    # While running: the job's own pace.
+    assert timings.remaining_seconds(25, 100, 50.0) == pytest.approx(150.0)
+    assert timings.remaining_seconds(0, 100, 50.0) is None and timings.remaining_seconds(5, None, 9) is None
+    log = [{"step": s, "elapsed_s": 10 + 0.5 * s} for s in range(1, 41)]
+    assert timings.recent_pace(log) == pytest.approx(0.5) and timings.recent_pace(log[:1]) is None
+    line = "U-Net run 1/1:  50%|#####     | 10/20 [00:30<00:30, 3.0s/it]"
+    assert timings.study_fraction("detector 2/2: normal images only", line) == pytest.approx(0.75)
+    assert timings.study_fraction("detector 1/2: x", "loading") == 0.0
+    assert timings.study_fraction("report", "") == 1.0 and timings.study_fraction("starting", "") is None
+    words = [timings.duration_words(s) for s in (20, 60, 170, 89 * 60, 2 * 3600, 100 * 3600)]
+    assert words == [
+        "under a minute", "about 1 minute", "about 3 minutes", "about 89 minutes", "about 2.0 hours",
+        "about 4 days",
+    ]  # fmt: skip
+    assert timings.table_conditions(TABLE) == "a 2-core cpu (x86_64) with one thread"
+    busy = {"meta": {**TABLE["meta"], "cores": 2, "load_before": 5.1}}
+    assert (
+        timings.table_conditions(busy)
+        == "a busy 2-core cpu (x86_64) with one thread (load 5.1; idle is faster)"
+    )
+
+
+def test_the_shipped_table_covers_what_the_pages_estimate():
+    from dualanodiff.app import timings
+
+    table = timings.read_timings()
+    assert table is not None, f"{timings.TIMINGS_FILE}: run python -m dualanodiff.app.timings"
+    assert set(table["train"]["s_per_step"]) == {"1", "2", "4"}
+    assert all(v > 0 for v in table["train"]["s_per_step"].values())
+    assert table["generate"]["s_per_pair_step"] > 0
+    assert {(r["width"], r["side"]) for r in table["detector"]["s_per_sample"]} >= {(16, 64), (64, 64)}
+    assert table["meta"]["threads"] == 1
+
+
+def test_each_page_says_how_long_its_settings_take_before_it_starts(monkeypatch, tmp_path):
+    from dualanodiff.app import timings
+
+    monkeypatch.setattr(timings, "read_timings", lambda path=None: TABLE)
+    handlers = AppHandlers(tmp_path / "work", threads=1)
+    assert handlers.training_estimate(TrainFields()) == (
+        "Estimate: about 3 minutes for 750 steps of 2 pair(s) at 64 px (measured on a 2-core cpu (x86_64) "
+        "with one thread)."
+    )
+    assert handlers.training_estimate(TrainFields(base="runwayml/stable-diffusion-v1-5")).startswith(
+        "No measured time for this base here: the time left shows once the first steps have run"
+    )
+    assert handlers.study_estimate(StudyFields(resolution=64)) == (
+        "Estimate: under a minute for two detectors of 20 epochs of 128 samples at 64 px, width 16 (measured "
+        "on a 2-core cpu (x86_64) with one thread)."
+    )
+    assert handlers.default_duration("train") == "about 3 minutes on a 2-core cpu (x86_64) with one thread"
+    assert handlers.generation_estimate(GenerateFields()) == ""  # no adapters yet: nothing to estimate
+    # Jobs with more threads than the table's one are said to be slower on a small shared CPU.
+    assert "`dualanodiff app --threads 1` is faster" in AppHandlers(tmp_path / "w2").training_estimate(
+        TrainFields()
+    )
+    monkeypatch.setattr(timings, "read_timings", lambda path=None: None)
+    assert handlers.default_duration("evaluate") == "" and handlers.study_estimate(StudyFields()) == ""
+
+
+def test_steps_left_empty_come_from_the_recipe_over_the_training_images(synthetic_pill_root, tmp_path):
+    from dualanodiff.training import PRESETS
+
+    handlers = AppHandlers(tmp_path / "work")
+    defects = _defects(synthetic_pill_root, 6)
+    handlers.add_uploads("pill", "crack", [str(i) for i, _ in defects], None, None, None)
+    paper = PRESETS["paper"]
+    split = TrainFields(max_steps=None, batch_size=None)  # the few-shot third: 2 images, one batch an epoch
+    assert handlers.training_steps(split) == paper.epochs
+    everything = TrainFields(images="all", max_steps=None, batch_size=4)  # 6 images: 2 batches an epoch
+    assert handlers.training_steps(everything) == paper.epochs * 2
+    assert handlers.training_steps(TrainFields(max_steps=12)) == 12
+
+
+def test_the_defaults_are_the_demos_and_the_papers_are_one_click_away():
+    from dualanodiff.app.evaluation import StudyRequest
+    from dualanodiff.app.fields import paper_study, paper_training, quick_study, quick_training
+    from dualanodiff.demo.config import MODES, DemoConfig
+    from dualanodiff.evaluate.localization import LocalizationConfig
+
+    demo, full = DemoConfig(), MODES["full"]
+    d = TrainFields()
+    assert (d.max_steps, d.batch_size, d.learning_rate, d.rank) == (
+        full["train_steps"], demo.train_batch_size, demo.train_lr, demo.train_rank
+    )  # fmt: skip
+    assert d.images == "split"  # what the Evaluate page's study needs
+    s = StudyFields()
+    assert (s.epochs, s.samples_per_epoch, s.base_channels) == (
+        full["loc_epochs"], full["loc_samples_per_epoch"], full["loc_base_channels"]
+    )  # fmt: skip
+    assert (StudyRequest.epochs, StudyRequest.samples_per_epoch, StudyRequest.base_channels) == (
+        s.epochs, s.samples_per_epoch, s.base_channels
+    )  # fmt: skip
+    mine = TrainFields(base="/models/sd15", images="all", seed=3, max_steps=10)
+    paper = paper_training(mine)
+    assert (paper.base, paper.images, paper.seed) == ("/models/sd15", "all", 3)
+    assert (paper.max_steps, paper.learning_rate, paper.batch_size, paper.rank) == (None, None, None, 32)
+    assert quick_training(paper) == replace(TrainFields(), base="/models/sd15", images="all", seed=3)
+    study = paper_study(StudyFields(resolution=64, seed=2))
+    paper_loc = LocalizationConfig()
+    assert (study.epochs, study.samples_per_epoch, study.resolution, study.base_channels, study.seed) == (
+        paper_loc.epochs, paper_loc.samples_per_epoch, paper_loc.resolution, paper_loc.base_channels, 2
+    )  # fmt: skip
+    assert quick_study(replace(study, resolution=64)) == StudyFields(resolution=64, seed=2)
+
+
+def _fake_job(handlers: AppHandlers, kind: str, params: dict, status: dict | None = None) -> Path:
+    """A job's files as a finished (or vanished) worker leaves them, without running one."""
+    folder = handlers.jobs.folder(kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "job.json").write_text(
+        json.dumps({"kind": kind, "params": params, "started": "2026-01-01T00:00:00+00:00"})
+    )
+    if status is not None:
+        (folder / "status.json").write_text(json.dumps(status))
+    return folder
+
+
+def test_start_over_asks_then_deletes_a_pages_output_and_its_last_run(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    handlers = AppHandlers(tmp_path / "work")
+    project = handlers.project
+    outputs = {
+        "train": handlers.workspace.adapters_dir(project),
+        "generate": handlers.workspace.generated_dir(project),
+        "evaluate": handlers.workspace.evaluation_dir(project),
+    }
+    for kind, folder in outputs.items():
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "file.txt").write_text("x")
+        _fake_job(handlers, kind, {}, {"state": "failed", "message": "whatever"})
+        question = handlers.start_over_question(kind)
+        assert question.startswith(f"Delete {START_OVER[kind]} in {folder}, and this page's last run?")
+        assert folder.is_dir()  # asking deletes nothing
+        assert handlers.start_over(kind) == f"deleted {START_OVER[kind]} in {folder}"
+        assert folder.is_dir() and not any(p.name != ".dualanodiff" for p in folder.iterdir())
+        assert handlers.jobs.status(kind).state == "none"
+    assert "Not started yet" in handlers.study_view()[0] and "Not started yet" in handlers.generation_view()
+    # Refused while the page's job runs (here a process that looks like its worker).
+    folder = handlers.jobs.folder("evaluate")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(folder)])
+    try:
+        _fake_job(handlers, "evaluate", {})
+        job = json.loads((folder / "job.json").read_text())
+        (folder / "job.json").write_text(json.dumps({**job, "pid": sleeper.pid}))
+        deadline = time.time() + 10  # until the new process shows its arguments (a busy machine is slow)
+        while handlers.jobs.status("evaluate").state != "running" and time.time() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(InputError, match="a evaluate job is already running"):
+            handlers.start_over_question("evaluate")
+        with pytest.raises(InputError, match="a evaluate job is already running"):
+            handlers.start_over("evaluate")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_refusal_that_names_a_command_line_way_out_gets_the_pages(tmp_path):
+    handlers = AppHandlers(tmp_path / "work")
+    message = "last.pt: checkpoint of a different configuration or data set; use another output folder or delete this one to start over"
+    _fake_job(handlers, "evaluate", {"out": str(tmp_path / "eval")}, {"state": "failed", "message": message})
+    html, report = handlers.study_view()
+    assert PAGE_WAY_OUT.replace('"', "&quot;") in html and report is None
+    _fake_job(
+        handlers,
+        "generate",
+        {},
+        {
+            "state": "failed",
+            "message": "x: this folder was made with other settings (seed: 0 -> 1); resume with the same settings or choose a new output folder",
+        },
+    )
+    assert PAGE_WAY_OUT.replace('"', "&quot;") in handlers.generation_view()
+
+
+def test_a_study_of_other_sizes_is_refused_before_it_starts_with_the_way_out(synthetic_pill_root, tmp_path):
+    handlers = AppHandlers(tmp_path / "work")
+    request = handlers.study_request(StudyFields(epochs=10, resolution=64))
+    out = Path(request.out)
+    out.mkdir(parents=True)
+    (out / "results.md").write_text("an earlier study")
+    _fake_job(handlers, "evaluate", replace(request, epochs=20).to_dict(), {"state": "done"})
+    with pytest.raises(InputError) as refused:
+        handlers.start_study(request)
+    assert str(refused.value) == (
+        f"{out} holds a study with other settings (epochs 20 -> 10); a study resumes only with its own. "
+        f"{PAGE_WAY_OUT} Or put the settings back to run it as it was."
+    )
+
+
+def test_a_lost_training_promises_a_resume_only_from_a_checkpoint(tmp_path):
+    from dualanodiff.training import TrainConfig
+
+    handlers = AppHandlers(tmp_path / "work")
+    config = TrainConfig(base="demo", out=str(handlers.workspace.adapters_root), category="part",
+                         anomaly="defect", checkpoint_every=50)  # fmt: skip
+    _fake_job(handlers, "train", {"config": config.to_dict()})  # no status, no process: lost
+    html = handlers.training_view()[0]
+    assert (
+        "lost" in html
+        and "no checkpoint was written yet (every 50 steps): starting again begins at step 0" in html
+    )
+    assert "Everything written so far is kept" not in html
+    # The fields come back whole: 0 ("the base's") for a resolution left to the base.
+    assert handlers.last_training_fields().resolution == 0
+
+
+def test_removing_an_image_asks_first_and_names_it(synthetic_pill_root, tmp_path):
+    handlers = AppHandlers(tmp_path / "work")
+    (image, mask), (other, _) = _defects(synthetic_pill_root, 2)
+    handlers.add_uploads("pill", "crack", [str(image), str(other)], [str(mask)], None, None)
+    assert handlers.removal_question(image.name) == (
+        f"Delete {image.name} and its mask from the dataset? This cannot be undone."
+    )
+    assert handlers.removal_question(other.name) == (
+        f"Delete {other.name} from the dataset? This cannot be undone."
+    )
+    with pytest.raises(InputError, match="choose the image to remove"):
+        handlers.removal_question("")
+    assert (handlers.project.defect_dir / image.name).is_file()  # asking removed nothing
+    handlers.remove_image(image.name)
+    assert not (handlers.project.defect_dir / image.name).exists()
+    assert not handlers.project.mask_path(image).exists()
+
+
+def test_a_reload_shows_the_projects_names_not_those_the_app_started_with(synthetic_pill_root, tmp_path):
+    gr = pytest.importorskip("gradio")
+    from dualanodiff.app import ui
+
+    handlers = AppHandlers(tmp_path / "work")
+    with gr.Blocks():
+        on_load, _, outputs = ui._data_tab(handlers)  # built while the project is still part/defect
+    handlers.use_uploads("pill", "crack")  # then chosen, in another tab
+    category, anomaly, root, *_ = on_load()
+    assert (category, anomaly, root) == ("pill", "crack", "")
+    assert [o.elem_id for o in outputs[:2]] == ["category", "anomaly"]
+
+
+def test_the_report_says_what_the_numbers_mean_and_what_the_pairs_did():
+    from dualanodiff.app.evaluation import METHODS, metric_meanings, pairs_verdict
+
+    def rows(with_pairs, alone):
+        return [
+            {"detector trained on": METHODS["dualanodiff"], "AUC-P": with_pairs[0], "AP-P": with_pairs[1]},
+            {"detector trained on": METHODS["none"], "AUC-P": alone[0], "AP-P": alone[1]},
+        ]
+
+    worse = pairs_verdict(rows((56.8, 3.1), (90.3, 12.0)))
+    assert worse.startswith(
+        "The generated pairs made the detector worse than normal images alone (AUC-P 56.8 against 90.3 and "
+        "AP-P 3.1 against 12.0)."
+    )
+    assert pairs_verdict(rows((95.0, 20.0), (90.3, 12.0))).startswith(
+        "The generated pairs helped the detector"
+    )
+    assert pairs_verdict(rows((90.5, 12.4), (90.3, 12.0))).startswith("The generated pairs changed little")
+    assert pairs_verdict(rows((95.0, 10.0), (90.3, 12.0))).startswith("Mixed: AUC-P 95.0 against 90.3")
+    assert pairs_verdict(rows((95.0, 10.0), (90.3, 12.0))[:1]) == ""
+    meanings = metric_meanings(4)
+    for name in ("AUC-P", "AP-P", "F1-P", "AUC-I, AP-I, F1-I", "AU-PRO", "With 4 real defect images"):
+        assert name in meanings

@@ -5,7 +5,8 @@ downloads in the generated-data layout and for anomalib, and the quick localizat
 Modules: `workspace` (the working folder's layout, safe names), `dataset` (uploads and masks), `jobs` and
 `worker` (background processes with their state on disk), `handlers` (every action, without Gradio), `fields`
 (the Train, Generate and Evaluate pages' settings, by name), `review` (keep/reject by hand, zips), `evaluation`
-(the study and its report), `gallery`, `progress`, and `ui` (the page).
+(the study and its report), `timings` (how long a job takes: measured costs, the time left), `gallery`,
+`progress`, and `ui` (the page).
 """
 
 from __future__ import annotations

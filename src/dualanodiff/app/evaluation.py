@@ -4,8 +4,9 @@ The study is `dualanodiff evaluate localization` twice on the project's data (th
 `localize_category` and `write_tables`): DRAEM's U-Net trained on the normal images plus the kept generated
 pairs, and on the normal images alone (the floor that shows what the generated pairs add), both tested on
 the real defect images the adapters did not train on (the few-shot split's held-out part) and the normal
-test images. Sizes default to the benchmark's ``quick`` profile, so it is a rough look, not the paper's
-protocol. A study whose test images trained the adapters is refused: it would measure memory, not the data.
+test images. Sizes default to the demo's detector (20 epochs of 128 samples, U-Net width 16: minutes on a
+2-core CPU), so it is a rough look, not the paper's protocol (`fields.paper_study` fills in the paper's sizes).
+A study whose test images trained the adapters is refused: it would measure memory, not the data.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from ..benchmark import PROFILES
 from ..data.images import image_size, load_mask, load_rgb
 from ..data.mvtec import GOOD, normal_train_samples
+from ..demo.config import MODES
 from ..errors import InputError
 from ..evaluate.localization import LocalizationConfig
 from ..evaluate.metrics import TABLE_COLUMNS
@@ -38,6 +40,7 @@ from ..training.checkpoint import read_loss_log
 from .gallery import pair_views
 
 QUICK = PROFILES["quick"]
+DEMO = MODES["full"]  # the demo's detector: what the page's defaults are
 METHODS = {"dualanodiff": "normal images + DualAnoDiff pairs", "none": "normal images only"}
 REPORT_NAME = "report.html"
 MAX_RESOLUTION = 256  # the protocol's input side; smaller images are studied at their own size
@@ -53,10 +56,10 @@ class StudyRequest:
     generated: str
     out: str
     adapters: str | None = None
-    epochs: int = QUICK["loc_epochs"]
-    samples_per_epoch: int = QUICK["loc_samples_per_epoch"]
+    epochs: int = DEMO["loc_epochs"]
+    samples_per_epoch: int = DEMO["loc_samples_per_epoch"]
     resolution: int = MAX_RESOLUTION
-    base_channels: int = 64
+    base_channels: int = DEMO["loc_base_channels"]
     batch_size: int = 16
     seed: int = 0
 
@@ -171,6 +174,58 @@ def metric_rows(localization: dict[str, dict[str, Any]], category: str) -> list[
     return rows
 
 
+# What the table's columns mean, for a reader who does not live in the anomaly detection literature (the
+# report prints it under the table, the Evaluate page beside it).
+METRIC_MEANINGS = {
+    "AUC-P": "pixels: how well the detector's anomaly map ranks defect pixels above normal ones (50 is a coin "
+    "toss, 100 perfect). The many normal pixels make it high even for a weak detector.",
+    "AP-P": "pixels: average precision of the map on defect pixels; the strictest figure here, low when the map "
+    "marks much besides the defect.",
+    "F1-P": "pixels: the best balance of missed and false defect pixels over all thresholds.",
+    "AUC-I, AP-I, F1-I": "the same for whole images: does an image's highest score tell defect images from "
+    "normal ones.",
+    "AU-PRO": "each defect region counts the same whatever its size: the share of every region found, up to 30 % "
+    "false positive pixels.",
+}
+SAME_WITHIN = 1.0  # points of percent: closer than this, two detectors are "about the same"
+
+
+def metric_meanings(defect_images: int | None = None) -> str:
+    """The columns' meanings as paragraphs, and how far a few test images let one trust a difference."""
+    lines = [f"{name}: {text}" for name, text in METRIC_MEANINGS.items()]
+    few = f"{defect_images} real defect images" if defect_images else "a few real defect images"
+    lines.append(
+        f"All in percent, higher is better. With {few} to test on, one image moves these by several points: "
+        "compare the two rows with each other, not with the paper's tables."
+    )
+    return "\n\n".join(lines)
+
+
+def pairs_verdict(rows: list[dict[str, Any]]) -> str:
+    """One plain sentence on what the generated pairs did to the detector, from the two rows of
+    `metric_rows`: on the pixel figures (AUC-P, AP-P), better, worse, mixed or about the same."""
+    by_label = {row["detector trained on"]: row for row in rows}
+    with_pairs, alone = by_label.get(METHODS["dualanodiff"]), by_label.get(METHODS["none"])
+    if with_pairs is None or alone is None:
+        return ""
+    names = [n for n in ("AUC-P", "AP-P") if with_pairs.get(n) is not None and alone.get(n) is not None]
+    if not names:
+        return ""
+    figures = " and ".join(f"{n} {with_pairs[n]} against {alone[n]}" for n in names)
+    gaps = [with_pairs[n] - alone[n] for n in names]
+    if all(abs(g) < SAME_WITHIN for g in gaps):
+        return f"The generated pairs changed little: {figures} on normal images alone."
+    if all(g < 0 for g in gaps):
+        return (
+            f"The generated pairs made the detector worse than normal images alone ({figures}). They teach it "
+            "something other than your defects: look at them on the Generate page and reject those whose mask "
+            "misses the defect, train the adapters longer, or place the defects on your normal images."
+        )
+    if all(g > 0 for g in gaps):
+        return f"The generated pairs helped the detector: {figures} on normal images alone."
+    return f"Mixed: {figures} on normal images alone; a rerun with another seed tells whether it holds."
+
+
 def write_study_report(request: StudyRequest, localization: dict, checked: dict[str, Any]) -> Path:
     """The study's HTML report: what was measured, the metrics, generated examples, the adapters' loss."""
     pairs = checked["generated"][request.anomaly]
@@ -187,10 +242,12 @@ def write_study_report(request: StudyRequest, localization: dict, checked: dict[
         "pairs teach a detector something, not the paper's protocol (`dualanodiff evaluate localization` with "
         "its defaults is).",
     )
-    report.add_table(
-        "Localization on the real test images (%, higher is better)",
-        metric_rows(localization, request.category),
-    )
+    rows = metric_rows(localization, request.category)
+    report.add_table("Localization on the real test images (%, higher is better)", rows)
+    verdict = pairs_verdict(rows)
+    if verdict:
+        report.add_text("What the generated pairs did", verdict)
+    report.add_text("What these numbers mean", metric_meanings(len(defects)))
     cells, captions = [], []
     for pair in pairs[:8]:
         cells += pair_views(pair)
@@ -208,7 +265,11 @@ def write_study_report(request: StudyRequest, localization: dict, checked: dict[
         if log:
             report.add_figure(
                 "Adapter training loss",
-                loss_curve_png([r["step"] for r in log], [r["loss"] for r in log], title="epsilon MSE"),
+                loss_curve_png(
+                    [r["step"] for r in log],
+                    [r["loss"] for r in log],
+                    title="training loss (lower is better)",
+                ),
             )
     report.add_settings(request.to_dict())
     return report.write(Path(request.out) / REPORT_NAME)

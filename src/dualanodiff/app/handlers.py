@@ -8,8 +8,10 @@ Every piece of work is a call to the library the CLI uses: `TrainConfig` + `trai
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict, replace
 from dataclasses import fields as dataclass_fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,26 @@ from ..data.images import load_mask, load_rgb
 from ..data.mvtec import list_anomaly_types, list_categories
 from ..errors import InputError
 from ..export import export_anomalib, export_for_training
-from ..generate import SCHEDULERS, GenerateConfig
+from ..generate import SCHEDULERS, GenerateConfig, resolve_for_adapters
 from ..io import read_json_object, save_image_atomic
-from ..training import TrainConfig, resolve_config, training_samples
+from ..locking import STATE_DIR, output_lock
+from ..training import PRESETS, TrainConfig, resolve_config, training_samples
+from ..training.config import steps_per_epoch
 from ..training.loop import complete_config
-from . import dataset
+from . import dataset, timings
 from .evaluation import StudyRequest, check_study, study_resolution
-from .fields import ADAPTERS_SAMPLER, DEMO_BASE, GenerateFields, StudyFields, TrainFields
+from .fields import (
+    ADAPTERS_SAMPLER,
+    DEMO_BASE,
+    DEMO_SAMPLER_STEPS,
+    GenerateFields,
+    StudyFields,
+    TrainFields,
+)
 from .jobs import Jobs, JobStatus
 from .progress import generation_progress, status_html, training_progress
 from .review import set_verdict, zip_folder
+from .worker import resume_note
 from .workspace import Project, Workspace
 
 # "Where the defects go" on the Generate page: the paper's method, or placed on the project's normal images
@@ -46,6 +58,17 @@ PAINT_SIDE = 512  # small images are enlarged to about this side for painting, t
 # image at least this large in both sides makes the bounds the image's own, so layers land at the origin.
 PAINT_CANVAS = 64
 BRUSH_FRACTION = 64  # the brush is 1/64 of the enlarged image's side (one pixel of a 64 px image)
+# What each page's "Start over" deletes, said on the page before it does.
+START_OVER = {
+    "train": "the adapters, their checkpoints and loss log",
+    "generate": "the generated pairs and your keep/reject verdicts",
+    "evaluate": "the study's detectors and report",
+}
+# The study's settings that its detectors' checkpoints hold (another value cannot resume them).
+STUDY_SIZES = ("epochs", "samples_per_epoch", "resolution", "base_channels", "batch_size", "seed")
+# Library messages that name a command-line way out, and the page's way out said after them.
+_CLI_WAY_OUT = ("--no-resume", "delete this one to start over", "choose a new output folder")
+PAGE_WAY_OUT = 'On this page: press "Start over" below (it asks first), then start again.'
 
 
 class AppHandlers:
@@ -55,6 +78,7 @@ class AppHandlers:
         self.workspace = Workspace(workspace)
         self.workspace.folder.mkdir(parents=True, exist_ok=True)
         self.jobs = Jobs(self.workspace.jobs_dir, threads=threads)
+        self._counts: tuple[tuple | None, str] = (None, "")  # (manifest signature, `verdict_counts` text)
 
     @property
     def project(self) -> Project:
@@ -150,8 +174,19 @@ class AppHandlers:
         return dataset.save_painted_mask(self.project, image_name, mask)
 
     def remove_image(self, image_name: str) -> None:
+        """Delete a defect image and its mask (the page asks first: `removal_question`)."""
         self._no_training("change the data")
+        if not image_name:
+            raise InputError("choose the image to remove")
         dataset.remove_defect_image(self.project, image_name)
+
+    def removal_question(self, image_name: str) -> str:
+        """What the page asks before "Remove this image" deletes anything."""
+        if not image_name:
+            raise InputError("choose the image to remove")
+        image = dataset.defect_image(self.project, image_name)
+        mask = " and its mask" if self.project.mask_path(image).is_file() else ""
+        return f"Delete {image_name}{mask} from the dataset? This cannot be undone."
 
     def _no_training(self, what: str) -> None:
         if self.jobs.status("train").running:
@@ -182,7 +217,6 @@ class AppHandlers:
             seed=_int_or_none(fields.seed, "seed") or 0,
             checkpoint_every=_int_or_none(fields.checkpoint_every, "checkpoint every") or 0,
             mixed_precision=fields.mixed_precision,
-            resume=not fields.start_over,
             **data,
         )
         return config
@@ -202,10 +236,14 @@ class AppHandlers:
         """(status HTML, loss log rows, where the adapters are and how the CLI uses them)."""
         from ..training.checkpoint import read_loss_log
 
-        status = self.jobs.status("train")
+        status = self._train_status()
         run_dir = self._run_dir(status)
+        log = read_loss_log(run_dir)
         done, total, loss = training_progress(run_dir)
         detail = f"step {done} of {total or '?'}" + (f", loss {loss:.4g}" if loss is not None else "")
+        pace = timings.recent_pace(log)
+        if pace is not None and total:
+            detail += _left(pace * (total - done))
         html = status_html(status, done, total, detail if status.running else "")
         adapters = ""
         if (run_dir / "adapters.safetensors").is_file():
@@ -214,11 +252,64 @@ class AppHandlers:
                 f"Adapters: `{run_dir}`\n\nOn the command line:\n\n"
                 f"```\ndualanodiff generate --base {base} --adapters {run_dir} --num-pairs 100 --out my-pairs\n```"
             )
-        return html, read_loss_log(run_dir), adapters
+        return html, log, adapters
+
+    def _train_status(self) -> JobStatus:
+        """The training job's status, its message true to this run: a lost worker resumes only from a
+        checkpoint (`resume_note`), and a refusal that names a command-line way out gets the page's."""
+        status = _with_page_way_out(self.jobs.status("train"))
+        if status.state == "lost" and status.params.get("config"):
+            status.message = (
+                "the worker process ended without a result (killed, or out of memory; see the log); "
+                + resume_note(status.params)
+            )
+        return status
+
+    def training_steps(self, fields: TrainFields) -> int | None:
+        """The steps a run of these fields makes: its steps, else its preset's epochs over the training images
+        (the few-shot third, or all); None when the fields do not say (a preset without epochs)."""
+        steps = _int_or_none(fields.max_steps, "steps")
+        if steps:
+            return steps
+        preset = PRESETS.get(fields.preset)
+        if preset is None or not preset.epochs:
+            return preset.max_steps if preset else None
+        images = len(dataset.list_images(self.project.defect_dir))
+        count = images // 3 if fields.images == "split" else images
+        batch = _int_or_none(fields.batch_size, "batch size") or preset.batch_size
+        return preset.epochs * steps_per_epoch(max(count, 1), batch)
+
+    def training_estimate(self, fields: TrainFields) -> str:
+        """How long these fields train, before it starts: the measured demo-base step (`timings`) times the
+        steps; for another base, what will tell (the time left shows once the first steps ran)."""
+        try:
+            steps = self.training_steps(fields)
+            batch = _int_or_none(fields.batch_size, "batch size") or PRESETS[fields.preset].batch_size
+            side = _int_or_none(fields.resolution, "resolution") or timings.DEMO_SIDE
+        except (InputError, KeyError):
+            return ""
+        table = timings.read_timings()
+        base = (fields.base or "").strip() or DEMO_BASE
+        if table is None or base != DEMO_BASE or not steps:
+            return "No measured time for this base here: the time left shows once the first steps have run."
+        seconds = timings.training_seconds(table, steps, batch, side)
+        return (
+            f"Estimate: {timings.duration_words(seconds)} for {steps} steps of {batch} pair(s) at {side} px "
+            f"(measured on {timings.table_conditions(table)}){self._threads_note()}."
+        )
+
+    def _threads_note(self) -> str:
+        """The table was measured with one thread; jobs given more on a small machine can be many times slower
+        (two threads on 2 busy cores stall each other)."""
+        if self.jobs.threads == 1:
+            return ""
+        given = f"{self.jobs.threads} threads" if self.jobs.threads else "torch's own thread count"
+        return (
+            f"; the jobs here use {given}, and on a small shared CPU `dualanodiff app --threads 1` is faster"
+        )
 
     def last_training_fields(self) -> TrainFields | None:
-        """The Train page's fields as the last training job had them (a reload shows what was run); "start
-        over" stays unticked, so a reload never discards the next run's checkpoints."""
+        """The Train page's fields as the last training job had them (a reload shows what was run)."""
         config = self.jobs.status("train").params.get("config")
         if not config:
             return None
@@ -231,11 +322,10 @@ class AppHandlers:
             learning_rate=config["learning_rate"],
             rank=config["rank"],
             batch_size=config["batch_size"],
-            resolution=config["resolution"],
+            resolution=config["resolution"] or 0,  # the field's 0, "the base's", not an empty field
             seed=config["seed"],
             checkpoint_every=config["checkpoint_every"],
             mixed_precision=config["mixed_precision"],
-            start_over=False,
         )
 
     def _run_dir(self, status: JobStatus) -> Path:
@@ -363,10 +453,47 @@ class AppHandlers:
         return Path(out) if out else self.workspace.generated_dir(self.project)
 
     def generation_view(self) -> str:
-        status = self.jobs.status("generate")
+        """The generation job's status; once it has ended, the kept and rejected counts are the folder's now,
+        so a keep or reject by hand shows at once (the job's own message is of the moment it ended)."""
+        status = _with_page_way_out(self.jobs.status("generate"))
         num_pairs = int(status.params.get("config", {}).get("num_pairs") or 0)
         done = generation_progress(self.generated_folder(), num_pairs) if num_pairs else 0
-        return status_html(status, done, num_pairs, f"{done} of {num_pairs} pairs" if status.running else "")
+        if status.running:
+            detail = f"{done} of {num_pairs} pairs" + _left(
+                timings.remaining_seconds(done, num_pairs, _seconds_since(status.started))
+            )
+            return status_html(status, done, num_pairs, detail)
+        if status.state == "done":
+            status.message = self.verdict_counts()
+        return status_html(status)
+
+    def verdict_counts(self) -> str:
+        """'16 pairs: 9 kept, 7 rejected (2 by hand)', from the generated folder's manifest as it is now (read
+        again only when the manifest changed: every open page asks each second)."""
+        signature = self.generated_signature()
+        if self._counts[0] != signature or signature is None:
+            pairs = self.generated_pairs()
+            kept = sum(bool(p.record.get("kept")) for p in pairs)
+            by_hand = sum(bool(p.record.get("verdict_by_hand")) for p in pairs)
+            text = f"{len(pairs)} pairs: {kept} kept, {len(pairs) - kept} rejected"
+            self._counts = (signature, text + (f" ({by_hand} by hand)" if by_hand else ""))
+        return self._counts[1]
+
+    def generation_estimate(self, fields: GenerateFields) -> str:
+        """How long these fields generate, before it starts: the measured demo-base cost of a pair's sampler
+        step (`timings`) times pairs and steps; for adapters of another base, what will tell."""
+        try:
+            config, _, _ = resolve_for_adapters(self.generate_config(fields))
+        except (InputError, ValueError, TypeError):
+            return ""
+        table = timings.read_timings()
+        if table is None or Path(config.base) != self.workspace.folder / "base" / "demo":
+            return "No measured time for this base here: the time left shows once the first pairs are made."
+        seconds = timings.generation_seconds(table, int(config.num_pairs), int(config.steps))
+        return (
+            f"Estimate: {timings.duration_words(seconds)} for {config.num_pairs} pairs of {config.steps} "
+            f"sampler steps (measured on {timings.table_conditions(table)}){self._threads_note()}."
+        )
 
     def generated_signature(self) -> tuple | None:
         """Changes whenever the generated folder's pairs or verdicts do (its manifest only ever grows or is
@@ -445,18 +572,111 @@ class AppHandlers:
             resolution=study_resolution([e.image for e in dataset.defect_entries(self.project)])
         )
 
+    def study_estimate(self, fields: StudyFields) -> str:
+        """How long the study of these fields takes, before it starts (`timings`: the measured cost of a
+        detector's training sample at the nearest measured width and size)."""
+        try:
+            request = self.study_request(fields)
+        except InputError:
+            return ""
+        table = timings.read_timings()
+        if table is None or min(request.epochs, request.samples_per_epoch, request.base_channels) < 1:
+            return ""
+        seconds = timings.study_seconds(
+            table, request.epochs, request.samples_per_epoch, request.resolution, request.base_channels
+        )
+        return (
+            f"Estimate: {timings.duration_words(seconds)} for two detectors of {request.epochs} epochs of "
+            f"{request.samples_per_epoch} samples at {request.resolution} px, width {request.base_channels} "
+            f"(measured on {timings.table_conditions(table)}){self._threads_note()}."
+        )
+
+    def default_duration(self, kind: str) -> str:
+        """How long a page's default run takes by the measured table ("about 3 minutes on a 2-core cpu
+        (x86_64) with one thread"), for the text beside its controls; "" without a table. Demo base, 64 px."""
+        table = timings.read_timings()
+        if table is None:
+            return ""
+        side = timings.DEMO_SIDE
+        if kind == "train":
+            d = TrainFields()
+            seconds = timings.training_seconds(table, int(d.max_steps), int(d.batch_size), side)
+        elif kind == "generate":
+            steps = int(DEMO_SAMPLER_STEPS)
+            seconds = timings.generation_seconds(table, int(GenerateFields().num_pairs), steps)
+        else:
+            d = StudyFields()
+            seconds = timings.study_seconds(
+                table, int(d.epochs), int(d.samples_per_epoch), side, int(d.base_channels)
+            )
+        return f"{timings.duration_words(seconds)} on {timings.table_conditions(table)}"
+
     def start_study(self, request: StudyRequest) -> JobStatus:
         self.jobs.check_idle("evaluate")
+        self._same_study_settings(request)
         check_study(request)
         return self.jobs.start("evaluate", request.to_dict(), self.workspace.folder)
 
+    def _same_study_settings(self, request: StudyRequest) -> None:
+        """Refuse, before anything runs, a study whose folder holds one of other sizes: its detectors would
+        refuse to continue (a checkpoint of another configuration). Says which settings and the way out."""
+        last = self.jobs.status("evaluate").params
+        out = Path(request.out)
+        if not last or last.get("out") != request.out or not out.is_dir() or not any(out.iterdir()):
+            return
+        now = request.to_dict()
+        changed = [f"{k} {last.get(k)} -> {now[k]}" for k in STUDY_SIZES if last.get(k) != now[k]]
+        if changed:
+            raise InputError(
+                f"{out} holds a study with other settings ({'; '.join(changed)}); a study resumes only with "
+                f"its own. {PAGE_WAY_OUT} Or put the settings back to run it as it was."
+            )
+
     def study_view(self) -> tuple[str, Path | None]:
         """(status HTML, the report when there is one)."""
-        status = self.jobs.status("evaluate")
+        status = _with_page_way_out(self.jobs.status("evaluate"))
         out = status.params.get("out")
         report = Path(out) / "report.html" if out else None
-        html = status_html(status)
+        detail = ""
+        if status.running:
+            fraction = timings.study_fraction(status.stage, status.last_line)
+            elapsed = _seconds_since(status.started)
+            detail = _left(timings.remaining_seconds(fraction or 0.0, 1.0, elapsed)).lstrip(", ")
+        html = status_html(status, detail=detail)
         return html, report if report is not None and report.is_file() and status.state == "done" else None
+
+    # -- start over ------------------------------------------------------------------------------------------
+    def _page_output(self, kind: str) -> Path:
+        """The folder a page's jobs write for the current project (what "Start over" deletes)."""
+        project = self.project
+        if kind == "train":
+            return self.workspace.adapters_dir(project)
+        if kind == "generate":
+            return self.generated_folder()
+        if kind == "evaluate":
+            return self.workspace.evaluation_dir(project)
+        raise ValueError(f"unknown page {kind!r}")
+
+    def start_over_question(self, kind: str) -> str:
+        """What the page asks before "Start over" deletes anything: what, and where."""
+        self.jobs.check_idle(kind)
+        return (
+            f"Delete {START_OVER[kind]} in {self._page_output(kind)}, and this page's last run? The settings "
+            "stay as they are. This cannot be undone."
+        )
+
+    def start_over(self, kind: str) -> str:
+        """Delete a page's output for the current project and its last job's record (the page then starts from
+        nothing: the way out of a run whose settings the folder refuses). Refused while its job runs."""
+        self.jobs.check_idle(kind)
+        folder = self._page_output(kind)
+        if folder.is_dir():
+            with output_lock(folder, "dualanodiff app (start over)"):
+                for child in folder.iterdir():
+                    if child.name != STATE_DIR:  # the lock's own folder, held right now
+                        shutil.rmtree(child) if child.is_dir() else child.unlink()
+        self.jobs.forget(kind)
+        return f"deleted {START_OVER[kind]} in {folder}"
 
 
 def _relative(problem: str, project: Project) -> str:
@@ -538,6 +758,29 @@ def _shrink(painted: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         return painted
     levels = Image.fromarray(painted.astype(np.float32)).resize((shape[1], shape[0]), Image.BOX)
     return np.asarray(levels) >= 0.5
+
+
+def _with_page_way_out(status: JobStatus) -> JobStatus:
+    """A failed job's message, with the page's way out after a command-line one (`--no-resume`, "delete
+    this one to start over"): the page has no flags, it has "Start over"."""
+    if status.state == "failed" and any(phrase in status.message for phrase in _CLI_WAY_OUT):
+        status.message = f"{status.message}. {PAGE_WAY_OUT}"
+    return status
+
+
+def _seconds_since(iso_time: str | None) -> float:
+    """Seconds from an ISO time with its zone (`jobs.now`) to now; 0 when unknown."""
+    if not iso_time:
+        return 0.0
+    try:
+        return max(0.0, (datetime.now().astimezone() - datetime.fromisoformat(iso_time)).total_seconds())
+    except ValueError:
+        return 0.0
+
+
+def _left(seconds: float | None) -> str:
+    """', about 3 minutes left' for a progress line; nothing while the pace is unknown."""
+    return "" if seconds is None else f", {timings.duration_words(seconds)} left"
 
 
 def _int_or_none(value: Any, name: str) -> int | None:

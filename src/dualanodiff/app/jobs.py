@@ -154,6 +154,16 @@ class Jobs:
         write_json_atomic(folder / JOB_FILE, {**job, "stop_requested": now()})
         return self.status(kind)
 
+    def forget(self, kind: str) -> None:
+        """Delete the record of the last job of ``kind`` (its page then says "Not started yet"); refused
+        while it runs, since its worker still writes there."""
+        with self._start_lock:
+            self.check_idle(kind)
+            folder = self.folder(kind)
+            for name in (JOB_FILE, STATUS_FILE, LOG_FILE):
+                (folder / name).unlink(missing_ok=True)
+            self._procs.pop(kind, None)
+
     def wait(self, kind: str, timeout: float | None = None) -> JobStatus:
         """Block until the job's process ends (only for a job this object started)."""
         proc = self._procs.get(kind)

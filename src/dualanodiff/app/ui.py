@@ -19,15 +19,35 @@ from ..errors import InputError
 from ..generate import SCHEDULERS
 from ..report import loss_curve_png
 from ..training import PRESETS
-from .fields import ADAPTERS_SAMPLER, GenerateFields, StudyFields, TrainFields
+from .evaluation import metric_meanings
+from .fields import (
+    ADAPTERS_SAMPLER,
+    GenerateFields,
+    StudyFields,
+    TrainFields,
+    paper_study,
+    paper_training,
+    quick_study,
+    quick_training,
+)
 from .gallery import triple_image, verdict
 from .handlers import BRUSH_FRACTION, PAINT_CANVAS, PAINT_SIDE, PLACEMENTS, AppHandlers
 
 POLL_SECONDS = 1.0
+# The Generate page's sampler choices, in words (the command line's names in the field's small print).
+SAMPLER_NAMES = {
+    ADAPTERS_SAMPLER: "the adapters' own (recommended)",
+    "pndm": "PNDM (the paper's)",
+    "ddim": "DDIM",
+    "dpm++": "DPM-Solver++ (few steps)",
+    "unipc": "UniPC (few steps)",
+    "euler": "Euler",
+}
 CSS = """
 .dad-status, .dad-progress { min-height: 1.6em; }
 .dad-progress progress { width: 100%; height: 1.1em; }
 .dad-error { color: #c62828; }
+.dad-estimate { color: #555; font-size: .9em; }
 #gen-gallery .thumbnail-item { aspect-ratio: 5 / 2; }  /* a triple is 3:1 (Gradio's tiles are square) */
 """
 
@@ -50,6 +70,44 @@ def _guard(fn: Callable[..., str]) -> Callable[..., str]:
             return _error(err)
 
     return run
+
+
+def _estimate(text: str) -> str:
+    return f'<div class="dad-estimate">{html.escape(text)}</div>' if text else ""
+
+
+def _confirmation(elem_id: str, yes: str) -> tuple[gr.Row, gr.HTML, gr.Button, gr.Button]:
+    """A hidden row that asks before something is deleted: (row, question, yes button, cancel button)."""
+    with gr.Row(visible=False, elem_id=f"{elem_id}-confirm") as row:
+        question = gr.HTML(elem_id=f"{elem_id}-question")
+        agree = gr.Button(yes, variant="stop", scale=0, elem_id=f"{elem_id}-yes")
+        cancel = gr.Button("Cancel", scale=0, elem_id=f"{elem_id}-cancel")
+    cancel.click(lambda: gr.update(visible=False), None, row)
+    return row, question, agree, cancel
+
+
+def _ask(question: Callable[[], str]) -> tuple[Any, str, str]:
+    """(the confirmation row's visibility, its question, the page's note): the row shown with ``question()``,
+    or kept hidden and the note saying why it cannot be asked (a running job, no image chosen)."""
+    try:
+        return gr.update(visible=True), _note(question()), ""
+    except InputError as err:
+        return gr.update(visible=False), "", _error(err)
+
+
+def _start_over(h: AppHandlers, kind: str, button: gr.Button, message: gr.HTML) -> None:
+    """Wire a page's "Start over" button: ask what it deletes, then delete it on "Yes" (`start_over`); the
+    page's poll then shows it empty."""
+    row, question, agree, _ = _confirmation(str(button.elem_id), "Yes, delete it")
+    button.click(lambda: _ask(lambda: h.start_over_question(kind)), None, [row, question, message])
+
+    def confirmed():
+        try:
+            return gr.update(visible=False), _note(h.start_over(kind))
+        except InputError as err:
+            return gr.update(visible=False), _error(err)
+
+    agree.click(confirmed, None, [row, message])
 
 
 def _send(seen: dict[str, Any], name: str, key: Any, make: Callable[[], Any]) -> Any:
@@ -118,11 +176,13 @@ def build_app(handlers: AppHandlers, banner: str = "") -> gr.Blocks:
                 pages.append(_evaluate_tab(h))
         timer = gr.Timer(POLL_SECONDS)
         app.load(*data_view)
-        for poll, (last_fields, fields) in pages:
+        for poll, (last_fields, fields), estimate in pages:
             timer.tick(*poll, show_progress="hidden")
             app.load(*poll)
-            # After a reload the fields show what the last job ran with, not the defaults.
-            app.load(functools.partial(_restore, last_fields, fields), None, fields.components)
+            # After a reload the fields show what the last job ran with, not the defaults, and the estimate
+            # what those fields would take.
+            restored = app.load(functools.partial(_restore, last_fields, fields), None, fields.components)
+            restored.then(*estimate)
     return app
 
 
@@ -193,12 +253,19 @@ def _data_tab(h: AppHandlers):
         editor = _paint_editor("Paint the defect white; the eraser removes paint", "paint-editor")
         with gr.Row():
             save = gr.Button("Save mask", variant="primary", elem_id="save-mask")
-            remove = gr.Button("Remove this image", variant="stop", elem_id="remove-image")
+            remove = gr.Button("Remove this image…", variant="stop", elem_id="remove-image")
+        remove_row, remove_question, remove_yes, _ = _confirmation("remove-image", "Yes, remove it")
         paint_note = gr.HTML(elem_id="paint-note")
 
     def overview():
         items, names, text = h.data_overview()
         return items, text, gr.update(choices=names, value=names[0] if names else None)
+
+    def on_load():
+        """The whole page from disk: the project's names (the boxes were filled when the app started, maybe
+        before another tab chose other data), the MVTec folder, and the images."""
+        p = h.project
+        return (p.category, p.anomaly, "" if p.uploaded else p.root, *overview())
 
     def add_files(cat, kind, d, m, nt, nte):
         try:
@@ -253,80 +320,140 @@ def _data_tab(h: AppHandlers):
 
     save.click(save_mask, [chosen, editor], [paint_note, gallery, summary])
 
+    ask_removal = [remove_row, remove_question, paint_note]
+    remove.click(lambda name: _ask(lambda: h.removal_question(name)), chosen, ask_removal)
+
     def remove_image(name):
         try:
             h.remove_image(name)
-            return (_note(f"removed {name}"), *overview())
+            return (gr.update(visible=False), _note(f"removed {name}"), *overview())
         except InputError as err:
-            return (_error(err), *overview())
+            return (gr.update(visible=False), _error(err), *overview())
 
-    remove.click(remove_image, chosen, [paint_note, *views])
-    return overview, None, views
+    remove_yes.click(remove_image, chosen, [remove_row, paint_note, *views])
+    # Another image chosen: a question about the previous one must not stay open.
+    chosen.change(lambda: gr.update(visible=False), None, remove_row)
+    return on_load, None, [category, anomaly, root, *views]
 
 
 # -- train ---------------------------------------------------------------------------------------------------
 
 
+def _estimated(estimate: Callable[[Any], str], fields: PageFields, output: gr.HTML):
+    """The event that shows a page's estimate for its fields (on any field's change, and after a reload)."""
+
+    def show(*values):
+        try:
+            return _estimate(estimate(fields.read(values)))
+        except (InputError, TypeError, ValueError):
+            return ""
+
+    return show, fields.components, output
+
+
+def _presets(fields: PageFields, quick: Callable[[Any], Any], paper: Callable[[Any], Any], page: str) -> None:
+    """Two buttons that fill a page's sizes: the defaults (a CPU's minutes) or the paper's (a GPU's hours),
+    keeping what is not a size (`fields.quick_training` and friends)."""
+    with gr.Row():
+        to_quick = gr.Button("Quick settings (CPU, minutes)", size="sm", scale=0, elem_id=f"{page}-quick")
+        to_paper = gr.Button("Paper's settings (GPU, hours)", size="sm", scale=0, elem_id=f"{page}-paper")
+    to_quick.click(lambda *v: fields.show(quick(fields.read(v))), fields.components, fields.components)
+    to_paper.click(lambda *v: fields.show(paper(fields.read(v))), fields.components, fields.components)
+
+
 def _train_tab(h: AppHandlers):
+    stated = h.default_duration("train")
     gr.Markdown(
-        "Train the adapters of the defect type (both LoRA branches, SAIM, the text encoder's LoRA). The built-in "
-        "demo base runs offline on a CPU in minutes; for real images give a Stable Diffusion 1.5 folder or hub "
-        "id (a GPU machine). The adapters land where `dualanodiff generate --adapters` reads them."
+        "Teach the model your defect: small add-on weights (*adapters*) learn to draw a whole image and the "
+        "defect alone side by side, so every generated defect comes with its mask. The built-in demo base runs "
+        "offline on a CPU" + (f" (the defaults: {stated})" if stated else "") + "; for real photos give a "
+        "Stable Diffusion 1.5 folder or hub id, on a GPU machine. The adapters land where `dualanodiff "
+        "generate --adapters` reads them."
     )
     d = TrainFields()  # the page's defaults
     w: dict[str, gr.components.Component] = {}  # the widget of each field, by the field's name
     with gr.Row():
         w["base"] = gr.Textbox(
             d.base,
-            label="Base model (--base): 'demo' for the built-in demo base, or an SD 1.5 folder / hub id",
+            label="Base model",
+            info="--base: 'demo', the built-in small model (CPU, offline), or a Stable Diffusion 1.5 folder or "
+            "hub id (GPU)",
             elem_id="train-base",
         )
         w["images"] = gr.Radio(
             [
-                ("all defect images", "all"),
-                ("few-shot split: first third trains, the rest is kept for the study", "split"),
+                ("few-shot split: the first third trains, the rest is kept for the Evaluate page", "split"),
+                ("all defect images (the Evaluate page then has no unseen defect to test on)", "all"),
             ],
             value=d.images,
             label="Training images",
+            info="--split; the study on the Evaluate page needs the split: it tests on defects training never saw",
             elem_id="train-images",
         )
     with gr.Row():
         w["preset"] = gr.Dropdown(
-            list(PRESETS), value=d.preset, label="Preset (--preset): fills what is left empty"
+            list(PRESETS),
+            value=d.preset,
+            label="Recipe",
+            info="--preset: fills the fields left empty (the paper's, or the authors' code's)",
         )
         w["max_steps"] = gr.Number(
             d.max_steps,
-            label="Steps (--max-steps; empty: the preset's)",
+            label="Training steps",
+            info="--max-steps; empty: the recipe's length"
+            + (f". {int(d.max_steps)} steps: {stated}" if stated else ""),
             elem_id="train-steps",
         )
-        w["learning_rate"] = gr.Number(d.learning_rate, label="Learning rate (--lr; empty: the preset's)")
-        w["rank"] = gr.Number(d.rank, label="LoRA rank (--rank)", precision=0)
-    with gr.Row():
-        w["batch_size"] = gr.Number(d.batch_size, label="Pairs per step (--batch-size)", precision=0)
-        w["resolution"] = gr.Number(
-            d.resolution, label="Resolution (--resolution; 0: the base's)", precision=0
+        w["learning_rate"] = gr.Number(
+            d.learning_rate, label="Learning rate", info="--lr; empty: the recipe's"
         )
-        w["seed"] = gr.Number(d.seed, label="Seed (--seed)", precision=0)
+        w["rank"] = gr.Number(
+            d.rank,
+            label="Adapter size",
+            info="--rank (LoRA rank): larger learns finer detail, trains slower",
+            precision=0,
+        )
+    with gr.Row():
+        w["batch_size"] = gr.Number(
+            d.batch_size, label="Image pairs per step", info="--batch-size", precision=0
+        )
+        w["resolution"] = gr.Number(
+            d.resolution,
+            label="Image size (px)",
+            info="--resolution; 0: the base's own (64 for the demo base, 512 for SD 1.5)",
+            precision=0,
+            elem_id="train-resolution",
+        )
+        w["seed"] = gr.Number(d.seed, label="Random seed", info="--seed", precision=0)
         w["checkpoint_every"] = gr.Number(
-            d.checkpoint_every, label="Checkpoint every (--checkpoint-every, steps)", precision=0
+            d.checkpoint_every,
+            label="Save progress every (steps)",
+            info="--checkpoint-every: a stopped run resumes from the last save",
+            precision=0,
         )
         w["mixed_precision"] = gr.Dropdown(
-            ["no", "bf16", "fp16"], value=d.mixed_precision, label="Mixed precision (GPU: bf16)"
+            [("full (CPU)", "no"), ("bf16 (GPU)", "bf16"), ("fp16 (older GPU)", "fp16")],
+            value=d.mixed_precision,
+            label="Number precision",
+            info="--mixed-precision",
         )
-    w["start_over"] = gr.Checkbox(
-        d.start_over, label="Start over (discard this type's earlier checkpoints and adapters)"
-    )
     fields = PageFields(TrainFields, w)
+    _presets(fields, quick_training, paper_training, "train")
     with gr.Row():
         start = gr.Button("Start / resume training", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        restart = gr.Button("Start over…", elem_id="train-start-over")
+    estimate = gr.HTML(_estimate(h.training_estimate(d)), elem_id="train-estimate")
     message = gr.HTML(elem_id="train-message")
+    _start_over(h, "train", restart, message)
     status = gr.HTML(elem_id="train-status")
     with gr.Row():
         plot = gr.Image(
             label="Training loss", show_label=False, type="pil", interactive=False, elem_id="train-loss"
         )
         where = gr.Markdown(elem_id="train-adapters")
+    show_estimate = _estimated(h.training_estimate, fields, estimate)
+    gr.on([c.change for c in fields.components], *show_estimate, show_progress="hidden")
 
     @_guard
     def start_training(*values):
@@ -349,7 +476,7 @@ def _train_tab(h: AppHandlers):
 
         def curve():
             steps_, losses = [r["step"] for r in log], [r["loss"] for r in log]
-            title = "training loss (epsilon MSE per step)"
+            title = "training loss per step (lower is better)"
             return loss_curve_png(steps_, losses, title=title) if len(log) >= 2 else None
 
         return (
@@ -359,48 +486,76 @@ def _train_tab(h: AppHandlers):
             last,
         )
 
-    return (refresh, seen, [status, plot, where, seen]), (h.last_training_fields, fields)
+    poll = (refresh, seen, [status, plot, where, seen])
+    return poll, (h.last_training_fields, fields), show_estimate
 
 
 # -- generate ------------------------------------------------------------------------------------------------
 
 
 def _generate_tab(h: AppHandlers):
+    stated = h.default_duration("generate")
     gr.Markdown(
-        "Generate (whole image, anomaly part, mask) triples with the trained adapters. Pairs whose mask is empty "
-        "or too large are rejected automatically; click a pair to keep or reject it by hand. Download the dataset "
-        "in the generated-data layout (`image/`, `part/`, `mask/`, `rejected/`, `manifest.jsonl`), or exported "
-        "for anomalib."
+        "Generate pairs with the trained adapters: each a whole image, the defect alone, and its mask"
+        + (f" ({int(GenerateFields().num_pairs)} pairs with the demo base: {stated})" if stated else "")
+        + ". Pairs whose mask is empty or too large are rejected automatically; click a pair to keep or reject "
+        "it by hand. Download the dataset in the generated-data layout (`image/`, `part/`, `mask/`, "
+        "`rejected/`, `manifest.jsonl`), or exported for anomalib, COCO or YOLO."
     )
     d = GenerateFields()  # the page's defaults
     w: dict[str, gr.components.Component] = {}  # the widget of each field, by the field's name
     with gr.Row():
         w["adapters"] = gr.Textbox(
-            d.adapters, label="Adapters folder (empty: this project's)", elem_id="gen-adapters"
+            d.adapters,
+            label="Adapters folder",
+            info="--adapters; empty: this project's",
+            elem_id="gen-adapters",
         )
         w["base"] = gr.Textbox(
-            d.base, label="Base (empty: the one the adapters trained on)", elem_id="gen-base"
+            d.base,
+            label="Base model",
+            info="--base; empty: the one the adapters trained on",
+            elem_id="gen-base",
         )
     with gr.Row():
-        w["num_pairs"] = gr.Number(d.num_pairs, label="Pairs (--num-pairs)", precision=0, elem_id="gen-pairs")
-        w["seed"] = gr.Number(d.seed, label="Seed (--seed; pair i uses seed + i)", precision=0)
+        w["num_pairs"] = gr.Number(
+            d.num_pairs, label="Pairs to generate", info="--num-pairs", precision=0, elem_id="gen-pairs"
+        )
+        w["seed"] = gr.Number(d.seed, label="Random seed", info="--seed; pair i uses seed + i", precision=0)
         w["scheduler"] = gr.Dropdown(
-            [ADAPTERS_SAMPLER, *SCHEDULERS], value=d.scheduler, label="Sampler (--scheduler)"
+            [(SAMPLER_NAMES.get(key, key), key) for key in (ADAPTERS_SAMPLER, *SCHEDULERS)],
+            value=d.scheduler,
+            label="Sampler",
+            info="--scheduler: how a picture is drawn out of noise",
         )
         w["steps"] = gr.Number(
-            d.steps, label="Sampler steps (--steps; empty: the adapters')", precision=0, elem_id="gen-steps"
+            d.steps,
+            label="Sampler steps",
+            info="--steps; empty: the adapters' own (the demo base's 20), else the paper's 50",
+            precision=0,
+            elem_id="gen-steps",
         )
-        w["guidance"] = gr.Number(d.guidance, label="Guidance (--guidance; empty: the adapters')")
+        w["guidance"] = gr.Number(
+            d.guidance, label="Prompt strength", info="--guidance; empty: the adapters' own"
+        )
         w["max_mask_area"] = gr.Number(
-            d.max_mask_area, label="Largest mask area kept (--max-area)", elem_id="gen-area"
+            d.max_mask_area,
+            label="Largest defect kept (share of the image)",
+            info="--max-area: a pair whose mask covers more is rejected",
+            elem_id="gen-area",
         )
-        w["batch_size"] = gr.Number(d.batch_size, label="Pairs per call (--batch-size)", precision=0)
+        w["batch_size"] = gr.Number(
+            d.batch_size,
+            label="Pairs drawn at once",
+            info="--batch-size: more is faster, takes more memory",
+            precision=0,
+        )
     w["placement"] = gr.Radio(
         [(label, key) for key, label in PLACEMENTS.items()],
         value=d.placement,
-        label="Where the defects go (--on-normal, --where)",
-        info="On your normal images the background stays the real image, pixel for pixel, outside the region "
-        "and a narrow seam; the mask lies inside the region.",
+        label="Where the defects go",
+        info="--on-normal, --where. On your normal images the background stays the real image, pixel for "
+        "pixel, outside the region and a narrow seam; the mask lies inside the region.",
         elem_id="gen-placement",
     )
     fields = PageFields(GenerateFields, w)
@@ -415,11 +570,15 @@ def _generate_tab(h: AppHandlers):
             save_region = gr.Button("Save region", variant="primary", elem_id="region-save")
             clear_region = gr.Button("Remove this region", elem_id="region-remove")
         region_note = gr.HTML(elem_id="region-note")
-    discard = gr.Checkbox(False, label="Discard the earlier pairs first (needed to change the settings)")
     with gr.Row():
         start = gr.Button("Generate", variant="primary", elem_id="gen-start")
         stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
+        restart = gr.Button("Start over…", elem_id="gen-start-over")
+    estimate = gr.HTML(elem_id="gen-estimate")
     message = gr.HTML(elem_id="gen-message")
+    _start_over(h, "generate", restart, message)
+    show_estimate = _estimated(h.generation_estimate, fields, estimate)
+    gr.on([c.change for c in fields.components], *show_estimate, show_progress="hidden")
     status = gr.HTML(elem_id="gen-status")
     gallery = gr.Gallery(
         label="Pairs: whole image | anomaly part | mask overlay",
@@ -455,11 +614,10 @@ def _generate_tab(h: AppHandlers):
 
     @_guard
     def start_generation(*values):
-        *settings, drop = values
-        h.start_generation(h.generate_config(fields.read(settings)), drop)
+        h.start_generation(h.generate_config(fields.read(values)), discard=False)
         return _note("generation started")
 
-    start.click(start_generation, [*fields.components, discard], message)
+    start.click(start_generation, fields.components, message)
 
     def regions_listed() -> str:
         painted = h.painted_regions()
@@ -572,42 +730,64 @@ def _generate_tab(h: AppHandlers):
     training_outputs = [training_file, training_call, download_note]
     make_coco.click(lambda: prepare_training_export("coco"), None, training_outputs)
     make_yolo.click(lambda: prepare_training_export("yolo"), None, training_outputs)
-    return (refresh, seen, [status, gallery, names, seen]), (h.last_generation_fields, fields)
+    poll = (refresh, seen, [status, gallery, names, seen])
+    return poll, (h.last_generation_fields, fields), show_estimate
 
 
 # -- evaluate ------------------------------------------------------------------------------------------------
 
 
 def _evaluate_tab(h: AppHandlers):
+    stated = h.default_duration("evaluate")
     gr.Markdown(
         "The quick localization study: a defect detector (DRAEM's U-Net) trained on your normal images plus the "
         "kept generated pairs, and one on the normal images alone, both tested on the real defect images the "
-        "adapters did not see (train with the few-shot split) and on normal test images. A rough look in minutes; "
-        "`dualanodiff evaluate localization` runs the paper's full protocol."
+        "adapters did not see (train with the few-shot split) and on normal test images. A rough look"
+        + (f" ({stated} at the defaults, on 64 px images)" if stated else "")
+        + "; `dualanodiff evaluate localization` runs the paper's full protocol."
     )
     d = StudyFields()  # the page's defaults
     w: dict[str, gr.components.Component] = {}  # the widget of each field, by the field's name
     with gr.Row():
-        w["epochs"] = gr.Number(d.epochs, label="Epochs", precision=0, elem_id="eval-epochs")
+        w["epochs"] = gr.Number(
+            d.epochs, label="Training rounds", info="--epochs", precision=0, elem_id="eval-epochs"
+        )
         w["samples_per_epoch"] = gr.Number(
-            d.samples_per_epoch, label="Samples per epoch", precision=0, elem_id="eval-samples"
+            d.samples_per_epoch,
+            label="Images per round",
+            info="--samples-per-epoch",
+            precision=0,
+            elem_id="eval-samples",
         )
         w["resolution"] = gr.Number(
-            d.resolution, label="Resolution (multiple of 32)", precision=0, elem_id="eval-resolution"
+            d.resolution,
+            label="Image size (px)",
+            info="--resolution, a multiple of 32",
+            precision=0,
+            elem_id="eval-resolution",
         )
         w["base_channels"] = gr.Number(
             d.base_channels,
-            label="U-Net width (16 is enough for a look on a CPU)",
+            label="Detector size",
+            info="--base-channels (U-Net width): 16 for a look on a CPU; the paper's 64 takes 15x as long",
             precision=0,
             elem_id="eval-width",
         )
-        w["seed"] = gr.Number(d.seed, label="Seed", precision=0)
+        w["seed"] = gr.Number(d.seed, label="Random seed", info="--seed", precision=0)
     fields = PageFields(StudyFields, w)
+    _presets(fields, quick_study, paper_study, "eval")
     with gr.Row():
         start = gr.Button("Run the study", variant="primary", elem_id="eval-start")
         stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
+        restart = gr.Button("Start over…", elem_id="eval-start-over")
+    estimate = gr.HTML(_estimate(h.study_estimate(d)), elem_id="eval-estimate")
     message = gr.HTML(elem_id="eval-message")
+    _start_over(h, "evaluate", restart, message)
+    show_estimate = _estimated(h.study_estimate, fields, estimate)
+    gr.on([c.change for c in fields.components], *show_estimate, show_progress="hidden")
     status = gr.HTML(elem_id="eval-status")
+    with gr.Accordion("What these numbers mean", open=False, elem_id="eval-meanings"):
+        gr.Markdown(metric_meanings())
     download = gr.DownloadButton("Download report.html", visible=False, elem_id="eval-download")
     report = gr.HTML(elem_id="eval-report")
     seen = gr.State({})
@@ -639,4 +819,5 @@ def _evaluate_tab(h: AppHandlers):
         shown = shown if isinstance(shown, tuple) else (shown, gr.update())
         return (_send(last, "status", html_status, lambda: html_status), *shown, last)
 
-    return (refresh, seen, [status, download, report, seen]), (h.study_fields, fields)
+    poll = (refresh, seen, [status, download, report, seen])
+    return poll, (h.study_fields, fields), show_estimate

@@ -102,16 +102,22 @@ def stopped_message(kind: str, params: dict[str, Any]) -> str:
     """What a stop leaves, said truly: a training run resumes only from a checkpoint it has written."""
     if kind != "train":
         return "stopped; everything written so far is kept: start it again to resume"
+    return f"stopped; {resume_note(params)}"
+
+
+def resume_note(params: dict[str, Any]) -> str:
+    """What starting a training job again does: resume from its last checkpoint, or begin at step 0 when it
+    wrote none (a stop or a crash before the first checkpoint keeps nothing of the run)."""
     from ..training import TrainConfig
     from ..training.checkpoint import list_checkpoints
 
     config = TrainConfig.from_dict(params["config"])
     found = list_checkpoints(config.output_dir())
     if found:
-        return f"stopped; start it again to resume from the checkpoint of step {found[-1][0]}"
+        return f"start it again to resume from the checkpoint of step {found[-1][0]}"
     every = config.checkpoint_every
     when = f"every {every} steps" if every else "none were asked for"
-    return f"stopped before the first checkpoint ({when}): starting again begins at step 0"
+    return f"no checkpoint was written yet ({when}): starting again begins at step 0"
 
 
 def main(job_dir: str) -> int:
