@@ -45,9 +45,10 @@ if _MISSING is not None:
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SCREENSHOTS = os.environ.get("DUALANODIFF_SCREENSHOTS")
-# Toy sizes for the test; for the README's screenshots, the app's defaults (the demo's: pictures worth a look).
+# Toy sizes for the test; for the README's screenshots, the app's defaults (None: left as the page has it, the
+# demo's sizes: pictures worth a look, minutes on a 2-core CPU).
 SIZES = (
-    {"train_steps": 400, "sampler_steps": 25, "max_area": 0.5, "epochs": 10, "samples": 128, "width": 16}
+    dict.fromkeys(("train_steps", "sampler_steps", "max_area", "epochs", "samples", "width"))
     if SCREENSHOTS
     else {"train_steps": 6, "sampler_steps": 3, "max_area": 1.0, "epochs": 2, "samples": 16, "width": 8}
 )
@@ -113,7 +114,9 @@ def _wait_for(page, selector: str, text: str, timeout: float = 30_000) -> None:
 
 
 def _fill(page, elem_id: str, value) -> None:
-    page.locator(f"#{elem_id} input, #{elem_id} textarea").first.fill(str(value))
+    """Type ``value`` into a field; None leaves the field as the page has it."""
+    if value is not None:
+        page.locator(f"#{elem_id} input, #{elem_id} textarea").first.fill(str(value))
 
 
 def _tab(page, name: str) -> None:
@@ -174,7 +177,9 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
             "on this machine only (127.0.0.1)", timeout=30_000
         )
 
-        # 1. Data: uploads, the checks beside each image, a painted mask.
+        # 1. Data: uploads, the checks beside each image, a painted mask. Once the page has loaded (the summary
+        # shows): loading sets the names from the workspace, over whatever was typed before.
+        _wait_for(page, "#data-summary", "part / defect")
         _fill(page, "category", "pill")
         _fill(page, "anomaly", "crack")
         _upload(page, "defect-files", defects)
@@ -195,12 +200,22 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
         _wait_for(page, "#data-summary", "4 defect image(s), 4 ready to train")
         painted = np.asarray(Image.open(data / "ground_truth" / "crack" / f"{defects[0].stem}_mask.png")) > 0
         assert painted.shape == (64, 64) and 10 < painted.sum() < 64 * 64 // 2
+        # Removing an image asks first; Cancel keeps it.
+        page.click("#remove-image")
+        _wait_for(page, "#remove-image-question", f"Delete {defects[0].name} and its mask from the dataset?")
+        page.click("#remove-image-cancel")
+        sync_api.expect(page.locator("#remove-image-confirm")).to_be_hidden()
+        assert (data / "test" / "crack" / defects[0].name).is_file()
         _shot(page, "data", tmp_path)
 
         # 2. Train a few steps on the demo base, on the few-shot split (the first image; the rest are for the study).
         _tab(page, "2. Train")
+        _wait_for(page, "#train-estimate", "Estimate: ")
         _fill(page, "train-steps", SIZES["train_steps"])
-        page.get_by_label("few-shot split: first third trains, the rest is kept for the study").check()
+        split = page.get_by_label(
+            "few-shot split: the first third trains, the rest is kept for the Evaluate page"
+        )
+        sync_api.expect(split).to_be_checked()  # the default: what the study needs
         ended = _run_job(page, "train-start", "train-status")
         assert ended.startswith("done"), ended + (workspace / "jobs" / "train" / "log.txt").read_text()
         adapters = workspace / "adapters" / "pill" / "crack"
@@ -226,6 +241,7 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
         page.click("#gen-reject")
         _wait_for(page, "#gen-verdict", "00000: rejected by hand")
         _wait_for(page, "#gen-gallery", "00000: rejected by hand")
+        _wait_for(page, "#gen-status", "(1 by hand)")  # the status line follows the verdict
         page.locator("#gen-gallery").get_by_role("button", name="Close").first.click()  # back to the grid
         generated = workspace / "generated" / "pill" / "crack"
         assert (generated / "rejected" / "image" / "00000.png").is_file()
@@ -264,8 +280,13 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
         assert "pill/export.json" in names
         _shot(page, "generate", tmp_path)
 
-        # A reload finds everything where it was: the state is on disk, not in the page.
+        # A reload finds everything where it was: the state is on disk, not in the page; the names typed on the
+        # Data page and the Train page's resolution (0: the base's) included.
         page.reload()
+        sync_api.expect(page.locator("#category input, #category textarea").first).to_have_value("pill")
+        sync_api.expect(page.locator("#anomaly input, #anomaly textarea").first).to_have_value("crack")
+        _tab(page, "2. Train")
+        sync_api.expect(page.locator("#train-resolution input")).to_have_value("0")
         _tab(page, "3. Generate")
         _wait_for(page, "#gen-status", "done")
         _wait_for(page, "#gen-gallery", "00000: rejected by hand")
@@ -284,11 +305,19 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
             "Localization study: pill / crack", timeout=30_000
         )
         sync_api.expect(frame.locator("table").first).to_contain_text("normal images + DualAnoDiff pairs")
+        sync_api.expect(frame.locator("body")).to_contain_text("What these numbers mean")
         _shot(page, "evaluate", tmp_path)
+
+        # Start over asks what it deletes, then the page is empty again.
+        page.click("#eval-start-over")
+        _wait_for(page, "#eval-start-over-question", "Delete the study's detectors and report in")
+        page.click("#eval-start-over-yes")
+        _wait_for(page, "#eval-message", "deleted the study's detectors and report")
+        _wait_for(page, "#eval-status", "Not started yet")
+        sync_api.expect(page.locator("#eval-download")).to_be_hidden()
         browser.close()
 
-    report = workspace / "evaluation" / "pill" / "crack" / "report.html"
-    assert report.is_file()
+    assert not (workspace / "evaluation" / "pill" / "crack" / "report.html").exists()  # started over
     shutil.rmtree(tmp_path / "screenshots", ignore_errors=True)
 
 
