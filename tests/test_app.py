@@ -534,7 +534,7 @@ def test_the_shipped_table_covers_what_the_pages_estimate():
     from dualanodiff.app import timings
 
     table = timings.read_timings()
-    assert table is not None, f"{timings.TIMINGS_FILE}: run python -m dualanodiff.app.timings"
+    assert table is not None, f"{timings.TIMINGS_FILE}: run python benchmarks/app_timings.py"
     assert set(table["train"]["s_per_step"]) == {"1", "2", "4"}
     assert all(v > 0 for v in table["train"]["s_per_step"].values())
     assert table["generate"]["s_per_pair_step"] > 0
