@@ -217,7 +217,9 @@ def test_a_painted_region_round_trips_and_chooses_where_placed_pairs_go(syntheti
         )
     )
     assert (config.on_normal, config.where) == (fields["on_normal"], fields["where"])
-    # The page's sampler defaults leave sampler, steps and guidance to the adapters' recipe (`--preset adapters`).
+    # The page's sampler defaults leave sampler, steps and guidance to the adapters' recipe (`--preset adapters`):
+    # steps and guidance 0, what the page shows and sends for a number field without a value (Gradio 6).
+    assert (GenerateFields().steps, GenerateFields().guidance) == (0, 0)
     plain = handlers.generate_config(GenerateFields(base="demo"))
     assert (plain.scheduler, plain.steps, plain.guidance, plain.preset) == (None, None, None, "adapters")
     with pytest.raises(InputError, match='sampler: choose "the adapters\' own" or one of'):
@@ -564,6 +566,15 @@ def test_each_page_says_how_long_its_settings_take_before_it_starts(monkeypatch,
     assert "`dualanodiff app --threads 1` is faster" in AppHandlers(tmp_path / "w2").training_estimate(
         TrainFields()
     )
+    # The table is of the demo base: 'demo', or a folder that carries its sampling recipe (`dualanodiff demo`'s).
+    from dualanodiff.demo.config import sampling_recipe
+
+    elsewhere = tmp_path / "demo-run" / "base"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "dualanodiff_sampling.json").write_text(json.dumps(sampling_recipe()))
+    assert handlers.is_demo_base(str(elsewhere)) and handlers.is_demo_base("demo")
+    (elsewhere / "dualanodiff_sampling.json").write_text(json.dumps({**sampling_recipe(), "steps": 50}))
+    assert not handlers.is_demo_base(str(elsewhere)) and not handlers.is_demo_base("runwayml/sd15")
     monkeypatch.setattr(timings, "read_timings", lambda path=None: None)
     assert handlers.default_duration("evaluate") == "" and handlers.study_estimate(StudyFields()) == ""
 
@@ -582,7 +593,7 @@ def test_steps_left_empty_come_from_the_recipe_over_the_training_images(syntheti
     assert handlers.training_steps(TrainFields(max_steps=12)) == 12
 
 
-def test_the_defaults_are_the_demos_and_the_papers_are_one_click_away():
+def test_the_defaults_are_the_demos_and_the_papers_are_one_click_away(tmp_path):
     from dualanodiff.app.evaluation import StudyRequest
     from dualanodiff.app.fields import paper_study, paper_training, quick_study, quick_training
     from dualanodiff.demo.config import MODES, DemoConfig
@@ -604,7 +615,10 @@ def test_the_defaults_are_the_demos_and_the_papers_are_one_click_away():
     mine = TrainFields(base="/models/sd15", images="all", seed=3, max_steps=10)
     paper = paper_training(mine)
     assert (paper.base, paper.images, paper.seed) == ("/models/sd15", "all", 3)
-    assert (paper.max_steps, paper.learning_rate, paper.batch_size, paper.rank) == (None, None, None, 32)
+    assert (paper.max_steps, paper.learning_rate, paper.batch_size, paper.rank) == (0, 0, 0, 32)
+    # 0 is what the page shows and sends for "the recipe's" (Gradio 6 sends an untouched empty number as 0).
+    config = AppHandlers(tmp_path / "work").train_config(paper)
+    assert (config.max_steps, config.learning_rate, config.batch_size) == (None, None, None)
     assert quick_training(paper) == replace(TrainFields(), base="/models/sd15", images="all", seed=3)
     study = paper_study(StudyFields(resolution=64, seed=2))
     paper_loc = LocalizationConfig()

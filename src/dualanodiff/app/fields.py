@@ -9,8 +9,10 @@ The defaults are the demo's sizes, which finish in minutes on a 2-core CPU with 
 and `paper_study` give the paper's (a GPU's hours), and `quick_training` and `quick_study` bring the defaults
 back, each keeping what is not a size (the base, the data, the seed).
 
-Numbers are as the page's number fields give them: ``None`` when left empty, an int or a float otherwise
-(the handlers check that whole numbers are whole).
+Numbers are as the page's number fields give them: an int or a float (the handlers check that whole numbers
+are whole), or ``None``. Gradio 6 shows a number field without a value as 0 and sends 0 for it (an emptied one
+as None), so for the fields a recipe fills (`UNSET_BY_ZERO`) 0 and None both mean "the recipe's": the page
+says "0: the recipe's", and these dataclasses use 0 for it, what the page shows.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ DEMO_SAMPLER_STEPS = MODES["full"]["sampler_steps"]  # the demo base's recipe: w
 # The Generate page's sampler choice that leaves the sampler, its steps and guidance to the adapters: the
 # sampling recipe they carry from their base (the demo base's), else the paper's (`generate --preset adapters`).
 ADAPTERS_SAMPLER = "the adapters' own"
+# Number fields where 0 (what the page shows for "no value") means "the recipe's": none of them has 0 as a
+# value of its own (a run of 0 steps, a learning rate or batch of 0; guidance 0 would drop the prompt).
+UNSET_BY_ZERO = {
+    "train": ("max_steps", "learning_rate", "batch_size"),
+    "generate": ("steps", "guidance"),
+}
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,10 @@ def paper_training(current: TrainFields) -> TrainFields:
     return replace(
         current,
         preset="paper",
-        max_steps=None,
-        learning_rate=None,
+        max_steps=0,  # 0: the preset's (`UNSET_BY_ZERO`)
+        learning_rate=0,
         rank=32,
-        batch_size=None,
+        batch_size=0,
         resolution=0,
         checkpoint_every=500,
         mixed_precision="bf16",
@@ -86,8 +94,8 @@ class GenerateFields:
     num_pairs: float | None = 16
     seed: float | None = 0
     scheduler: str = ADAPTERS_SAMPLER  # or a key of `generate.SCHEDULERS`
-    steps: float | None = None  # empty: the adapters' recipe, else the paper's
-    guidance: float | None = None  # empty: the adapters' recipe, else the paper's
+    steps: float | None = 0  # 0: the adapters' recipe, else the paper's (`UNSET_BY_ZERO`)
+    guidance: float | None = 0  # 0: the adapters' recipe, else the paper's
     max_mask_area: float = 0.5
     batch_size: float | None = 8
     placement: str = "noise"  # a key of `handlers.PLACEMENTS`

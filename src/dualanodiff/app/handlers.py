@@ -34,6 +34,7 @@ from .fields import (
     ADAPTERS_SAMPLER,
     DEMO_BASE,
     DEMO_SAMPLER_STEPS,
+    UNSET_BY_ZERO,
     GenerateFields,
     StudyFields,
     TrainFields,
@@ -208,11 +209,11 @@ class AppHandlers:
             category=project.category,
             anomaly=project.anomaly,
             preset=fields.preset,
-            max_steps=_int_or_none(fields.max_steps, "steps"),
-            learning_rate=_float_or_none(fields.learning_rate),
+            max_steps=_int_or_none(fields.max_steps, "steps") or None,  # 0: the preset's (UNSET_BY_ZERO)
+            learning_rate=_float_or_none(fields.learning_rate) or None,
             rank=_int_or_none(fields.rank, "rank") or 32,
             text_encoder_rank=_int_or_none(fields.rank, "rank") or 32,
-            batch_size=_int_or_none(fields.batch_size, "batch size"),
+            batch_size=_int_or_none(fields.batch_size, "batch size") or None,
             resolution=_int_or_none(fields.resolution, "resolution") or None,
             seed=_int_or_none(fields.seed, "seed") or 0,
             checkpoint_every=_int_or_none(fields.checkpoint_every, "checkpoint every") or 0,
@@ -289,14 +290,26 @@ class AppHandlers:
         except (InputError, KeyError):
             return ""
         table = timings.read_timings()
-        base = (fields.base or "").strip() or DEMO_BASE
-        if table is None or base != DEMO_BASE or not steps:
+        if table is None or not self.is_demo_base((fields.base or "").strip() or DEMO_BASE) or not steps:
             return "No measured time for this base here: the time left shows once the first steps have run."
         seconds = timings.training_seconds(table, steps, batch, side)
         return (
             f"Estimate: {timings.duration_words(seconds)} for {steps} steps of {batch} pair(s) at {side} px "
             f"(measured on {timings.table_conditions(table)}){self._threads_note()}."
         )
+
+    def is_demo_base(self, base: str) -> bool:
+        """Whether ``base`` is the built-in demo base (what the timings table measured): 'demo', this
+        workspace's copy of it, or any folder that carries the demo's sampling recipe (`dualanodiff demo`'s)."""
+        from ..demo.config import sampling_recipe
+        from ..model.base import read_sampling_recipe
+
+        if base == DEMO_BASE or Path(base).resolve() == (self.workspace.folder / "base" / "demo").resolve():
+            return True
+        try:
+            return Path(base).is_dir() and read_sampling_recipe(base) == sampling_recipe()
+        except InputError:
+            return False
 
     def _threads_note(self) -> str:
         """The table was measured with one thread; jobs given more on a small machine can be many times slower
@@ -318,10 +331,10 @@ class AppHandlers:
             base=base,
             images="split" if config.get("data") else "all",
             preset=config["preset"],
-            max_steps=config["max_steps"],
-            learning_rate=config["learning_rate"],
+            max_steps=config["max_steps"] or 0,  # the preset's, as the page shows it (UNSET_BY_ZERO)
+            learning_rate=config["learning_rate"] or 0,
             rank=config["rank"],
-            batch_size=config["batch_size"],
+            batch_size=config["batch_size"] or 0,
             resolution=config["resolution"] or 0,  # the field's 0, "the base's", not an empty field
             seed=config["seed"],
             checkpoint_every=config["checkpoint_every"],
@@ -414,8 +427,9 @@ class AppHandlers:
             num_pairs=_int_or_none(fields.num_pairs, "pairs") or 0,
             seed=_int_or_none(fields.seed, "seed") or 0,
             scheduler=None if fields.scheduler == ADAPTERS_SAMPLER else fields.scheduler,
-            steps=_int_or_none(fields.steps, "steps"),  # None: the adapters' recipe, else the paper's
-            guidance=_float_or_none(fields.guidance),
+            # 0 or None: the adapters' recipe, else the paper's (UNSET_BY_ZERO)
+            steps=_int_or_none(fields.steps, "steps") or None,
+            guidance=_float_or_none(fields.guidance) or None,
             max_mask_area=float(fields.max_mask_area),
             batch_size=_int_or_none(fields.batch_size, "batch size") or 0,
             anomaly_type=self.project.anomaly,
@@ -446,6 +460,8 @@ class AppHandlers:
         values = {n: config[n] for n in names}
         if values["scheduler"] is None:
             values["scheduler"] = ADAPTERS_SAMPLER
+        for name in UNSET_BY_ZERO["generate"]:  # the recipe's, as the page shows it
+            values[name] = values[name] or 0
         return GenerateFields(adapters=adapters, base=config["base"], placement=placement, **values)
 
     def generated_folder(self) -> Path:
@@ -487,7 +503,7 @@ class AppHandlers:
         except (InputError, ValueError, TypeError):
             return ""
         table = timings.read_timings()
-        if table is None or Path(config.base) != self.workspace.folder / "base" / "demo":
+        if table is None or not self.is_demo_base(config.base):
             return "No measured time for this base here: the time left shows once the first pairs are made."
         seconds = timings.generation_seconds(table, int(config.num_pairs), int(config.steps))
         return (

@@ -395,18 +395,16 @@ def _train_tab(h: AppHandlers):
             list(PRESETS),
             value=d.preset,
             label="Recipe",
-            info="--preset: fills the fields left empty (the paper's, or the authors' code's)",
+            info="--preset: fills the fields left at 0 (the paper's, or the authors' code's)",
         )
         w["max_steps"] = gr.Number(
             d.max_steps,
             label="Training steps",
-            info="--max-steps; empty: the recipe's length"
+            info="--max-steps; 0: the recipe's length"
             + (f". {int(d.max_steps)} steps: {stated}" if stated else ""),
             elem_id="train-steps",
         )
-        w["learning_rate"] = gr.Number(
-            d.learning_rate, label="Learning rate", info="--lr; empty: the recipe's"
-        )
+        w["learning_rate"] = gr.Number(d.learning_rate, label="Learning rate", info="--lr; 0: the recipe's")
         w["rank"] = gr.Number(
             d.rank,
             label="Adapter size",
@@ -415,7 +413,7 @@ def _train_tab(h: AppHandlers):
         )
     with gr.Row():
         w["batch_size"] = gr.Number(
-            d.batch_size, label="Image pairs per step", info="--batch-size", precision=0
+            d.batch_size, label="Image pairs per step", info="--batch-size; 0: the recipe's", precision=0
         )
         w["resolution"] = gr.Number(
             d.resolution,
@@ -531,12 +529,12 @@ def _generate_tab(h: AppHandlers):
         w["steps"] = gr.Number(
             d.steps,
             label="Sampler steps",
-            info="--steps; empty: the adapters' own (the demo base's 20), else the paper's 50",
+            info="--steps; 0: the adapters' own (the demo base's 20), else the paper's 50",
             precision=0,
             elem_id="gen-steps",
         )
         w["guidance"] = gr.Number(
-            d.guidance, label="Prompt strength", info="--guidance; empty: the adapters' own"
+            d.guidance, label="Prompt strength", info="--guidance; 0: the adapters' own"
         )
         w["max_mask_area"] = gr.Number(
             d.max_mask_area,
