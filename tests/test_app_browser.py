@@ -204,7 +204,7 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
         page.click("#remove-image")
         _wait_for(page, "#remove-image-question", f"Delete {defects[0].name} and its mask from the dataset?")
         page.click("#remove-image-cancel")
-        sync_api.expect(page.locator("#remove-image-confirm")).to_be_hidden()
+        sync_api.expect(page.locator("#remove-image-confirm")).to_be_hidden(timeout=30_000)
         assert (data / "test" / "crack" / defects[0].name).is_file()
         _shot(page, "data", tmp_path)
 
@@ -314,7 +314,7 @@ def test_the_app_in_a_browser(app_server, synthetic_pill_root, tmp_path):
         page.click("#eval-start-over-yes")
         _wait_for(page, "#eval-message", "deleted the study's detectors and report")
         _wait_for(page, "#eval-status", "Not started yet")
-        sync_api.expect(page.locator("#eval-download")).to_be_hidden()
+        sync_api.expect(page.locator("#eval-download")).to_be_hidden(timeout=30_000)
         browser.close()
 
     assert not (workspace / "evaluation" / "pill" / "crack" / "report.html").exists()  # started over
