@@ -101,6 +101,8 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
 }
 DEMO_LABELS = {"DualAnoDiff": "DualAnoDiff (DPM-Solver++ 20 steps)"}
 METRICS = ("pixel AP", "pixel AUROC", "AU-PRO", "image AUROC")
+# The demo's generated runs: (label in the study, method folder)
+DEMO_GENERATORS = ((DEMO_LABELS["DualAnoDiff"], "dualanodiff"), ("Crop&Paste", "crop-paste"))
 
 
 def _reuse_adapters(demo_bench: Path, variant_out: Path, category: str, anomaly: str) -> None:
@@ -111,6 +113,13 @@ def _reuse_adapters(demo_bench: Path, variant_out: Path, category: str, anomaly:
     shutil.copytree(demo_bench / "adapters", variant_out / "adapters", dirs_exist_ok=True)
     (variant_out / "steps").mkdir(parents=True, exist_ok=True)
     shutil.copy2(demo_bench / "steps" / marker, variant_out / "steps" / marker)
+
+
+def _kept_alignment(cfg: DemoConfig, gen_dir: Path) -> tuple[list, list, dict]:
+    """Every pair of a generated folder, the kept ones, and the reference segmenter's alignment of those."""
+    pairs = read_generated(gen_dir, include_rejected=True)
+    kept = [p for p in pairs if p.record.get("kept")]
+    return pairs, kept, pairs_alignment(load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly), kept)
 
 
 def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
@@ -133,9 +142,7 @@ def run_variant(name: str, cfg: DemoConfig, seed_dir: Path) -> dict:
     result = {"label": label, **{k: row[k] for k in row if k != "training data"}}
     gen_dir = out / "generated" / method / cfg.category / cfg.anomaly
     if method in ("dualanodiff", "dualanodiff-placed"):
-        pairs = read_generated(gen_dir, include_rejected=True)
-        kept = [p for p in pairs if p.record.get("kept")]
-        align = pairs_alignment(load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly), kept)
+        pairs, kept, align = _kept_alignment(cfg, gen_dir)
         result.update(
             kept=len(kept), generated=len(pairs), iou_median=align["iou_median"], iou_mean=align["iou_mean"],
             part_match=align["part_match_best_share"],
@@ -179,7 +186,7 @@ def run_seed(args, seed: int) -> dict:
     runs["Crop&Paste"].update(
         iou_median=align["crop-paste"]["iou_median"], iou_mean=align["crop-paste"]["iou_mean"]
     )
-    for label, method in ((DEMO_LABELS["DualAnoDiff"], "dualanodiff"), ("Crop&Paste", "crop-paste")):
+    for label, method in DEMO_GENERATORS:
         runs[label]["part_match"] = align[method]["part_match_best_share"]
     for name in args.variants:
         print(f"[study] seed {seed}: {name}", flush=True)
@@ -208,7 +215,7 @@ def _backfill_alignment(finished: dict, cfg: DemoConfig, seed_dir: Path) -> bool
     if "reference_iou" not in finished:
         demo = json.loads((seed_dir / "demo" / "demo_results.json").read_text())
         finished["reference_iou"] = demo["alignment"]["real test images"]["iou_median"]
-        for label, method in ((DEMO_LABELS["DualAnoDiff"], "dualanodiff"), ("Crop&Paste", "crop-paste")):
+        for label, method in DEMO_GENERATORS:
             finished["runs"][label]["part_match"] = demo["alignment"][method]["part_match_best_share"]
         added = True
     for name, (label, overrides, _) in VARIANTS.items():
@@ -217,8 +224,7 @@ def _backfill_alignment(finished: dict, cfg: DemoConfig, seed_dir: Path) -> bool
         if run is None or "error" in run or "part_match" in run or not method.startswith("dualanodiff"):
             continue
         gen_dir = seed_dir / name / "generated" / method / cfg.category / cfg.anomaly
-        kept = [p for p in read_generated(gen_dir, include_rejected=True) if p.record.get("kept")]
-        align = pairs_alignment(load_segmenter(cfg.category, cfg.base_weights, cfg.anomaly), kept)
+        align = _kept_alignment(cfg, gen_dir)[2]
         run["part_match"] = align["part_match_best_share"]
         added = True
     return added

@@ -125,8 +125,7 @@ def _paired(study: dict, key: str, name: str, comparisons, digits: int) -> list[
     for a, b in comparisons:
         if a not in summary or b not in summary:
             continue
-        pairs = [(s["runs"].get(a, {}), s["runs"].get(b, {})) for s in study["per_seed"]]
-        diffs = [x[key] - y[key] for x, y in pairs if x.get(key) is not None and y.get(key) is not None]
+        diffs = _paired_diffs(study, a, b, key)
         if not diffs:
             continue
         d = spread(diffs)
